@@ -1,0 +1,276 @@
+"""Data access functions. Each takes the session explicitly; callers own the transaction."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import select as sa_select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlmodel import Session, col, select
+
+from feedback.models import (
+    AuditLog,
+    Channel,
+    Comparison,
+    Conversation,
+    Correction,
+    IdempotencyRecord,
+    Message,
+    MessageRole,
+    Rating,
+    Release,
+    ReleaseState,
+    Response,
+    Role,
+    Thumb,
+    User,
+    Winner,
+    utcnow,
+)
+
+# ---------------------------------------------------------------- users
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def get_or_create_user(session: Session, external_id: str, name: str, role: Role = Role.user) -> User:
+    user = session.exec(select(User).where(User.external_id == external_id)).first()
+    if user is None:
+        user = User(external_id=external_id, name=name, role=role)
+        session.add(user)
+        session.flush()
+    return user
+
+
+def issue_token(session: Session, user: User) -> str:
+    """Give the user a new bearer token (the old one stops working); only its hash is kept."""
+    token = "tl-" + secrets.token_urlsafe(32)
+    user.token_hash = hash_token(token)
+    session.add(user)
+    session.flush()
+    return token
+
+
+def user_by_token(session: Session, token: str) -> User | None:
+    return session.exec(select(User).where(User.token_hash == hash_token(token))).first()
+
+
+# ---------------------------------------------------------------- conversations
+
+
+def create_conversation(
+    session: Session, user: User, channel: Channel, external_ref: str | None = None
+) -> Conversation:
+    conversation = Conversation(user_id=user.id, channel=channel, external_ref=external_ref)
+    session.add(conversation)
+    session.flush()
+    return conversation
+
+
+def add_message(
+    session: Session,
+    conversation_id: uuid.UUID,
+    role: MessageRole,
+    content: str,
+    response_id: uuid.UUID | None = None,
+) -> Message:
+    message = Message(conversation_id=conversation_id, role=role, content=content, response_id=response_id)
+    session.add(message)
+    session.flush()
+    return message
+
+
+def conversation_messages(session: Session, conversation_id: uuid.UUID) -> Sequence[Message]:
+    query = select(Message).where(Message.conversation_id == conversation_id).order_by(col(Message.id))
+    return session.exec(query).all()
+
+
+def responses_for_prompts(session: Session, prompt_message_ids: Sequence[int]) -> Sequence[Response]:
+    if not prompt_message_ids:
+        return []
+    query = (
+        select(Response)
+        .where(col(Response.prompt_message_id).in_(prompt_message_ids))
+        .order_by(col(Response.created_at), col(Response.id))
+    )
+    return session.exec(query).all()
+
+
+def add_response(session: Session, response: Response) -> Response:
+    session.add(response)
+    session.flush()
+    return response
+
+
+def get_response(session: Session, response_id: uuid.UUID) -> Response | None:
+    return session.get(Response, response_id)
+
+
+def continue_with(session: Session, prompt_message_id: int, response: Response) -> Message:
+    """Make `response` the assistant message that follows the prompt in its conversation."""
+    query = select(Message).where(
+        Message.conversation_id == response.conversation_id,
+        Message.role == MessageRole.assistant,
+        col(Message.id) > prompt_message_id,
+    ).order_by(col(Message.id))
+    message = session.exec(query).first()
+    if message is None:
+        return add_message(session, response.conversation_id, MessageRole.assistant, response.text, response.id)
+    message.content, message.response_id = response.text, response.id
+    session.add(message)
+    session.flush()
+    return message
+
+
+# ---------------------------------------------------------------- feedback
+
+
+def _upsert(session: Session, model: type, values: dict[str, Any], keys: list[str], update: dict[str, Any]):
+    """INSERT ... ON CONFLICT DO UPDATE on both dialects: last write wins even under races."""
+    dialect = session.get_bind().dialect.name
+    insert = {"postgresql": postgresql.insert, "sqlite": sqlite.insert}[dialect]
+    statement = insert(model).values(**values)
+    statement = statement.on_conflict_do_update(index_elements=keys, set_=update)
+    session.execute(statement.returning(model.id))
+    session.flush()
+    where = [getattr(model, key) == values[key] for key in keys]
+    row = session.execute(sa_select(model).where(*where).execution_options(populate_existing=True)).scalar_one()
+    return row
+
+
+def save_rating(
+    session: Session,
+    user: User,
+    response: Response,
+    *,
+    thumb: Thumb | None = None,
+    reason: str | None = None,
+    comment: str | None = None,
+    stars: int | None = None,
+) -> Rating:
+    """One rating per user and response: each write sets the fields it names.
+
+    A thumb vote always sets its reason (cleared when none is given), so changing a
+    thumbs-down to a thumbs-up does not keep the old complaint.
+    """
+    now = utcnow()
+    update: dict[str, Any] = {"updated_at": now}
+    if thumb is not None:
+        update.update(thumb=thumb.value, reason=reason)
+    if stars is not None:
+        update["stars"] = stars
+    if comment is not None:
+        update["comment"] = comment
+    values = {"response_id": response.id, "user_id": user.id, "created_at": now, **update}
+    return _upsert(session, Rating, values, ["response_id", "user_id"], update)
+
+
+def save_comparison(
+    session: Session,
+    user: User,
+    response_a: Response,
+    response_b: Response,
+    *,
+    winner: Winner,
+    a_position: int,
+    kind: str = "sample",
+) -> Comparison:
+    """Store the choice (last write wins) and let the conversation go on with the winner."""
+    now = utcnow()
+    update = {"winner": winner.value, "a_position": a_position, "b_position": 1 - a_position, "updated_at": now}
+    values = {
+        "user_id": user.id,
+        "response_a_id": response_a.id,
+        "response_b_id": response_b.id,
+        "kind": kind,
+        "created_at": now,
+        **update,
+    }
+    comparison = _upsert(session, Comparison, values, ["user_id", "response_a_id", "response_b_id"], update)
+    # Tie or both bad: the conversation goes on with the answer shown first.
+    shown_first = response_a if a_position == 0 else response_b
+    chosen = {Winner.a: response_a, Winner.b: response_b}.get(winner, shown_first)
+    continue_with(session, response_a.prompt_message_id, chosen)
+    return comparison
+
+
+def add_correction(session: Session, user: User, response: Response, text: str, comment: str | None) -> Correction:
+    correction = Correction(response_id=response.id, user_id=user.id, text=text, comment=comment)
+    session.add(correction)
+    session.flush()
+    return correction
+
+
+def ratings_by_user(session: Session, user: User, response_ids: Sequence[uuid.UUID]) -> Sequence[Rating]:
+    if not response_ids:
+        return []
+    query = select(Rating).where(Rating.user_id == user.id, col(Rating.response_id).in_(response_ids))
+    return session.exec(query).all()
+
+
+def comparisons_by_user(session: Session, user: User, response_ids: Sequence[uuid.UUID]) -> Sequence[Comparison]:
+    if not response_ids:
+        return []
+    query = select(Comparison).where(Comparison.user_id == user.id, col(Comparison.response_a_id).in_(response_ids))
+    return session.exec(query).all()
+
+
+# ---------------------------------------------------------------- idempotency
+
+
+def find_idempotent(session: Session, user: User, key: str) -> IdempotencyRecord | None:
+    query = select(IdempotencyRecord).where(IdempotencyRecord.user_id == user.id, IdempotencyRecord.key == key)
+    return session.exec(query).first()
+
+
+def remember_idempotent(
+    session: Session, user: User, key: str, request_hash: str, status_code: int, body: dict
+) -> None:
+    record = IdempotencyRecord(
+        user_id=user.id, key=key, request_hash=request_hash, status_code=status_code, body=body
+    )
+    session.add(record)
+    session.flush()
+
+
+# ---------------------------------------------------------------- releases and audit
+
+
+def active_release(session: Session) -> Release | None:
+    return session.exec(select(Release).where(Release.state == ReleaseState.active)).first()
+
+
+def canary_release(session: Session) -> Release | None:
+    return session.exec(select(Release).where(Release.state == ReleaseState.canary)).first()
+
+
+def ensure_base_release(session: Session, base_model: str) -> Release:
+    """With no active release yet, the base model itself is release `base`."""
+    release = active_release(session)
+    if release is None:
+        release = session.exec(select(Release).where(Release.name == "base")).first()
+    if release is None:
+        release = Release(name="base", base_model=base_model, state=ReleaseState.active)
+        session.add(release)
+        session.flush()
+        audit(session, None, "release.create", f"release:{release.name}", {"base_model": base_model})
+    return release
+
+
+def audit(session: Session, actor: User | None, action: str, target: str, details: dict | None = None) -> AuditLog:
+    entry = AuditLog(
+        actor_id=actor.id if actor else None,
+        actor=actor.name if actor else "system",
+        action=action,
+        target=target,
+        details=details or {},
+    )
+    session.add(entry)
+    session.flush()
+    return entry

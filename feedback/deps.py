@@ -1,0 +1,61 @@
+"""FastAPI dependencies shared by every router: the database session and the caller."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Annotated
+
+from fastapi import Depends, HTTPException, Request
+from sqlalchemy.engine import Engine
+from sqlmodel import Session
+
+from feedback import crud
+from feedback.models import User
+
+ANONYMOUS_API_USER = "api:anonymous"
+
+
+def get_database(request: Request) -> Engine:
+    return request.app.state.database
+
+
+def get_session(database: Annotated[Engine, Depends(get_database)]) -> Iterator[Session]:
+    with Session(database, expire_on_commit=False) as session:
+        yield session
+
+
+SessionDep = Annotated[Session, Depends(get_session)]
+
+
+def bearer_token(request: Request) -> str | None:
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    if not header:
+        return None
+    if scheme.lower() != "bearer" or not token.strip():
+        raise HTTPException(401, "Authorization must be 'Bearer <token>'")
+    return token.strip()
+
+
+def current_user(request: Request, session: SessionDep) -> User:
+    """The caller, by bearer token. A token that matches nobody is refused, never ignored."""
+    token = bearer_token(request)
+    if token is None:
+        raise HTTPException(401, "Send 'Authorization: Bearer <token>' (the widget gets one from POST /api/session)")
+    user = crud.user_by_token(session, token)
+    if user is None:
+        raise HTTPException(401, "Unknown or revoked token")
+    return user
+
+
+def api_user(request: Request, session: SessionDep) -> User:
+    """Like current_user, but without any token the shared anonymous API user, if allowed."""
+    if bearer_token(request) is not None or not request.app.state.settings.allow_anonymous_api:
+        return current_user(request, session)
+    user = crud.get_or_create_user(session, ANONYMOUS_API_USER, "anonymous API user")
+    session.commit()
+    return user
+
+
+CurrentUser = Annotated[User, Depends(current_user)]
+ApiUser = Annotated[User, Depends(api_user)]

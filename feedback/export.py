@@ -1,0 +1,167 @@
+"""Feedback as datasets in TRL's own formats (conversational), with the metadata trainers need.
+
+- dpo: {"prompt": [...messages], "chosen": [assistant], "rejected": [assistant]}
+  from A/B choices, from two answers to one prompt whose ratings differ, and from
+  corrections (the ideal answer beats the original).
+- kto: {"prompt": [...], "completion": [assistant], "label": bool} from thumbs.
+- sft: {"messages": [..., assistant]} from corrections.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import uuid
+from collections import defaultdict
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Literal
+
+from sqlmodel import Session, col, select
+
+from feedback.models import Comparison, Correction, Message, Rating, Response, Thumb, Winner
+
+Format = Literal["dpo", "kto", "sft"]
+MIN_SCORE_GAP = 0.5  # thumbs up against down, or two stars apart
+
+
+@dataclass
+class Row:
+    """One training example plus where it came from (for splitting and curation)."""
+
+    data: dict
+    source: str  # "comparison", "ratings", "correction", "thumb"
+    prompt_text: str
+    created_at: datetime
+    user_ids: list[int] = field(default_factory=list)
+    response_ids: list[uuid.UUID] = field(default_factory=list)
+
+
+def _assistant(text: str) -> list[dict[str, str]]:
+    return [{"role": "assistant", "content": text}]
+
+
+class _Context:
+    """Builds a response's prompt: its conversation up to and including the user message."""
+
+    def __init__(self, session: Session):
+        self.session = session
+        self._cache: dict[int, list[dict[str, str]]] = {}
+
+    def prompt(self, response: Response) -> list[dict[str, str]]:
+        key = response.prompt_message_id
+        if key not in self._cache:
+            query = select(Message).where(
+                Message.conversation_id == response.conversation_id, col(Message.id) <= key
+            ).order_by(col(Message.id))
+            self._cache[key] = [{"role": m.role.value, "content": m.content} for m in self.session.exec(query)]
+        return self._cache[key]
+
+
+def _responses(session: Session, ids: Iterable[uuid.UUID]) -> dict[uuid.UUID, Response]:
+    ids = list(set(ids))
+    if not ids:
+        return {}
+    return {r.id: r for r in session.exec(select(Response).where(col(Response.id).in_(ids)))}
+
+
+def preference_rows(session: Session) -> list[Row]:
+    context = _Context(session)
+    return [*_from_comparisons(session, context), *_from_rating_gaps(session, context),
+            *_from_corrections_as_pairs(session, context)]
+
+
+def _from_comparisons(session: Session, context: _Context) -> Iterator[Row]:
+    comparisons = session.exec(select(Comparison).where(col(Comparison.winner).in_([Winner.a, Winner.b]))).all()
+    responses = _responses(session, itertools.chain.from_iterable((c.response_a_id, c.response_b_id) for c in comparisons))
+    for c in comparisons:
+        a, b = responses[c.response_a_id], responses[c.response_b_id]
+        chosen, rejected = (a, b) if c.winner == Winner.a else (b, a)
+        prompt = context.prompt(a)
+        yield Row({"prompt": prompt, "chosen": _assistant(chosen.text), "rejected": _assistant(rejected.text)},
+                  "comparison", prompt[-1]["content"], c.updated_at, [c.user_id], [chosen.id, rejected.id])
+
+
+def _score(rating: Rating) -> float | None:
+    if rating.stars is not None:
+        return (rating.stars - 1) / 4
+    if rating.thumb is not None:
+        return 1.0 if rating.thumb == Thumb.up else 0.0
+    return None
+
+
+def _from_rating_gaps(session: Session, context: _Context) -> Iterator[Row]:
+    scores: dict[uuid.UUID, list[float]] = defaultdict(list)
+    latest: dict[uuid.UUID, Rating] = {}
+    for rating in session.exec(select(Rating)):
+        score = _score(rating)
+        if score is not None:
+            scores[rating.response_id].append(score)
+            if rating.response_id not in latest or rating.updated_at > latest[rating.response_id].updated_at:
+                latest[rating.response_id] = rating
+    by_prompt: dict[int, list[Response]] = defaultdict(list)
+    for response in _responses(session, scores).values():
+        by_prompt[response.prompt_message_id].append(response)
+    for answers in by_prompt.values():
+        for x, y in itertools.combinations(sorted(answers, key=lambda r: str(r.id)), 2):
+            gap = sum(scores[x.id]) / len(scores[x.id]) - sum(scores[y.id]) / len(scores[y.id])
+            if abs(gap) < MIN_SCORE_GAP:
+                continue
+            chosen, rejected = (x, y) if gap > 0 else (y, x)
+            prompt = context.prompt(chosen)
+            when = max(latest[x.id].updated_at, latest[y.id].updated_at)
+            yield Row({"prompt": prompt, "chosen": _assistant(chosen.text), "rejected": _assistant(rejected.text)},
+                      "ratings", prompt[-1]["content"], when, [latest[x.id].user_id, latest[y.id].user_id],
+                      [chosen.id, rejected.id])
+
+
+def _corrections(session: Session) -> Iterator[tuple[Correction, Response]]:
+    corrections = session.exec(select(Correction).order_by(col(Correction.id))).all()
+    responses = _responses(session, (c.response_id for c in corrections))
+    for correction in corrections:
+        yield correction, responses[correction.response_id]
+
+
+def _from_corrections_as_pairs(session: Session, context: _Context) -> Iterator[Row]:
+    for correction, response in _corrections(session):
+        prompt = context.prompt(response)
+        yield Row({"prompt": prompt, "chosen": _assistant(correction.text), "rejected": _assistant(response.text)},
+                  "correction", prompt[-1]["content"], correction.created_at, [correction.user_id], [response.id])
+
+
+def kto_rows(session: Session) -> list[Row]:
+    context = _Context(session)
+    ratings = session.exec(select(Rating).where(col(Rating.thumb).is_not(None)).order_by(col(Rating.id))).all()
+    responses = _responses(session, (r.response_id for r in ratings))
+    rows = []
+    for rating in ratings:
+        response = responses[rating.response_id]
+        prompt = context.prompt(response)
+        data = {"prompt": prompt, "completion": _assistant(response.text), "label": rating.thumb == Thumb.up}
+        rows.append(Row(data, "thumb", prompt[-1]["content"], rating.updated_at, [rating.user_id], [response.id]))
+    return rows
+
+
+def sft_rows(session: Session) -> list[Row]:
+    context = _Context(session)
+    return [
+        Row({"messages": [*context.prompt(response), *_assistant(correction.text)]}, "correction",
+            context.prompt(response)[-1]["content"], correction.created_at, [correction.user_id], [response.id])
+        for correction, response in _corrections(session)
+    ]
+
+
+BUILDERS = {"dpo": preference_rows, "kto": kto_rows, "sft": sft_rows}
+
+
+def export(session: Session, fmt: Format, out: Path) -> int:
+    """Write one TRL-format JSON object per line; returns how many rows were written."""
+    rows = BUILDERS[fmt](session)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with out.open("w", encoding="utf-8") as handle:
+        for row in rows:
+            handle.write(json.dumps(row.data, ensure_ascii=False) + "\n")
+    return len(rows)
+

@@ -1,0 +1,69 @@
+"""Idempotency-Key handling: a retried request replays the stored answer, never stores twice.
+
+Stripe's scheme: the key is scoped to the caller; the first answer is stored in the
+same transaction as the data it describes; a reuse with a different body is refused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+
+from fastapi import HTTPException
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import Session
+
+from feedback import crud
+from feedback.models import User
+
+MAX_KEY_LENGTH = 200
+REPLAYED_HEADER = "Idempotent-Replayed"
+
+
+def request_hash(route: str, payload: BaseModel) -> str:
+    canonical = json.dumps({"route": route, "body": payload.model_dump(mode="json")}, sort_keys=True)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def run_once(
+    session: Session,
+    user: User,
+    key: str | None,
+    route: str,
+    payload: BaseModel,
+    store: Callable[[], tuple[int, dict]],
+) -> JSONResponse:
+    """Run `store` (which writes and returns status and body) at most once per key."""
+    if key is None:
+        status, body = store()
+        session.commit()
+        return JSONResponse(body, status_code=status)
+    if not key or len(key) > MAX_KEY_LENGTH:
+        raise HTTPException(422, f"Idempotency-Key must be 1 to {MAX_KEY_LENGTH} characters")
+    digest = request_hash(route, payload)
+    replay = _replay(session, user, key, digest)
+    if replay is not None:
+        return replay
+    status, body = store()
+    crud.remember_idempotent(session, user, key, digest, status, body)
+    try:
+        session.commit()
+    except IntegrityError:  # the same key won a race in another request: answer as it did
+        session.rollback()
+        replay = _replay(session, user, key, digest)
+        if replay is None:
+            raise
+        return replay
+    return JSONResponse(body, status_code=status)
+
+
+def _replay(session: Session, user: User, key: str, digest: str) -> JSONResponse | None:
+    record = crud.find_idempotent(session, user, key)
+    if record is None:
+        return None
+    if record.request_hash != digest:
+        raise HTTPException(422, f"Idempotency-Key '{key}' was already used with a different request; use a new key")
+    return JSONResponse(record.body, status_code=record.status_code, headers={REPLAYED_HEADER: "true"})

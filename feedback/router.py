@@ -1,0 +1,73 @@
+"""The feedback API: ratings, A/B choices and corrections, each safe to retry."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Annotated
+
+from fastapi import APIRouter, Header, HTTPException
+from sqlmodel import Session
+
+from feedback import crud
+from feedback.deps import CurrentUser, SessionDep
+from feedback.idempotency import run_once
+from feedback.models import Conversation, Response, Role, User
+from feedback.protocol import (
+    ComparisonIn,
+    ComparisonOut,
+    CorrectionIn,
+    CorrectionOut,
+    RatingIn,
+    RatingOut,
+)
+
+router = APIRouter(prefix="/api/feedback", tags=["feedback"])
+IdempotencyKey = Annotated[str | None, Header(alias="Idempotency-Key")]
+STAFF = (Role.reviewer, Role.operator)
+
+
+def visible_response(session: Session, user: User, response_id: uuid.UUID) -> Response:
+    """The response, if this user may judge it: their own conversation's, or any for staff."""
+    response = crud.get_response(session, response_id)
+    if response is not None and user.role not in STAFF:
+        conversation = session.get(Conversation, response.conversation_id)
+        if conversation is None or conversation.user_id != user.id:
+            response = None  # someone else's answer: as good as unknown to this caller
+    if response is None:
+        raise HTTPException(404, f"No response with id {response_id}")
+    return response
+
+
+@router.post("/ratings", status_code=201, response_model=RatingOut)
+def rate(body: RatingIn, session: SessionDep, user: CurrentUser, key: IdempotencyKey = None):
+    def store() -> tuple[int, dict]:
+        response = visible_response(session, user, body.response_id)
+        rating = crud.save_rating(
+            session, user, response, thumb=body.thumb, reason=body.reason, comment=body.comment, stars=body.stars
+        )
+        return 201, RatingOut.model_validate(rating, from_attributes=True).model_dump(mode="json")
+
+    return run_once(session, user, key, "ratings", body, store)
+
+
+@router.post("/comparisons", status_code=201, response_model=ComparisonOut)
+def compare(body: ComparisonIn, session: SessionDep, user: CurrentUser, key: IdempotencyKey = None):
+    def store() -> tuple[int, dict]:
+        a = visible_response(session, user, body.response_a_id)
+        b = visible_response(session, user, body.response_b_id)
+        if a.prompt_message_id != b.prompt_message_id:
+            raise HTTPException(422, "response_a_id and response_b_id must answer the same prompt")
+        comparison = crud.save_comparison(session, user, a, b, winner=body.winner, a_position=body.a_position)
+        return 201, ComparisonOut.model_validate(comparison, from_attributes=True).model_dump(mode="json")
+
+    return run_once(session, user, key, "comparisons", body, store)
+
+
+@router.post("/corrections", status_code=201, response_model=CorrectionOut)
+def correct(body: CorrectionIn, session: SessionDep, user: CurrentUser, key: IdempotencyKey = None):
+    def store() -> tuple[int, dict]:
+        response = visible_response(session, user, body.response_id)
+        correction = crud.add_correction(session, user, response, body.text, body.comment)
+        return 201, CorrectionOut.model_validate(correction, from_attributes=True).model_dump(mode="json")
+
+    return run_once(session, user, key, "corrections", body, store)

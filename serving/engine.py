@@ -1,0 +1,73 @@
+"""The engine interface: what the rest of tuneloop needs from something that generates text.
+
+The in-process transformers engine is the first implementation; a remote
+OpenAI-compatible engine (vLLM with runtime LoRA) fits the same shape.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+BASE_ADAPTER = "__base__"  # PEFT's name for "no adapter" in a mixed batch
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    temperature: float = 0.7  # 0 means greedy
+    top_p: float = 1.0
+    max_tokens: int = 256
+    stop: tuple[str, ...] = ()
+
+
+@dataclass
+class GenerationRequest:
+    messages: list[dict[str, str]]  # chat messages: {"role": ..., "content": ...}
+    params: SamplingParams = field(default_factory=SamplingParams)
+    adapter: str | None = None  # a loaded LoRA adapter's name; None serves the base model
+
+
+@dataclass
+class Completion:
+    text: str
+    finish_reason: str  # "stop" or "length"
+    prompt_tokens: int
+    completion_tokens: int
+
+
+@dataclass
+class StreamEvent:
+    """A piece of text as it is generated; the last event carries the finished completion."""
+
+    text: str = ""
+    completion: Completion | None = None
+
+
+class EngineError(RuntimeError):
+    """Generation failed inside the engine."""
+
+
+@runtime_checkable
+class Engine(Protocol):
+    model_name: str
+
+    async def start(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    def stream(self, request: GenerationRequest) -> AsyncIterator[StreamEvent]: ...
+
+    async def load_adapter(self, name: str, path: str) -> None: ...
+
+    async def unload_adapter(self, name: str) -> None: ...
+
+    def adapters(self) -> set[str]: ...
+
+
+async def generate(engine: Engine, request: GenerationRequest) -> Completion:
+    """Run a request to the end and return only the finished completion."""
+    async for event in engine.stream(request):
+        if event.completion is not None:
+            return event.completion
+    raise EngineError("the engine ended a stream without a completion")

@@ -1,0 +1,244 @@
+"""The in-process engine: transformers + PEFT on one worker thread that batches requests.
+
+Requests wait in a queue; the worker takes the first, waits `batch_wait_ms` for company
+(up to `max_batch_size`), and runs them as one `generate` call. Adapter loads and unloads
+go through the same queue, so they happen between batches and never under a running one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import threading
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, LogitsProcessorList
+from transformers import StoppingCriteriaList
+
+from serving.batching import RowSampling, RowState, RowStopping, RowStreamer
+from serving.engine import BASE_ADAPTER, EngineError, GenerationRequest, StreamEvent
+
+log = logging.getLogger(__name__)
+
+
+def pick_device(setting: str) -> str:
+    if setting == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return setting
+
+
+@dataclass
+class _Job:
+    """A generation request with the way back to the coroutine waiting for it."""
+
+    request: GenerationRequest
+    emit: Callable[[StreamEvent | BaseException], None]
+    cancelled: threading.Event = field(default_factory=threading.Event)
+
+
+@dataclass
+class _Control:
+    """Work for the model between batches, such as loading an adapter."""
+
+    action: Callable[[], Any]
+    done: Callable[[BaseException | None], None]
+
+
+class TransformersEngine:
+    def __init__(
+        self,
+        model_path: str,
+        *,
+        device: str = "auto",
+        max_batch_size: int = 8,
+        batch_wait_ms: float = 5.0,
+        model_name: str | None = None,
+    ):
+        self.model_name = model_name or model_path
+        self.device = pick_device(device)
+        self.max_batch_size = max_batch_size
+        self.batch_wait = batch_wait_ms / 1000
+        dtype = torch.bfloat16 if self.device == "cuda" else torch.float32
+        self.tokenizer = AutoTokenizer.from_pretrained(model_path)
+        self.tokenizer.padding_side = "left"
+        if self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype).to(self.device).eval()
+        self.eos_ids = _eos_ids(self.model.generation_config, self.tokenizer)
+        self._queue: queue.Queue[_Job | _Control | None] = queue.Queue()
+        self._worker: threading.Thread | None = None
+        self.batch_sizes: list[int] = []  # how many requests each generate call served
+
+    # ------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        if self._worker is None:
+            self._worker = threading.Thread(target=self._run, name="tuneloop-engine", daemon=True)
+            self._worker.start()
+
+    async def close(self) -> None:
+        if self._worker is not None:
+            self._queue.put(None)
+            await asyncio.to_thread(self._worker.join, 30)
+            self._worker = None
+
+    # ------------------------------------------------------------ requests
+
+    async def stream(self, request: GenerationRequest) -> AsyncIterator[StreamEvent]:
+        if self._worker is None:
+            raise EngineError("the engine is not started")
+        loop = asyncio.get_running_loop()
+        events: asyncio.Queue[StreamEvent | BaseException] = asyncio.Queue()
+        job = _Job(request, lambda event: loop.call_soon_threadsafe(events.put_nowait, event))
+        self._queue.put(job)
+        try:
+            while True:
+                event = await events.get()
+                if isinstance(event, BaseException):
+                    raise EngineError(str(event)) from event
+                yield event
+                if event.completion is not None:
+                    return
+        finally:
+            job.cancelled.set()  # a client that went away frees its row at the next step
+
+    # ------------------------------------------------------------ adapters
+
+    async def load_adapter(self, name: str, path: str) -> None:
+        await self._control(lambda: self._load_adapter(name, path))
+
+    async def unload_adapter(self, name: str) -> None:
+        await self._control(lambda: self._unload_adapter(name))
+
+    def adapters(self) -> set[str]:
+        config = getattr(self.model, "peft_config", None)
+        return set(config) if config else set()
+
+    async def _control(self, action: Callable[[], Any]) -> None:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[None] = loop.create_future()
+
+        def done(error: BaseException | None) -> None:
+            if error is None:
+                loop.call_soon_threadsafe(future.set_result, None)
+            else:
+                loop.call_soon_threadsafe(future.set_exception, error)
+
+        self._queue.put(_Control(action, done))
+        await future
+
+    def _load_adapter(self, name: str, path: str) -> None:
+        from peft import PeftModel
+
+        if isinstance(self.model, PeftModel):
+            self.model.load_adapter(path, adapter_name=name)
+        else:
+            self.model = PeftModel.from_pretrained(self.model, path, adapter_name=name)
+        self.model.eval()
+
+    def _unload_adapter(self, name: str) -> None:
+        if name in self.adapters():
+            self.model.delete_adapter(name)
+
+    # ------------------------------------------------------------ the worker
+
+    def _run(self) -> None:
+        torch.set_grad_enabled(False)
+        while True:
+            first = self._queue.get()
+            if first is None:
+                return
+            if isinstance(first, _Control):
+                self._run_control(first)
+                continue
+            batch, deferred = self._gather(first)
+            self._run_batch(batch)
+            for item in deferred:
+                self._queue.put(item)  # controls gathered mid-wait run after the batch
+
+    def _gather(self, first: _Job) -> tuple[list[_Job], list[_Control | None]]:
+        batch: list[_Job] = [first]
+        deferred: list[_Control | None] = []
+        deadline = time.monotonic() + self.batch_wait
+        while len(batch) < self.max_batch_size:
+            timeout = deadline - time.monotonic()
+            try:
+                item = self._queue.get(timeout=timeout) if timeout > 0 else self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if isinstance(item, _Job):
+                batch.append(item)
+            else:
+                deferred.append(item)
+                break
+        return batch, deferred
+
+    def _run_control(self, control: _Control) -> None:
+        try:
+            control.action()
+        except BaseException as error:  # reported to the caller, never kills the worker
+            control.done(error)
+        else:
+            control.done(None)
+
+    def _run_batch(self, jobs: list[_Job]) -> None:
+        self.batch_sizes.append(len(jobs))
+        try:
+            self._generate(jobs)
+        except BaseException as error:
+            log.exception("generation failed for a batch of %d", len(jobs))
+            for job in jobs:
+                job.emit(error)
+
+    def _generate(self, jobs: list[_Job]) -> None:
+        prompts = [self._prompt(job.request.messages) for job in jobs]
+        inputs = self.tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+        inputs = inputs.to(self.device)
+        lengths = inputs["attention_mask"].sum(dim=1).tolist()
+        rows = [
+            RowState(job.request.params, int(length), job.emit, job.cancelled.is_set)
+            for job, length in zip(jobs, lengths)
+        ]
+        config = GenerationConfig(
+            do_sample=True,  # RowSampling has already applied each row's own settings
+            temperature=1.0,
+            top_p=1.0,
+            top_k=0,
+            max_new_tokens=max(job.request.params.max_tokens for job in jobs) + 1,
+            pad_token_id=self.tokenizer.pad_token_id,
+            eos_token_id=sorted(self.eos_ids),
+        )
+        self.model.generate(
+            **inputs,
+            generation_config=config,
+            logits_processor=LogitsProcessorList([RowSampling(rows)]),
+            stopping_criteria=StoppingCriteriaList([RowStopping(rows)]),
+            streamer=RowStreamer(rows, self._decode, self.eos_ids),
+            **self._adapter_kwargs(jobs),
+        )
+
+    def _adapter_kwargs(self, jobs: list[_Job]) -> dict[str, Any]:
+        if not self.adapters():
+            if any(job.request.adapter for job in jobs):
+                raise EngineError("an adapter was asked for, but none is loaded")
+            return {}
+        return {"adapter_names": [job.request.adapter or BASE_ADAPTER for job in jobs]}
+
+    def _prompt(self, messages: list[dict[str, str]]) -> str:
+        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+    def _decode(self, token_ids: list[int]) -> str:
+        return self.tokenizer.decode(token_ids, skip_special_tokens=True)
+
+
+def _eos_ids(generation_config: GenerationConfig, tokenizer: Any) -> set[int]:
+    ids = generation_config.eos_token_id
+    ids = set(ids if isinstance(ids, list) else [ids] if ids is not None else [])
+    if tokenizer.eos_token_id is not None:
+        ids.add(tokenizer.eos_token_id)
+    return ids

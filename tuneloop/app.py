@@ -1,0 +1,76 @@
+"""The app factory: wires settings, store, engine and routers. No domain logic lives here."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+
+from bot.web.pages import router as pages_router
+from bot.web.router import router as widget_router
+from feedback import crud
+from feedback.db import make_engine, session_scope
+from feedback.migrate import upgrade
+from feedback.router import router as feedback_router
+from serving.engine import Engine
+from serving.router import RESPONSE_ID_HEADER
+from serving.router import router as openai_router
+from serving.service import ChatService
+from tuneloop.http import BodySizeLimit, install_error_handlers
+from tuneloop.settings import EMBEDDED_MODEL, Settings, get_settings
+
+log = logging.getLogger(__name__)
+
+
+def build_engine(settings: Settings) -> Engine:
+    from serving.transformers_engine import TransformersEngine
+    from serving.weights import resolve_model
+
+    path = resolve_model(settings.model, settings.models_dir, EMBEDDED_MODEL)
+    return TransformersEngine(
+        path,
+        device=settings.device,
+        max_batch_size=settings.max_batch_size,
+        batch_wait_ms=settings.batch_wait_ms,
+        model_name=settings.model,
+    )
+
+
+def create_app(settings: Settings | None = None, engine: Engine | None = None) -> FastAPI:
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        database = make_engine(settings.database_url)
+        await asyncio.to_thread(upgrade, database)
+        with session_scope(database) as session:
+            crud.ensure_base_release(session, settings.model)
+        model = engine or await asyncio.to_thread(build_engine, settings)
+        await model.start()
+        app.state.database, app.state.engine = database, model
+        app.state.chat = ChatService(model, database, system_prompt=settings.system_prompt)
+        log.info("tuneloop is serving %s on http://%s:%s", settings.model, settings.host, settings.port)
+        try:
+            yield
+        finally:
+            await model.close()
+            database.dispose()
+
+    app = FastAPI(title="tuneloop", version="0.1.0", lifespan=lifespan)
+    app.state.settings = settings
+    install_error_handlers(app)
+    # The widget runs on other sites' pages; it sends a bearer token, never cookies.
+    app.add_middleware(CORSMiddleware, allow_origins=["*"], allow_methods=["*"], allow_headers=["*"],
+                       expose_headers=[RESPONSE_ID_HEADER])
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    for router in (openai_router, feedback_router, widget_router, pages_router):
+        app.include_router(router)
+
+    @app.get("/healthz", include_in_schema=False)
+    def healthz() -> dict:
+        return {"status": "ok"}
+
+    return app
