@@ -142,7 +142,12 @@ class TransformersEngine:
         self.model.eval()
 
     def _unload_adapter(self, name: str) -> None:
-        if name in self.adapters():
+        loaded = self.adapters()
+        if name not in loaded:
+            return
+        if loaded == {name}:  # the last one: strip the LoRA layers, back to the plain base model
+            self.model = self.model.unload()
+        else:
             self.model.delete_adapter(name)
 
     # ------------------------------------------------------------ the worker

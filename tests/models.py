@@ -26,7 +26,7 @@ def embedded_model_dir() -> Path:
     """The real SmolLM2-135M-Instruct as safetensors, converted from the packaged GGUF once."""
     from serving.weights import EMBEDDED_FOLDER, convert_gguf, embedded_gguf
 
-    folder = CACHE / EMBEDDED_FOLDER
+    folder = CACHE / "models" / EMBEDDED_FOLDER  # where Settings(data_dir=CACHE) looks for it
     if not (folder / "config.json").is_file():
         convert_gguf(embedded_gguf(), folder)
     return folder

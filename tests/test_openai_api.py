@@ -1,0 +1,117 @@
+"""The OpenAI-compatible API, driven by the official `openai` client against a live server."""
+
+from __future__ import annotations
+
+import uuid
+
+import httpx
+import openai
+import pytest
+from sqlmodel import Session, select
+
+from feedback.models import Channel, Conversation, Message, Response
+
+
+@pytest.fixture
+def client(live_server) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{live_server.url}/v1", api_key="unused", max_retries=0)
+
+
+@pytest.fixture
+def anonymous(live_server) -> openai.OpenAI:
+    # No Authorization header at all: the shared anonymous API user (allowed by default).
+    http = httpx.Client(event_hooks={"request": [lambda request: request.headers.pop("Authorization", None)]})
+    return openai.OpenAI(base_url=f"{live_server.url}/v1", api_key="unused", max_retries=0, http_client=http)
+
+
+def stored(live_server, response_id: str) -> Response:
+    with Session(live_server.app.state.database) as session:
+        return session.get(Response, uuid.UUID(response_id))
+
+
+def test_models_are_listed(anonymous):
+    assert "tuneloop" in [model.id for model in anonymous.models.list()]
+
+
+def test_completion_carries_its_response_id_in_body_and_header(anonymous, live_server):
+    raw = anonymous.chat.completions.with_raw_response.create(
+        model="tuneloop",
+        messages=[{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hello there"}],
+        max_tokens=5,
+        temperature=0,
+    )
+    completion = raw.parse()
+    response_id = completion.choices[0].model_extra["response_id"]
+    assert raw.headers["X-Tuneloop-Response-Id"] == response_id == completion.id
+    assert completion.usage.completion_tokens <= 5
+    row = stored(live_server, response_id)
+    assert row.text == completion.choices[0].message.content
+    assert row.release_id is not None and row.completion_tokens == completion.usage.completion_tokens
+    with Session(live_server.app.state.database) as session:
+        conversation = session.get(Conversation, row.conversation_id)
+        roles = [m.role.value for m in session.exec(select(Message).where(Message.conversation_id == conversation.id))]
+    assert conversation.channel == Channel.api
+    assert roles == ["system", "user", "assistant"]
+
+
+def test_streaming_yields_the_same_text_that_is_stored(anonymous, live_server):
+    stream = anonymous.chat.completions.create(
+        model="tuneloop", messages=[{"role": "user", "content": "Count"}], stream=True, max_tokens=8,
+        stream_options={"include_usage": True},
+    )
+    chunks = list(stream)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    finish = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
+    assert finish in (["length"], ["stop"])
+    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens <= 8
+    assert stored(live_server, chunks[0].id).text == text
+
+
+def test_two_choices_and_stop_sequences(anonymous, live_server):
+    probe = anonymous.chat.completions.create(
+        model="tuneloop", messages=[{"role": "user", "content": "Go"}], temperature=0, max_tokens=10
+    ).choices[0].message.content
+    stop = probe[3:5]  # a piece of the greedy answer, so generation must stop on it
+    assert len(stop) == 2
+    completion = anonymous.chat.completions.create(
+        model="tuneloop", messages=[{"role": "user", "content": "Go"}], temperature=0, max_tokens=10, n=2, stop=[stop],
+    )
+    assert len(completion.choices) == 2
+    ids = {choice.model_extra["response_id"] for choice in completion.choices}
+    assert len(ids) == 2
+    for choice in completion.choices:
+        assert stop not in choice.message.content
+        assert choice.finish_reason == "stop"
+        assert probe.startswith(choice.message.content)
+    rows = [stored(live_server, response_id) for response_id in ids]
+    assert rows[0].prompt_message_id == rows[1].prompt_message_id
+
+
+def test_errors_come_in_openai_shape(anonymous, client):
+    messages = [{"role": "user", "content": "hi"}]
+    with pytest.raises(openai.NotFoundError) as missing:
+        anonymous.chat.completions.create(model="gpt-9", messages=messages)
+    assert missing.value.body["code"] == "model_not_found"
+    with pytest.raises(openai.BadRequestError) as bad:
+        anonymous.chat.completions.create(model="tuneloop", messages=messages, temperature=5)
+    assert bad.value.body["param"] == "temperature"
+    with pytest.raises(openai.BadRequestError):
+        anonymous.chat.completions.create(model="tuneloop", messages=messages, n=3)
+    with pytest.raises(openai.BadRequestError) as last:
+        anonymous.chat.completions.create(model="tuneloop", messages=[{"role": "assistant", "content": "x"}])
+    assert "last message" in last.value.message
+    with pytest.raises(openai.AuthenticationError):  # a token that matches nobody is refused
+        client.chat.completions.create(model="tuneloop", messages=messages)
+
+
+def test_a_user_token_is_accepted_and_names_the_conversation_owner(live_server):
+    token = httpx.post(f"{live_server.url}/api/session").json()["token"]
+    client = openai.OpenAI(base_url=f"{live_server.url}/v1", api_key=token, max_retries=0)
+    completion = client.chat.completions.create(model="tuneloop", messages=[{"role": "user", "content": "hi"}], max_tokens=3)
+    # The conversation is the token holder's, so they (and only they) may rate the answer.
+    rate = {"response_id": completion.id, "thumb": "up"}
+    mine = httpx.post(f"{live_server.url}/api/feedback/ratings", json=rate, headers={"Authorization": f"Bearer {token}"})
+    stranger = httpx.post(f"{live_server.url}/api/session").json()["token"]
+    theirs = httpx.post(f"{live_server.url}/api/feedback/ratings", json=rate,
+                        headers={"Authorization": f"Bearer {stranger}"})
+    assert (mine.status_code, theirs.status_code) == (201, 404)

@@ -1,0 +1,168 @@
+"""The feedback store on both databases: schema, constraints, last-write-wins, exports."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from sqlalchemy import inspect, text
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import Session, select
+
+from feedback import crud
+from feedback.db import session_scope
+from feedback.export import export, kto_rows, preference_rows, sft_rows
+from feedback.migrate import current_revision
+from feedback.models import (
+    Channel,
+    Comparison,
+    Message,
+    MessageRole,
+    Rating,
+    Release,
+    ReleaseState,
+    Response,
+    Role,
+    Thumb,
+    User,
+    Winner,
+)
+
+
+def make_turn(session: Session, user: User, prompt: str = "What is WAL?", answers=("first", "second")):
+    conversation = crud.create_conversation(session, user, Channel.web)
+    message = crud.add_message(session, conversation.id, MessageRole.user, prompt)
+    release = crud.ensure_base_release(session, "tiny")
+    responses = [
+        crud.add_response(session, Response(conversation_id=conversation.id, prompt_message_id=message.id,
+                                            release_id=release.id, text=text))
+        for text in answers
+    ]
+    crud.continue_with(session, message.id, responses[0])
+    return conversation, message, responses
+
+
+@pytest.fixture
+def user(database) -> User:
+    with session_scope(database) as session:
+        return crud.get_or_create_user(session, "web:alice", "alice")
+
+
+def test_schema_is_at_head_with_every_table(database):
+    assert current_revision(database) == "0001"
+    tables = set(inspect(database).get_table_names())
+    assert {"users", "conversations", "messages", "responses", "ratings", "comparisons", "corrections",
+            "releases", "training_runs", "audit_log", "idempotency_keys"} <= tables
+
+
+def test_sqlite_runs_in_wal_with_foreign_keys(database):
+    if database.dialect.name != "sqlite":
+        pytest.skip("SQLite pragmas")
+    with database.connect() as connection:
+        assert connection.execute(text("PRAGMA journal_mode")).scalar() == "wal"
+        assert connection.execute(text("PRAGMA foreign_keys")).scalar() == 1
+
+
+def test_foreign_keys_are_enforced(database, user):
+    with pytest.raises(IntegrityError), session_scope(database) as session:
+        conversation = crud.create_conversation(session, user, Channel.api)
+        session.add(Response(conversation_id=conversation.id, prompt_message_id=999_999, text="orphan"))
+        session.flush()
+
+
+def test_rating_is_one_per_user_and_response_last_write_wins(database, user):
+    with session_scope(database) as session:
+        _, _, (response, _) = make_turn(session, user)
+        crud.save_rating(session, user, response, thumb=Thumb.down, reason="incorrect", comment="wrong year")
+        crud.save_rating(session, user, response, stars=4)
+        crud.save_rating(session, user, response, thumb=Thumb.up)
+    with Session(database) as session:
+        ratings = session.exec(select(Rating)).all()
+    assert len(ratings) == 1
+    rating = ratings[0]
+    assert (rating.thumb, rating.reason, rating.stars) == (Thumb.up, None, 4)
+    assert rating.comment == "wrong year"  # a comment stays until another replaces it
+    assert rating.updated_at >= rating.created_at
+
+
+def test_stars_outside_one_to_five_are_refused_by_the_database(database, user):
+    with pytest.raises(IntegrityError), session_scope(database) as session:
+        _, _, (response, _) = make_turn(session, user)
+        session.add(Rating(response_id=response.id, user_id=user.id, stars=6))
+        session.flush()
+
+
+def test_comparison_keeps_positions_and_the_conversation_follows_the_winner(database, user):
+    with session_scope(database) as session:
+        conversation, message, (a, b) = make_turn(session, user)
+        crud.save_comparison(session, user, a, b, winner=Winner.b, a_position=1)
+    with Session(database) as session:
+        comparison = session.exec(select(Comparison)).one()
+        assert (comparison.winner, comparison.a_position, comparison.b_position) == (Winner.b, 1, 0)
+        assistant = session.exec(select(Message).where(Message.role == MessageRole.assistant)).one()
+        assert (assistant.response_id, assistant.content) == (b.id, "second")
+    with session_scope(database) as session:  # the user changes their mind: still one row
+        crud.save_comparison(session, user, a, b, winner=Winner.a, a_position=1)
+    with Session(database) as session:
+        assert session.exec(select(Comparison)).one().winner == Winner.a
+        assistant = session.exec(select(Message).where(Message.role == MessageRole.assistant)).one()
+        assert assistant.response_id == a.id
+
+
+def test_tie_goes_on_with_the_answer_shown_first(database, user):
+    with session_scope(database) as session:
+        _, _, (a, b) = make_turn(session, user)
+        crud.save_comparison(session, user, a, b, winner=Winner.tie, a_position=1)
+    with Session(database) as session:
+        assistant = session.exec(select(Message).where(Message.role == MessageRole.assistant)).one()
+        assert assistant.response_id == b.id  # b sat at position 0
+
+
+def test_tokens_are_stored_hashed(database):
+    with session_scope(database) as session:
+        operator = crud.get_or_create_user(session, "cli:olga", "olga", Role.operator)
+        token = crud.issue_token(session, operator)
+    with Session(database) as session:
+        stored = session.exec(select(User).where(User.external_id == "cli:olga")).one()
+        assert stored.token_hash and token not in stored.token_hash
+        assert crud.user_by_token(session, token).id == stored.id
+        assert crud.user_by_token(session, token + "x") is None
+
+
+def test_base_release_is_created_once_and_audited(database):
+    with session_scope(database) as session:
+        first = crud.ensure_base_release(session, "tiny")
+        again = crud.ensure_base_release(session, "tiny")
+        assert first.id == again.id and first.state == ReleaseState.active
+    with Session(database) as session:
+        assert len(session.exec(select(Release)).all()) == 1
+        rows = session.exec(text("SELECT action, actor FROM audit_log")).all()
+        assert [tuple(r) for r in rows] == [("release.create", "system")]
+
+
+def test_exports_in_trl_formats(database, user, tmp_path):
+    with session_scope(database) as session:
+        bob = crud.get_or_create_user(session, "web:bob", "bob")
+        _, _, (a, b) = make_turn(session, user, "Name a prime", ("seven", "eight"))
+        crud.save_comparison(session, user, a, b, winner=Winner.a, a_position=0)
+        _, _, (c, d) = make_turn(session, user, "Say hi", ("hello!", "go away"))
+        crud.save_rating(session, user, c, thumb=Thumb.up)
+        crud.save_rating(session, bob, d, thumb=Thumb.down, reason="unhelpful")
+        crud.add_correction(session, bob, d, "Hi there, how can I help?", None)
+
+    with Session(database) as session:
+        pairs = {(r.source, r.data["chosen"][0]["content"], r.data["rejected"][0]["content"])
+                 for r in preference_rows(session)}
+        assert pairs == {("comparison", "seven", "eight"), ("ratings", "hello!", "go away"),
+                         ("correction", "Hi there, how can I help?", "go away")}
+        kto = sorted((r.data["completion"][0]["content"], r.data["label"]) for r in kto_rows(session))
+        assert kto == [("go away", False), ("hello!", True)]
+        sft = sft_rows(session)[0].data["messages"]
+        assert sft == [{"role": "user", "content": "Say hi"},
+                       {"role": "assistant", "content": "Hi there, how can I help?"}]
+
+        out = tmp_path / "dpo.jsonl"
+        assert export(session, "dpo", out) == 3
+        first = json.loads(out.read_text().splitlines()[0])
+        assert set(first) == {"prompt", "chosen", "rejected"}
+        assert first["prompt"][-1] == {"role": "user", "content": "Name a prime"}
