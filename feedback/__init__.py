@@ -1,0 +1,1 @@
+"""The feedback store: tables, data access, migrations, the feedback API and dataset export."""

@@ -1,0 +1,1 @@
+"""Serving: engines, release routing, the chat service and the OpenAI-compatible API."""

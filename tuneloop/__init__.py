@@ -1,0 +1,1 @@
+"""tuneloop's composition layer: settings, the CLI and the app factory."""
