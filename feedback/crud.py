@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import select as sa_select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session, col, select
 
@@ -40,11 +41,16 @@ def hash_token(token: str) -> str:
 
 
 def get_or_create_user(session: Session, external_id: str, name: str, role: Role = Role.user) -> User:
-    user = session.exec(select(User).where(User.external_id == external_id)).first()
-    if user is None:
-        user = User(external_id=external_id, name=name, role=role)
-        session.add(user)
-        session.flush()
+    query = select(User).where(User.external_id == external_id)
+    user = session.exec(query).first()
+    if user is not None:
+        return user
+    try:
+        with session.begin_nested():  # a concurrent first contact may create the same user
+            user = User(external_id=external_id, name=name, role=role)
+            session.add(user)
+    except IntegrityError:
+        user = session.exec(query).one()
     return user
 
 

@@ -9,7 +9,7 @@ import openai
 import pytest
 from sqlmodel import Session, select
 
-from feedback.models import Channel, Conversation, Message, Response
+from feedback.models import Channel, Conversation, Message, Response, User
 
 
 @pytest.fixture
@@ -115,3 +115,13 @@ def test_a_user_token_is_accepted_and_names_the_conversation_owner(live_server):
     theirs = httpx.post(f"{live_server.url}/api/feedback/ratings", json=rate,
                         headers={"Authorization": f"Bearer {stranger}"})
     assert (mine.status_code, theirs.status_code) == (201, 404)
+
+
+def test_concurrent_first_requests_share_one_anonymous_user(live_server):
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(8) as pool:
+        statuses = list(pool.map(lambda _: httpx.get(f"{live_server.url}/v1/models").status_code, range(8)))
+    assert statuses == [200] * 8
+    with Session(live_server.app.state.database) as session:
+        assert len(session.exec(select(User).where(User.external_id == "api:anonymous")).all()) == 1
