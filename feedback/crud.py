@@ -163,7 +163,8 @@ def save_rating(
     """One rating per user and response: each write sets the fields it names.
 
     A thumb vote always sets its reason (cleared when none is given), so changing a
-    thumbs-down to a thumbs-up does not keep the old complaint.
+    thumbs-down to a thumbs-up does not keep the old reason. A comment stays until a
+    later write brings another.
     """
     now = utcnow()
     update: dict[str, Any] = {"updated_at": now}

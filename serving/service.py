@@ -16,7 +16,7 @@ from sqlalchemy.engine import Engine as Database
 
 from feedback import crud
 from feedback.db import session_scope
-from feedback.models import Channel, MessageRole, Response, User
+from feedback.models import Channel, Message, MessageRole, Response, User
 from serving.engine import Engine, GenerationRequest, SamplingParams, StreamEvent
 from serving.releases import ReleaseChoice, choose_release
 
@@ -68,7 +68,7 @@ class ChatService:
     def _open_turn(self, conversation_id: uuid.UUID, text: str, n: int) -> Turn:
         with session_scope(self.database) as session:
             prompt = crud.add_message(session, conversation_id, MessageRole.user, text)
-            history = [{"role": m.role.value, "content": m.content} for m in crud.conversation_messages(session, conversation_id)]
+            history = _answered_history(crud.conversation_messages(session, conversation_id))
             release = choose_release(session, conversation_id)
         return self._turn(conversation_id, prompt.id, history, release, n)
 
@@ -132,6 +132,14 @@ class ChatService:
             if chosen:
                 crud.continue_with(session, turn.prompt_message_id, response)
         return response
+
+
+def _answered_history(messages: Sequence[Message]) -> list[dict[str, str]]:
+    """The conversation as the model should see it: a prompt whose answer never arrived
+    (generation failed, the client left) is dropped rather than sent twice in a row."""
+    kept = [m for i, m in enumerate(messages)
+            if not (m.role == MessageRole.user and i + 1 < len(messages) and messages[i + 1].role == MessageRole.user)]
+    return [{"role": m.role.value, "content": m.content} for m in kept]
 
 
 async def _merge(streams: list[AsyncIterator[StreamEvent]]) -> AsyncIterator[tuple[int, StreamEvent]]:

@@ -187,7 +187,8 @@ def test_thumbs_down_with_reason_comment_and_stars(page, live_server):
     with Session(live_server.app.state.database) as session:
         rating = session.exec(select(Rating)).one()
         assert str(rating.response_id) == answer_id
-        assert (rating.thumb.value, rating.reason, rating.comment, rating.stars) == ("down", "incorrect", "It is Paris.", 4)
+        stored = (rating.thumb.value, rating.reason, rating.comment, rating.stars)
+        assert stored == ("down", "incorrect", "It is Paris.", 4)
 
     page.reload()
     page.get_by_test_id("tl-bubble").click()

@@ -31,6 +31,7 @@ class RatingView(BaseModel):
 class AnswerView(BaseModel):
     response_id: uuid.UUID
     text: str
+    finish_reason: str
     index: int
     position: int
     rating: RatingView | None = None
@@ -60,7 +61,7 @@ def build_conversation(session: Session, user: User, conversation: Conversation)
     turns = []
     for prompt in prompts:
         answers = sorted(
-            (AnswerView(response_id=r.id, text=r.text, index=r.trace.get("index", 0),
+            (AnswerView(response_id=r.id, text=r.text, finish_reason=r.finish_reason, index=r.trace.get("index", 0),
                         position=r.trace.get("shown_at", 0),
                         rating=RatingView.model_validate(ratings[r.id], from_attributes=True) if r.id in ratings else None)
              for r in responses if r.prompt_message_id == prompt.id),

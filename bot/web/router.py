@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import random
 import secrets
 import uuid
@@ -20,6 +21,7 @@ from serving.router import ChatDep
 from serving.service import AnswerDelta, AnswerDone, ChatService, Turn
 
 router = APIRouter(prefix="/api", tags=["widget"])
+log = logging.getLogger(__name__)
 
 
 @router.post("/session", status_code=201, response_model=SessionOut)
@@ -80,8 +82,9 @@ async def _events(chat: ChatService, turn: Turn, params: SamplingParams) -> Asyn
             elif isinstance(event, AnswerDone):
                 yield _event("done", {"response_id": rid, "text": event.response.text,
                                       "finish_reason": event.response.finish_reason})
-    except Exception as error:  # the stream has begun; tell the widget in-band
-        yield _event("error", {"message": f"generation failed: {error}"})
+    except Exception:  # the stream has begun: tell the widget in-band, keep details in the log
+        log.exception("a widget turn failed in conversation %s", turn.conversation_id)
+        yield _event("error", {"message": "The answer could not be generated; please try again."})
 
 
 def _event(name: str, data: dict) -> str:

@@ -306,6 +306,7 @@
     ".tl-thumb[aria-pressed=true]{color:#5b5bd6}",
     ".tl-thumb-down[aria-pressed=true]{color:#d1455b}",
     ".tl-sep{width:1px;height:16px;background:#e4e4ef;margin:0 6px}",
+    ".tl-stars{display:flex}",
     ".tl-stars button{padding:3px 1px}",
     ".tl-star.tl-on{color:#f0a020}",
     ".tl-feedback button.tl-star:hover{background:none;color:#f0a020}",
@@ -322,6 +323,7 @@
     ".tl-error button{border:0;background:none;color:inherit;padding:0 2px;font-size:14px;line-height:1}",
     ".tl-form{display:flex;gap:8px;padding:10px 12px 12px;border-top:1px solid #ececf3;background:#fff;align-items:flex-end}",
     ".tl-input{flex:1;resize:none;font:inherit;border:1px solid #d4d4e6;border-radius:12px;padding:9px 12px;max-height:120px;min-height:40px;color:#1f2330;background:#fff}",
+    ".tl-input:focus,.tl-input:focus-visible{outline:none;border-color:#5b5bd6;box-shadow:0 0 0 3px rgba(91,91,214,.15)}",
     ".tl-input:disabled{background:#f4f4f8}",
     ".tl-send{width:40px;height:40px;border:0;border-radius:12px;background:#5b5bd6;color:#fff;display:flex;align-items:center;justify-content:center;flex:none}",
     ".tl-foot{font-size:11px;color:#9a9db0;text-align:center;padding:0 0 8px;background:#fff}",
@@ -338,10 +340,12 @@
     var host = document.createElement("tuneloop-widget");
     host.setAttribute("style", "all:initial!important;position:fixed!important;right:0!important;bottom:0!important;" +
       "width:0!important;height:0!important;z-index:2147483000!important;display:block!important");
-    var root = host.attachShadow ? host.attachShadow({ mode: "open" }) : host;
+    var root = host.attachShadow({ mode: "open" });
     root.appendChild(el("style", { text: CSS }));
 
-    ui.log = el("div", { class: "tl-log", role: "log", "aria-live": "polite", "data-testid": "tl-log" });
+    ui.root = root;
+    ui.log = el("div", { class: "tl-log", role: "log", "aria-live": "polite", tabindex: "0", "aria-label": "Conversation",
+                         "data-testid": "tl-log" });
     ui.errorText = el("span");
     ui.error = el("div", { class: "tl-error", role: "alert", "data-testid": "tl-error", hidden: true }, [
       ui.errorText, el("button", { type: "button", "aria-label": "Dismiss", text: "\u00d7", onclick: hideError })
@@ -438,9 +442,21 @@
   }
 
   function rerender(turn) {
+    var old = turn.node;
     var fresh = renderTurn(turn);
-    if (turn.node && turn.node.parentNode) turn.node.parentNode.replaceChild(fresh, turn.node);
+    if (old && old.parentNode) swap(old, fresh);
     else ui.log.appendChild(fresh);
+  }
+
+  /** Replace a node; if it held the keyboard focus, give it to the same control in the new one. */
+  function swap(old, fresh) {
+    var active = ui.root.activeElement;
+    var had = active && old.contains(active);
+    var id = had && active.getAttribute("data-testid");
+    old.parentNode.replaceChild(fresh, old);
+    if (!had) return;
+    var target = (id && fresh.querySelector('[data-testid="' + id + '"]')) || ui.log;
+    target.focus();
   }
 
   function renderTurn(turn) {
@@ -492,9 +508,11 @@
     return box;
   }
 
+  function shown(text) { return text.replace(/^\s+/, ""); } // models often open with a newline
+
   /** One answer; its text node is kept on the answer so streamed deltas append in place. */
   function answerShell(answer, label, inPair) {
-    answer.textNode = el("div", { class: "tl-text", "data-testid": "tl-answer-text", text: answer.text });
+    answer.textNode = el("div", { class: "tl-text", "data-testid": "tl-answer-text", text: shown(answer.text) });
     var node = el("div", { class: "tl-answer", "data-testid": "tl-answer", "data-response-id": answer.id || null,
                            "data-state": answer.status, "data-position": answer.position, "data-index": answer.index,
                            "aria-busy": String(answer.status === "streaming") }, [
@@ -564,7 +582,7 @@
     if (!old || !old.parentNode) return;
     var label = old.querySelector(".tl-label");
     var fresh = answerShell(answer, label ? label.textContent.replace("Answer ", "") : null);
-    old.parentNode.replaceChild(fresh, old);
+    swap(old, fresh);
   }
 
   // ------------------------------------------------------------------ feedback
@@ -690,7 +708,7 @@
       if (!answer) return;
       if (name === "delta") {
         answer.text += data.text;
-        answer.textNode.textContent = answer.text;
+        answer.textNode.textContent = shown(answer.text);
       } else {
         answer.text = data.text;
         answer.status = "done";
