@@ -166,3 +166,16 @@ def test_exports_in_trl_formats(database, user, tmp_path):
         first = json.loads(out.read_text().splitlines()[0])
         assert set(first) == {"prompt", "chosen", "rejected"}
         assert first["prompt"][-1] == {"role": "user", "content": "Name a prime"}
+
+
+def test_processes_starting_together_upgrade_one_after_another(database_url):
+    # Four engines (as four workers or replicas would have) upgrade the same fresh database at once.
+    from concurrent.futures import ThreadPoolExecutor
+
+    from feedback.db import make_engine
+    from feedback.migrate import upgrade
+
+    engines = [make_engine(database_url) for _ in range(4)]
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(upgrade, engines))
+    assert {current_revision(engine) for engine in engines} == {"0001"}
