@@ -48,10 +48,10 @@ def run_once(
     if replay is not None:
         return replay
     status, body = store()
-    crud.remember_idempotent(session, user, key, digest, status, body)
     try:
+        crud.remember_idempotent(session, user, key, digest, status, body)
         session.commit()
-    except IntegrityError:  # the same key won a race in another request: answer as it did
+    except IntegrityError:  # the same key won a race in another request: undo ours, answer as it did
         session.rollback()
         replay = _replay(session, user, key, digest)
         if replay is None:

@@ -160,7 +160,18 @@ def test_correction_is_stored(api):
     assert count(api, Correction) == 1
 
 
-def test_concurrent_retries_with_one_key_store_once(live_server):
+@pytest.fixture
+def server_on_each_database(settings, database_url, tiny_engine):
+    from tests.conftest import LiveServer
+    from tuneloop.app import create_app
+
+    settings.database_url = database_url
+    with LiveServer(create_app(settings, engine=tiny_engine)) as server:
+        yield server
+
+
+def test_concurrent_retries_with_one_key_store_once(server_on_each_database):
+    live_server = server_on_each_database
     with httpx.Client(base_url=live_server.url) as http:
         headers = {"Authorization": f"Bearer {http.post('/api/session').json()['token']}"}
         conversation = http.post("/api/conversations", headers=headers).json()["id"]
