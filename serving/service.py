@@ -18,7 +18,7 @@ from feedback import crud
 from feedback.db import session_scope
 from feedback.models import Channel, Message, MessageRole, Response, User
 from serving.engine import Engine, GenerationRequest, SamplingParams, StreamEvent
-from serving.releases import ReleaseChoice, choose_release
+from serving.releases import LiveReleases, ReleaseChoice
 
 
 @dataclass
@@ -28,10 +28,10 @@ class Turn:
     conversation_id: uuid.UUID
     prompt_message_id: int
     messages: list[dict[str, str]]
-    release: ReleaseChoice
     response_ids: list[uuid.UUID] = field(default_factory=list)
     # Where each answer is shown (0 = first); an A/B turn shuffles them.
     positions: list[int] = field(default_factory=list)
+    release: ReleaseChoice | None = None  # chosen when generation starts
 
 
 @dataclass
@@ -50,9 +50,10 @@ TurnEvent = AnswerDelta | AnswerDone
 
 
 class ChatService:
-    def __init__(self, engine: Engine, database: Database, *, system_prompt: str):
+    def __init__(self, engine: Engine, database: Database, live: LiveReleases, *, system_prompt: str):
         self.engine = engine
         self.database = database
+        self.live = live
         self.system_prompt = system_prompt
 
     # ------------------------------------------------------------ opening a turn
@@ -69,22 +70,20 @@ class ChatService:
         with session_scope(self.database) as session:
             prompt = crud.add_message(session, conversation_id, MessageRole.user, text)
             history = _answered_history(crud.conversation_messages(session, conversation_id))
-            release = choose_release(session, conversation_id)
-        return self._turn(conversation_id, prompt.id, history, release, n)
+        return self._turn(conversation_id, prompt.id, history, n)
 
     def _open_api_turn(self, user: User, messages: list[dict[str, str]], n: int) -> Turn:
         with session_scope(self.database) as session:
             conversation = crud.create_conversation(session, user, Channel.api)
             for message in messages:
                 stored = crud.add_message(session, conversation.id, MessageRole(message["role"]), message["content"])
-            release = choose_release(session, conversation.id)
-        return self._turn(conversation.id, stored.id, messages, release, n)
+        return self._turn(conversation.id, stored.id, messages, n)
 
-    def _turn(self, conversation_id, prompt_message_id, history, release, n) -> Turn:  # noqa: ANN001
+    def _turn(self, conversation_id, prompt_message_id, history, n) -> Turn:  # noqa: ANN001
         if not history or history[0]["role"] != "system":
             history = [{"role": "system", "content": self.system_prompt}, *history]
         ids = [uuid.uuid4() for _ in range(n)]
-        return Turn(conversation_id, prompt_message_id, history, release, ids, list(range(n)))
+        return Turn(conversation_id, prompt_message_id, history, ids, list(range(n)))
 
     # ------------------------------------------------------------ answering
 
@@ -96,16 +95,21 @@ class ChatService:
         """
         continue_with = turn.positions.index(0)
         started = time.perf_counter()
-        request = GenerationRequest(turn.messages, params, turn.release.adapter)
-        streams = [self.engine.stream(request) for _ in turn.response_ids]
-        async for index, event in _merge(streams):
-            if event.completion is None:
-                yield AnswerDelta(index, event.text)
-                continue
-            response = await asyncio.to_thread(
-                self._store, turn, index, event, params, started, index == continue_with
-            )
-            yield AnswerDone(index, response)
+        turn.release = self.live.choose(turn.conversation_id)
+        self.live.begin(turn.release)  # its adapter stays loaded until this turn is done
+        try:
+            request = GenerationRequest(turn.messages, params, turn.release.adapter)
+            streams = [self.engine.stream(request) for _ in turn.response_ids]
+            async for index, event in _merge(streams):
+                if event.completion is None:
+                    yield AnswerDelta(index, event.text)
+                    continue
+                response = await asyncio.to_thread(
+                    self._store, turn, index, event, params, started, index == continue_with
+                )
+                yield AnswerDone(index, response)
+        finally:
+            self.live.end(turn.release)
 
     async def answer(self, turn: Turn, params: SamplingParams) -> list[Response]:
         done = [event async for event in self.stream(turn, params) if isinstance(event, AnswerDone)]

@@ -17,6 +17,8 @@ from feedback.migrate import upgrade
 from feedback.router import router as feedback_router
 from serving.engine import Engine
 from serving.router import RESPONSE_ID_HEADER
+from serving.reconcile import Reconciler
+from serving.releases import LiveReleases
 from serving.router import router as openai_router
 from serving.service import ChatService
 from tuneloop.http import BodySizeLimit, install_error_handlers
@@ -50,12 +52,17 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
             crud.ensure_base_release(session, settings.model)
         model = engine or await asyncio.to_thread(build_engine, settings)
         await model.start()
-        app.state.database, app.state.engine = database, model
-        app.state.chat = ChatService(model, database, system_prompt=settings.system_prompt)
+        live = LiveReleases()
+        reconciler = Reconciler(model, database, live, interval=settings.reload_interval)
+        await reconciler.reconcile()  # load the active release before the first request
+        following = asyncio.create_task(reconciler.run(), name="tuneloop-reconciler")
+        app.state.database, app.state.engine, app.state.live = database, model, live
+        app.state.chat = ChatService(model, database, live, system_prompt=settings.system_prompt)
         log.info("tuneloop is serving %s on http://%s:%s", settings.model, settings.host, settings.port)
         try:
             yield
         finally:
+            following.cancel()
             await model.close()
             database.dispose()
 

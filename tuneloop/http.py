@@ -12,6 +12,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from serving.errors import openai_error, openai_validation_error
+from serving.releases import NoActiveRelease
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +40,12 @@ def install_error_handlers(app: FastAPI) -> None:
         if _is_openai(request):
             return openai_error(error.status_code, str(error.detail))
         return JSONResponse({"detail": error.detail}, status_code=error.status_code, headers=error.headers)
+
+    @app.exception_handler(NoActiveRelease)
+    async def _unavailable(request: Request, error: NoActiveRelease) -> JSONResponse:
+        if _is_openai(request):
+            return openai_error(503, str(error))
+        return JSONResponse({"detail": str(error)}, status_code=503)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, error: Exception) -> JSONResponse:

@@ -28,6 +28,8 @@ class Settings(BaseSettings):
     max_batch_size: int = Field(default=8, ge=1, le=64)
     batch_wait_ms: float = Field(default=5.0, ge=0, description="how long the batcher waits for company")
 
+    reload_interval: float = Field(default=0.5, gt=0, description="seconds between checks for a new release")
+
     host: str = "127.0.0.1"
     port: int = 8000
     ab_share: float = Field(default=0.2, ge=0.0, le=1.0, description="share of widget turns shown as an A/B pair")

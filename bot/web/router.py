@@ -73,7 +73,7 @@ async def _events(chat: ChatService, turn: Turn, params: SamplingParams) -> Asyn
     answers = [{"response_id": str(rid), "index": i, "position": turn.positions[i]}
                for i, rid in enumerate(turn.response_ids)]
     yield _event("turn", {"prompt_message_id": turn.prompt_message_id, "ab": len(answers) > 1,
-                          "release": turn.release.name, "answers": answers})
+                          "answers": answers})
     try:
         async for event in chat.stream(turn, params):
             rid = str(turn.response_ids[event.index])
@@ -81,7 +81,8 @@ async def _events(chat: ChatService, turn: Turn, params: SamplingParams) -> Asyn
                 yield _event("delta", {"response_id": rid, "text": event.text})
             elif isinstance(event, AnswerDone):
                 yield _event("done", {"response_id": rid, "text": event.response.text,
-                                      "finish_reason": event.response.finish_reason})
+                                      "finish_reason": event.response.finish_reason,
+                                      "release": turn.release.name})
     except Exception:  # the stream has begun: tell the widget in-band, keep details in the log
         log.exception("a widget turn failed in conversation %s", turn.conversation_id)
         yield _event("error", {"message": "The answer could not be generated; please try again."})

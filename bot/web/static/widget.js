@@ -697,7 +697,6 @@
   function onEvent(turn, name, data) {
     if (name === "turn") {
       turn.promptMessageId = data.prompt_message_id;
-      turn.release = data.release;
       turn.ab = !!data.ab;
       turn.answers = data.answers.map(function (a) {
         return { id: a.response_id, index: a.index, position: a.position, text: "", status: "streaming", rating: {} };

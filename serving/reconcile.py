@@ -1,0 +1,109 @@
+"""Serving follows the database: load what is approved, verify it, route to it, unload the old.
+
+Every replica runs one of these against the shared database, so they all swap together.
+Polling keeps it to plain SQL that works the same on SQLite and PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+from pathlib import Path
+
+from sqlalchemy.engine import Engine as Database
+
+from feedback import crud
+from feedback.artifacts import directory_checksum
+from feedback.db import session_scope
+from serving.engine import Engine
+from serving.releases import LiveReleases, ReleaseChoice, choice_of
+
+log = logging.getLogger(__name__)
+REPLICA = f"{socket.gethostname()}:{os.getpid()}"
+
+
+class AdapterRefused(RuntimeError):
+    """An adapter that must not be served: missing, altered since approval, or unloadable."""
+
+
+class Reconciler:
+    def __init__(self, engine: Engine, database: Database, live: LiveReleases, interval: float = 0.5):
+        self.engine, self.database, self.live, self.interval = engine, database, live, interval
+        self._refused: set[tuple[int, str | None]] = set()  # reported once, not at every poll
+
+    async def run(self) -> None:
+        while True:
+            try:
+                await self.reconcile()
+            except Exception:  # a bad poll (database restarting, ...) must not stop the loop
+                log.exception("reconciling releases failed; trying again")
+            await asyncio.sleep(self.interval)
+
+    async def reconcile(self) -> None:
+        active, canary, share = await asyncio.to_thread(self._desired)
+        ready_active = await self._ready(active) if active else None
+        ready_canary = await self._ready(canary) if canary else None
+        new_active = ready_active or self.live.active  # a refused release never replaces a working one
+        if (new_active, ready_canary) != (self.live.active, self.live.canary) or share != self.live.canary_share:
+            before = (self.live.active, self.live.canary)
+            self.live.set(new_active, ready_canary, share)
+            await asyncio.to_thread(self._audit_swap, before)
+        await self._unload_unused()
+
+    def _desired(self) -> tuple[ReleaseChoice | None, ReleaseChoice | None, float]:
+        with session_scope(self.database) as session:
+            active, canary = crud.active_release(session), crud.canary_release(session)
+            return (choice_of(active) if active else None, choice_of(canary) if canary else None,
+                    canary.canary_share if canary else 0.0)
+
+    async def _ready(self, choice: ReleaseChoice) -> ReleaseChoice | None:
+        """The choice once its adapter is loaded and verified; None if it is refused."""
+        if choice.adapter is None or choice.adapter in self.engine.adapters():
+            return choice
+        if (choice.release_id, choice.checksum) in self._refused:
+            return None
+        try:
+            await asyncio.to_thread(verify, choice.adapter_path, choice.checksum)
+            await self.engine.load_adapter(choice.adapter, choice.adapter_path)
+        except Exception as error:
+            self._refused.add((choice.release_id, choice.checksum))
+            log.error("refusing release %s: %s", choice.name, error)
+            await asyncio.to_thread(self._audit, "serving.refuse", choice, {"reason": str(error)})
+            return None
+        log.info("loaded release %s (adapter %s, checksum verified)", choice.name, choice.adapter)
+        return choice
+
+    async def _unload_unused(self) -> None:
+        for adapter in self.engine.adapters() - self.live.serving():
+            if not self.live.busy(adapter):  # requests still streaming keep their adapter
+                await self.engine.unload_adapter(adapter)
+                log.info("unloaded adapter %s", adapter)
+
+    def _audit_swap(self, before: tuple[ReleaseChoice | None, ReleaseChoice | None]) -> None:
+        active, canary = self.live.active, self.live.canary
+        details = {
+            "previous_active": before[0].name if before[0] else None,
+            "previous_canary": before[1].name if before[1] else None,
+            "canary": canary.name if canary else None,
+            "canary_share": self.live.canary_share,
+            "verified_checksums": {c.name: c.checksum for c in (active, canary) if c and c.checksum},
+        }
+        self._audit("serving.swap", active, details)
+
+    def _audit(self, action: str, choice: ReleaseChoice | None, details: dict) -> None:
+        with session_scope(self.database) as session:
+            target = f"release:{choice.name}" if choice else "release:none"
+            crud.audit(session, None, action, target, {"replica": REPLICA, **details})
+
+
+def verify(adapter_path: str | None, checksum: str | None) -> None:
+    """Refuse an adapter whose files are not exactly the ones the release recorded."""
+    if not adapter_path or not Path(adapter_path).is_dir():
+        raise AdapterRefused(f"adapter folder {adapter_path} is missing")
+    if not checksum:
+        raise AdapterRefused("the release records no checksum")
+    actual = directory_checksum(adapter_path)
+    if actual != checksum:
+        raise AdapterRefused(f"checksum mismatch: release says {checksum[:12]}…, files give {actual[:12]}…")
