@@ -101,9 +101,11 @@ def _from_rating_gaps(session: Session, context: _Context) -> Iterator[Row]:
             scores[rating.response_id].append(score)
             if rating.response_id not in latest or rating.updated_at > latest[rating.response_id].updated_at:
                 latest[rating.response_id] = rating
-    by_prompt: dict[int, list[Response]] = defaultdict(list)
+    # "The same prompt" is the same conversation so far, word for word: answers to one
+    # message, or to the same first question asked in different conversations.
+    by_prompt: dict[str, list[Response]] = defaultdict(list)
     for response in _responses(session, scores).values():
-        by_prompt[response.prompt_message_id].append(response)
+        by_prompt[json.dumps(context.prompt(response))].append(response)
     for answers in by_prompt.values():
         for x, y in itertools.combinations(sorted(answers, key=lambda r: str(r.id)), 2):
             gap = sum(scores[x.id]) / len(scores[x.id]) - sum(scores[y.id]) / len(scores[y.id])

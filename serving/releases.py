@@ -24,8 +24,11 @@ class ReleaseChoice:
 
 
 def adapter_name(release: Release) -> str | None:
-    # A versioned name per release, so old and new can be loaded side by side.
-    return f"release-{release.id}" if release.adapter_path else None
+    # A versioned name per release and content, so old and new can be loaded side by side
+    # and a name never stands for other weights than the ones the release recorded.
+    if not release.adapter_path:
+        return None
+    return f"release-{release.id}-{(release.checksum or 'unverified')[:12]}"
 
 
 def choice_of(release: Release) -> ReleaseChoice:

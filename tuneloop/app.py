@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
+from bot.operator.router import router as releases_router
 from bot.web.pages import router as pages_router
 from bot.web.router import router as widget_router
 from feedback import crud
@@ -41,6 +43,17 @@ def build_engine(settings: Settings) -> Engine:
     )
 
 
+def _nightly(settings: Settings):  # noqa: ANN202
+    """Start the nightly training schedule, when one is set."""
+    if not settings.nightly_at:
+        return None
+    from trainer.schedule import NightlyScheduler, parse_hhmm
+
+    scheduler = NightlyScheduler(parse_hhmm(settings.nightly_at), [sys.executable, "-m", "tuneloop.cli", "train"])
+    scheduler.start()
+    return scheduler
+
+
 def create_app(settings: Settings | None = None, engine: Engine | None = None) -> FastAPI:
     settings = settings or get_settings()
 
@@ -58,10 +71,13 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
         following = asyncio.create_task(reconciler.run(), name="tuneloop-reconciler")
         app.state.database, app.state.engine, app.state.live = database, model, live
         app.state.chat = ChatService(model, database, live, system_prompt=settings.system_prompt)
+        nightly = _nightly(settings)
         log.info("tuneloop is serving %s on http://%s:%s", settings.model, settings.host, settings.port)
         try:
             yield
         finally:
+            if nightly:
+                nightly.stop()
             following.cancel()
             await model.close()
             database.dispose()
@@ -73,7 +89,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     app.add_middleware(CORSMiddleware, allow_origins=["*"], allow_methods=["*"], allow_headers=["*"],
                        expose_headers=[RESPONSE_ID_HEADER])
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
-    for router in (openai_router, feedback_router, widget_router, pages_router):
+    for router in (openai_router, feedback_router, widget_router, releases_router, pages_router):
         app.include_router(router)
 
     @app.get("/healthz", include_in_schema=False)

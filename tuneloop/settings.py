@@ -30,6 +30,12 @@ class Settings(BaseSettings):
 
     reload_interval: float = Field(default=0.5, gt=0, description="seconds between checks for a new release")
 
+    # The nightly job and its gate.
+    nightly_at: str | None = Field(default=None, pattern=r"^([01]\d|2[0-3]):[0-5]\d$", description="HH:MM local time")
+    gate_min_pair_accuracy: float = Field(default=0.55, ge=0, le=1)
+    gate_min_win_rate: float = Field(default=0.5, ge=0, le=1.01)
+    judge: str | None = Field(default=None, description="module:function judging candidate against active")
+
     host: str = "127.0.0.1"
     port: int = 8000
     ab_share: float = Field(default=0.2, ge=0.0, le=1.0, description="share of widget turns shown as an A/B pair")

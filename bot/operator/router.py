@@ -1,0 +1,115 @@
+"""Release approval over HTTP, for operators only; the same calls the CLI and Slack make."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, HTTPException
+from fastapi.responses import FileResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from feedback import releases
+from feedback.deps import CurrentUser, SessionDep
+from feedback.models import Release, Role, User
+
+router = APIRouter(prefix="/api/releases", tags=["releases"])
+
+
+def operator(user: CurrentUser) -> User:
+    if user.role != Role.operator:
+        raise HTTPException(403, "Only operators may do this; `tuneloop users add NAME --role operator` makes one")
+    return user
+
+
+Operator = Annotated[User, Depends(operator)]
+
+
+class ApproveIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    canary: float | None = Field(default=None, gt=0, le=1, description="share of conversations; none: all")
+
+
+class ReasonIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    reason: str = Field(default="", max_length=2000)
+
+
+class ReleaseOut(BaseModel):
+    name: str
+    state: str
+    canary_share: float
+    base_model: str
+    checksum: str | None
+    training_run_id: int | None
+    gate: str | None
+    win_rate: float | None
+
+
+def summary(release: Release) -> ReleaseOut:
+    report = release.report or {}
+    win = (report.get("evaluation") or {}).get("win_rate") or {}
+    return ReleaseOut(name=release.name, state=release.state.value, canary_share=release.canary_share,
+                      base_model=release.base_model, checksum=release.checksum,
+                      training_run_id=release.training_run_id,
+                      gate=(report.get("gate") or {}).get("summary"), win_rate=win.get("rate"))
+
+
+def _act(session: SessionDep, action) -> ReleaseOut:  # noqa: ANN001
+    try:
+        release = action()
+    except releases.ReleaseNotFound as error:
+        raise HTTPException(404, str(error)) from error
+    except releases.ReleaseError as error:
+        raise HTTPException(409, str(error)) from error
+    session.commit()
+    return summary(release)
+
+
+@router.get("", response_model=list[ReleaseOut])
+def list_releases(session: SessionDep, _: Operator) -> list[ReleaseOut]:
+    return [summary(r) for r in releases.listing(session)]
+
+
+def _get(session: SessionDep, name: str) -> Release:
+    try:
+        return releases.get(session, name)
+    except releases.ReleaseNotFound as error:
+        raise HTTPException(404, str(error)) from error
+
+
+@router.get("/{name}")
+def show_release(name: str, session: SessionDep, _: Operator) -> dict:
+    release = _get(session, name)
+    return {**summary(release).model_dump(), "report": release.report}
+
+
+@router.get("/{name}/report", response_class=FileResponse)
+def release_report(name: str, session: SessionDep, _: Operator) -> FileResponse:
+    """The HTML report the trainer wrote beside the release's adapter."""
+    release = _get(session, name)
+    page = Path(release.adapter_path).parent / "report.html" if release.adapter_path else None
+    if page is None or not page.is_file():
+        raise HTTPException(404, f"release {name!r} has no report page")
+    return FileResponse(page, media_type="text/html")
+
+
+@router.post("/{name}/approve", response_model=ReleaseOut)
+def approve(name: str, session: SessionDep, user: Operator, body: ApproveIn | None = None) -> ReleaseOut:
+    canary = body.canary if body else None
+    return _act(session, lambda: releases.approve(session, name, user, canary=canary))
+
+
+@router.post("/{name}/reject", response_model=ReleaseOut)
+def reject(name: str, session: SessionDep, user: Operator, body: ReasonIn | None = None) -> ReleaseOut:
+    return _act(session, lambda: releases.reject(session, name, user, reason=body.reason if body else ""))
+
+
+@router.post("/promote", response_model=ReleaseOut)
+def promote(session: SessionDep, user: Operator) -> ReleaseOut:
+    return _act(session, lambda: releases.promote(session, user))
+
+
+@router.post("/rollback", response_model=ReleaseOut)
+def rollback(session: SessionDep, user: Operator, body: ReasonIn | None = None) -> ReleaseOut:
+    return _act(session, lambda: releases.rollback(session, user, reason=body.reason if body else ""))

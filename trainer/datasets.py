@@ -1,0 +1,93 @@
+"""Training and held-out datasets from the store, split so nothing leaks between them.
+
+The split is by prompt: a prompt and its near copies form one group, and a group lies
+wholly on one side. It is also by time: the groups with the newest feedback are held
+out, so evaluation looks like tomorrow's traffic rather than yesterday's.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from datasets import Dataset
+from sqlmodel import Session
+
+from feedback.export import Row, kto_rows, preference_rows, sft_rows
+
+
+def normalize(prompt: str) -> str:
+    return re.sub(r"\s+", " ", re.sub(r"[^\w\s]", "", prompt.lower())).strip()
+
+
+def trigrams(text: str) -> set[str]:
+    text = f"  {normalize(text)} "
+    return {text[i : i + 3] for i in range(len(text) - 2)}
+
+
+def jaccard(a: set[str], b: set[str]) -> float:
+    return len(a & b) / len(a | b) if a and b else float(a == b)
+
+
+def prompt_groups(prompts: Sequence[str], threshold: float) -> list[int]:
+    """A group id per prompt; prompts at least `threshold` similar share one (union-find).
+
+    Pairwise trigram Jaccard is quadratic, which is fine for a night's few thousand
+    distinct prompts; MinHash would take over beyond that.
+    """
+    distinct = sorted({normalize(p) for p in prompts})
+    shingles = [trigrams(p) for p in distinct]
+    parent = list(range(len(distinct)))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for i in range(len(distinct)):
+        for j in range(i + 1, len(distinct)):
+            if jaccard(shingles[i], shingles[j]) >= threshold:
+                parent[root(j)] = root(i)
+    group_of = {text: root(i) for i, text in enumerate(distinct)}
+    return [group_of[normalize(p)] for p in prompts]
+
+
+@dataclass
+class Split:
+    train: list[Row]
+    held_out: list[Row]
+
+    def counts(self) -> dict[str, int]:
+        return {"train": len(self.train), "held_out": len(self.held_out)}
+
+
+def split_rows(rows: Sequence[Row], holdout_fraction: float, threshold: float) -> Split:
+    """Hold out whole prompt groups, newest first, until `holdout_fraction` of rows is held out."""
+    if not rows:
+        return Split([], [])
+    groups = prompt_groups([r.prompt_text for r in rows], threshold)
+    members: dict[int, list[Row]] = {}
+    for group, row in zip(groups, rows):
+        members.setdefault(group, []).append(row)
+    newest_first = sorted(members.values(), key=lambda rs: max(r.created_at for r in rs), reverse=True)
+    target = holdout_fraction * len(rows)
+    held_out: list[Row] = []
+    train: list[Row] = []
+    for group_rows in newest_first:
+        # Always keep at least one group for training, and hold out at least one if asked to.
+        wanted = len(held_out) < target and (len(newest_first) > 1 or holdout_fraction >= 1)
+        (held_out if wanted else train).extend(group_rows)
+    return Split(train, held_out)
+
+
+def to_dataset(rows: Sequence[Row]) -> Dataset:
+    return Dataset.from_list([row.data for row in rows])
+
+
+BUILDERS = {"dpo": preference_rows, "kto": kto_rows, "sft": sft_rows}
+
+
+def load_split(session: Session, kind: str, holdout_fraction: float, threshold: float) -> Split:
+    return split_rows(BUILDERS[kind](session), holdout_fraction, threshold)

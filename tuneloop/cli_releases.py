@@ -1,0 +1,126 @@
+"""`tuneloop releases ...` and `tuneloop users ...`: operator work from a shell."""
+
+from __future__ import annotations
+
+import getpass
+import json
+from collections.abc import Callable
+
+import typer
+
+from tuneloop.settings import get_settings
+
+releases_app = typer.Typer(help="Candidate releases: read their reports, approve, reject, roll back.",
+                           no_args_is_help=True)
+users_app = typer.Typer(help="People and their roles.", no_args_is_help=True)
+
+
+def _session_and_actor():
+    from feedback import crud
+    from feedback.db import make_engine
+    from feedback.migrate import upgrade
+    from feedback.models import Role
+    from sqlmodel import Session
+
+    database = make_engine(get_settings().database_url)
+    upgrade(database)
+    session = Session(database, expire_on_commit=False)
+    # Whoever can reach the database from a shell is trusted as an operator; the audit log names them.
+    actor = crud.get_or_create_user(session, f"cli:{getpass.getuser()}", getpass.getuser(), Role.operator)
+    return session, actor
+
+
+def _act(action: Callable) -> None:  # noqa: ANN001
+    from feedback import releases
+
+    session, actor = _session_and_actor()
+    with session:
+        try:
+            release = action(session, actor)
+        except (releases.ReleaseError, releases.ReleaseNotFound) as error:
+            typer.secho(str(error), fg="red", err=True)
+            raise typer.Exit(1) from error
+        session.commit()
+        typer.echo(f"{release.name}: {release.state.value}"
+                   + (f" on {release.canary_share:.0%} of conversations" if release.canary_share else ""))
+
+
+@releases_app.command("list")
+def list_releases() -> None:
+    """Every release, newest first, with its state and gate line."""
+    from feedback import releases
+
+    session, _ = _session_and_actor()
+    with session:
+        for release in releases.listing(session):
+            gate = (release.report.get("gate") or {}).get("summary", "")
+            share = f" {release.canary_share:.0%}" if release.canary_share else ""
+            typer.echo(f"{release.name:<24} {release.state.value + share:<14} {gate}")
+
+
+@releases_app.command("show")
+def show(name: str) -> None:
+    """A release's report (JSON) and where its HTML page is."""
+    from pathlib import Path
+
+    from feedback import releases
+
+    session, _ = _session_and_actor()
+    with session:
+        release = releases.get(session, name)
+        report = {k: v for k, v in release.report.items() if k != "training"}
+        typer.echo(json.dumps({"name": release.name, "state": release.state.value, "checksum": release.checksum,
+                               "adapter": release.adapter_path, **report}, indent=2, default=str))
+        if release.adapter_path:
+            typer.echo(f"report page: {Path(release.adapter_path).parent / 'report.html'}")
+
+
+@releases_app.command("approve")
+def approve(name: str, canary: float = typer.Option(None, help="serve it to this share of conversations first")) -> None:
+    """Approve a candidate: active at once, or a canary with --canary 0.2."""
+    from feedback import releases
+
+    _act(lambda session, actor: releases.approve(session, name, actor, canary=canary))
+
+
+@releases_app.command("reject")
+def reject(name: str, reason: str = typer.Option("", help="kept in the audit log")) -> None:
+    from feedback import releases
+
+    _act(lambda session, actor: releases.reject(session, name, actor, reason=reason))
+
+
+@releases_app.command("promote")
+def promote() -> None:
+    """Make the canary the active release for everyone."""
+    from feedback import releases
+
+    _act(lambda session, actor: releases.promote(session, actor))
+
+
+@releases_app.command("rollback")
+def rollback(reason: str = typer.Option("", help="kept in the audit log")) -> None:
+    """End the canary, or return to the previously active release."""
+    from feedback import releases
+
+    _act(lambda session, actor: releases.rollback(session, actor, reason=reason))
+
+
+@users_app.command("add")
+def add_user(name: str, role: str = typer.Option("user", help="user, reviewer or operator")) -> None:
+    """Create a person (or give them a new token) and print their bearer token once."""
+    from feedback import crud
+    from feedback.models import Role
+
+    try:
+        chosen = Role(role)
+    except ValueError as error:
+        raise typer.BadParameter("role must be user, reviewer or operator") from error
+    session, actor = _session_and_actor()
+    with session:
+        user = crud.get_or_create_user(session, f"local:{name}", name, chosen)
+        user.role = chosen
+        token = crud.issue_token(session, user)
+        crud.audit(session, actor, "user.token", f"user:{name}", {"role": chosen.value})
+        session.commit()
+    typer.echo(token)
