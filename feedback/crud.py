@@ -8,7 +8,6 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import select as sa_select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session, col, select
@@ -114,10 +113,6 @@ def add_response(session: Session, response: Response) -> Response:
     return response
 
 
-def get_response(session: Session, response_id: uuid.UUID) -> Response | None:
-    return session.get(Response, response_id)
-
-
 def continue_with(session: Session, prompt_message_id: int, response: Response) -> Message:
     """Make `response` the assistant message that follows the prompt in its conversation."""
     query = select(Message).where(
@@ -141,13 +136,10 @@ def _upsert(session: Session, model: type, values: dict[str, Any], keys: list[st
     """INSERT ... ON CONFLICT DO UPDATE on both dialects: last write wins even under races."""
     dialect = session.get_bind().dialect.name
     insert = {"postgresql": postgresql.insert, "sqlite": sqlite.insert}[dialect]
-    statement = insert(model).values(**values)
-    statement = statement.on_conflict_do_update(index_elements=keys, set_=update)
-    session.execute(statement.returning(model.id))
-    session.flush()
-    where = [getattr(model, key) == values[key] for key in keys]
-    row = session.execute(sa_select(model).where(*where).execution_options(populate_existing=True)).scalar_one()
-    return row
+    statement = insert(model).values(**values).on_conflict_do_update(index_elements=keys, set_=update)
+    # RETURNING the entity hands back the stored row, whichever write won.
+    statement = statement.returning(model).execution_options(populate_existing=True)
+    return session.execute(statement).scalar_one()
 
 
 def save_rating(
@@ -238,12 +230,14 @@ def find_idempotent(session: Session, user: User, key: str) -> IdempotencyRecord
 
 def remember_idempotent(
     session: Session, user: User, key: str, request_hash: str, status_code: int, body: dict
-) -> None:
-    record = IdempotencyRecord(
-        user_id=user.id, key=key, request_hash=request_hash, status_code=status_code, body=body
-    )
-    session.add(record)
-    session.flush()
+) -> bool:
+    """Store the answer under its key; False if the key was taken (by a retry that won a race)."""
+    dialect = session.get_bind().dialect.name
+    insert = {"postgresql": postgresql.insert, "sqlite": sqlite.insert}[dialect]
+    statement = insert(IdempotencyRecord).values(
+        user_id=user.id, key=key, request_hash=request_hash, status_code=status_code, body=body, created_at=utcnow()
+    ).on_conflict_do_nothing(index_elements=["user_id", "key"]).returning(IdempotencyRecord.id)
+    return session.execute(statement).first() is not None
 
 
 # ---------------------------------------------------------------- releases and audit

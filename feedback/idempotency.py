@@ -44,19 +44,20 @@ def run_once(
     if not key or len(key) > MAX_KEY_LENGTH:
         raise HTTPException(422, f"Idempotency-Key must be 1 to {MAX_KEY_LENGTH} characters")
     digest = request_hash(route, payload)
-    replay = _replay(session, user, key, digest)
-    if replay is not None:
-        return replay
+    # Do the work first, then claim the key: a fresh key (the common case) costs one insert.
+    # A key that is already taken rolls the work back and answers as the first request did.
     status, body = store()
     try:
-        crud.remember_idempotent(session, user, key, digest, status, body)
-        session.commit()
-    except IntegrityError:  # the same key won a race in another request: undo ours, answer as it did
+        claimed = crud.remember_idempotent(session, user, key, digest, status, body)
+    except IntegrityError:  # SQLite may report a concurrent claim as a conflict error
+        claimed = False
+    if not claimed:
         session.rollback()
         replay = _replay(session, user, key, digest)
         if replay is None:
-            raise
+            raise HTTPException(409, f"Idempotency-Key '{key}' is in use by a request still running; retry shortly")
         return replay
+    session.commit()
     return JSONResponse(body, status_code=status)
 
 

@@ -6,7 +6,7 @@ import uuid
 from typing import Annotated
 
 from fastapi import APIRouter, Header, HTTPException
-from sqlmodel import Session
+from sqlmodel import Session, select
 
 from feedback import crud
 from feedback.deps import CurrentUser, SessionDep
@@ -28,11 +28,12 @@ STAFF = (Role.reviewer, Role.operator)
 
 def visible_response(session: Session, user: User, response_id: uuid.UUID) -> Response:
     """The response, if this user may judge it: their own conversation's, or any for staff."""
-    response = crud.get_response(session, response_id)
-    if response is not None and user.role not in STAFF:
-        conversation = session.get(Conversation, response.conversation_id)
-        if conversation is None or conversation.user_id != user.id:
-            response = None  # someone else's answer: as good as unknown to this caller
+    query = select(Response).where(Response.id == response_id)
+    if user.role not in STAFF:  # someone else's answer is as good as unknown to this caller
+        query = query.join(Conversation, Conversation.id == Response.conversation_id).where(
+            Conversation.user_id == user.id
+        )
+    response = session.exec(query).first()
     if response is None:
         raise HTTPException(404, f"No response with id {response_id}")
     return response

@@ -37,28 +37,39 @@ class RowState:
 
 
 class RowSampling(LogitsProcessor):
-    """Temperature and nucleus (top-p) filtering with each row's own settings."""
+    """Temperature and nucleus (top-p) filtering with each row's own settings.
+
+    The vocabulary sort that top-p needs is the costly part of a decoding step on a small
+    model, so it runs only for the rows that ask for top-p below 1.
+    """
 
     def __init__(self, rows: Sequence[RowState]):
         self.greedy = torch.tensor([row.params.temperature <= 0 for row in rows])
         self.temperature = torch.tensor([max(row.params.temperature, 1e-5) for row in rows]).unsqueeze(1)
         self.top_p = torch.tensor([row.params.top_p for row in rows]).unsqueeze(1)
+        self.nucleus = (self.top_p.squeeze(1) < 1.0) & ~self.greedy
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         device = scores.device
         scores = scores / self.temperature.to(device, scores.dtype)
-        sorted_scores, order = torch.sort(scores, descending=True, dim=-1)
-        cumulative = sorted_scores.softmax(dim=-1).cumsum(dim=-1)
-        # Drop a token once the tokens before it already cover top_p; always keep the best.
-        drop_sorted = (cumulative - sorted_scores.softmax(dim=-1)) >= self.top_p.to(device, scores.dtype)
-        drop_sorted[:, 0] = False
-        drop = drop_sorted.scatter(1, order, drop_sorted)
-        greedy = self.greedy.to(device)
-        if greedy.any():
-            best = scores.argmax(dim=-1, keepdim=True)
-            not_best = torch.ones_like(drop).scatter(1, best, False)
-            drop = torch.where(greedy.unsqueeze(1), not_best, drop)
-        return scores.masked_fill(drop, float("-inf"))
+        if self.nucleus.any():
+            rows = self.nucleus.to(device)
+            scores[rows] = _top_p(scores[rows], self.top_p.to(device, scores.dtype)[rows])
+        if self.greedy.any():
+            greedy = self.greedy.to(device)
+            best = scores[greedy].argmax(dim=-1, keepdim=True)
+            scores[greedy] = torch.full_like(scores[greedy], float("-inf")).scatter(1, best, 0.0)
+        return scores
+
+
+def _top_p(scores: torch.Tensor, top_p: torch.Tensor) -> torch.Tensor:
+    sorted_scores, order = torch.sort(scores, descending=True, dim=-1)
+    probabilities = sorted_scores.softmax(dim=-1)
+    # Drop a token once the tokens before it already cover top_p; always keep the best.
+    drop_sorted = (probabilities.cumsum(dim=-1) - probabilities) >= top_p
+    drop_sorted[:, 0] = False
+    drop = drop_sorted.scatter(1, order, drop_sorted)
+    return scores.masked_fill(drop, float("-inf"))
 
 
 class RowStopping(StoppingCriteria):

@@ -56,7 +56,11 @@ def install_error_handlers(app: FastAPI) -> None:
 
 
 class BodySizeLimit:
-    """Refuse request bodies over `max_bytes` with 413, declared or streamed (chunked)."""
+    """Refuse request bodies over `max_bytes` with 413, declared or streamed (chunked).
+
+    FastAPI's own `max_body_size` answers a declared oversize body with a plain-text
+    "Content Too Large": no limit named, and not in OpenAI's shape on /v1. Hence this.
+    """
 
     def __init__(self, app: ASGIApp, max_bytes: int):
         self.app, self.max_bytes = app, max_bytes
@@ -65,10 +69,12 @@ class BodySizeLimit:
         if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
             return await self.app(scope, receive, send)
         declared = dict(scope["headers"]).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            return await self._refuse(scope, receive, send)
+        if declared is not None and declared.isdigit():
+            if int(declared) > self.max_bytes:
+                return await self._refuse(scope, receive, send)
+            return await self.app(scope, receive, send)  # the server holds the body to its declared length
         body, more = b"", True
-        while more:  # small bodies only: buffering them lets us refuse before the app runs
+        while more:  # chunked: buffer (it is small, or refused) so we can refuse before the app runs
             message = await receive()
             if message["type"] == "http.disconnect":
                 return
