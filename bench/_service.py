@@ -42,10 +42,12 @@ def free_port() -> int:
 
 
 @contextmanager
-def service(data_dir: Path, model: str, settings: dict[str, str] | None = None) -> Iterator[str]:
+def service(data_dir: Path, model: str, settings: dict[str, str] | None = None, threads: int = 0) -> Iterator[str]:
     """`tuneloop.app:create_app` under uvicorn on a free port; yields its base URL.
 
     `settings` are extra TUNELOOP_* variables (without the prefix), such as {"AB_SHARE": "1.0"}.
+    `threads` > 0 caps torch's threads in the service (OMP_NUM_THREADS): on a machine shared
+    with other work, spinning OpenMP threads can slow generation many times over.
     """
     data_dir.mkdir(parents=True, exist_ok=True)
     port = free_port()
@@ -53,6 +55,8 @@ def service(data_dir: Path, model: str, settings: dict[str, str] | None = None) 
            "TUNELOOP_DEVICE": "cpu", "TUNELOOP_DATA_DIR": str(data_dir), "TUNELOOP_PORT": str(port)}
     env.pop("TUNELOOP_DATABASE_URL", None)  # a SQLite file in data_dir, whatever the caller's shell says
     env.update({f"TUNELOOP_{key}": str(value) for key, value in (settings or {}).items()})
+    if threads:
+        env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(threads)
     command = [sys.executable, "-m", "uvicorn", "tuneloop.app:create_app", "--factory", "--host", "127.0.0.1",
                "--port", str(port), "--log-level", "info", "--no-access-log"]
     log_path = data_dir / "service.log"

@@ -53,6 +53,7 @@ def parse_args() -> argparse.Namespace:
     data.add_argument("--max-tokens", type=int, default=96, help="answer cap when serving and when evaluating")
     data.add_argument("--temperature", type=float, default=0.7, help="sampling temperature of the A/B answers")
     data.add_argument("--seed", type=int, default=0)
+    data.add_argument("--threads", type=int, default=0, help="torch threads, service and training (0: default)")
     data.add_argument("--reuse", type=Path, metavar="DIR", help="skip the users: train on DIR's collected feedback")
     dpo = parser.add_argument_group("DPO (trainer.config.NightlyConfig)")
     dpo.add_argument("--learning-rate", type=float, default=1e-4)
@@ -77,7 +78,7 @@ def collect(out: Path, model: str, args: argparse.Namespace) -> dict:
     from trainer.judges import load_judge
 
     settings = {"AB_SHARE": "1.0", "MAX_TOKENS": args.max_tokens, "TEMPERATURE": args.temperature}
-    with service(out, model, settings) as url:
+    with service(out, model, settings, args.threads) as url:
         started = time.perf_counter()
         stats = asyncio.run(simulate.run(url, args.users, args.events, load_judge(args.judge), args.seed))
         seconds = time.perf_counter() - started
@@ -194,7 +195,7 @@ def report(out: Path, feedback: dict, verdicts: dict, result, seconds: float, ar
     print(f"report: {out / 'releases' / result.release / 'report.html'}")
     print(f"model {model}; max_tokens {args.max_tokens}; lr {args.learning_rate:g}, epochs {args.epochs:g}, "
           f"beta {args.beta:g}, lora r {args.lora_r} alpha {args.lora_alpha or 2 * args.lora_r}, "
-          f"batch {args.batch_size}x{args.grad_accum}; {os.cpu_count()} cpus")
+          f"batch {args.batch_size}x{args.grad_accum}; torch threads {args.threads or 'default'}; {os.cpu_count()} cpus")
 
 
 def main() -> None:
@@ -202,6 +203,10 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per request drowns the progress bar
     load_before = os.getloadavg()[0]
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     model = model_path(args.model)
     out = OUT / f"loop-{datetime.now():%Y%m%d-%H%M%S}"
     out.mkdir(parents=True)

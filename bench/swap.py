@@ -94,6 +94,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--batch-wait-ms", type=float, help="TUNELOOP_BATCH_WAIT_MS (default: the service's)")
     parser.add_argument("--probe-gap", type=float, default=0.0, help="pause between probes, seconds (0: back to back)")
     parser.add_argument("--timeout", type=float, default=120, help="give up on a round after this many seconds")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads in the service (0: torch's default)")
     parser.add_argument("--keep", action="store_true", help="keep the data dir (adapters, DB, service.log)")
     return parser.parse_args()
 
@@ -215,7 +216,7 @@ def report(rounds: list[Round], args: argparse.Namespace, model: str) -> None:
           f"0 failed: {'met' if failed == 0 else 'NOT met'}")
     print(f"model {model}; reload interval {args.reload_interval:g} s; {args.streams} streams of max_tokens "
           f"{args.max_tokens}, greedy; probes of max_tokens {args.probe_max_tokens}, one at a time, "
-          f"{args.probe_gap:g} s apart; "
+          f"{args.probe_gap:g} s apart; service torch threads {args.threads or 'default'}; "
           f"'->swap': approval to the service routing to the new release (audit log); "
           f"'streams end': when the last in-flight stream ended, seconds after approve was sent; "
           f"{os.cpu_count()} cpus")
@@ -233,7 +234,7 @@ def main() -> None:
         settings["BATCH_WAIT_MS"] = args.batch_wait_ms
     rounds = []
     try:
-        with service(tmp, model, settings) as base:
+        with service(tmp, model, settings, args.threads) as base:
             database = make_engine(f"sqlite:///{tmp / 'tuneloop.db'}")
             token = operator_token(database)
             asyncio.run(_warm_up(base, args))
