@@ -154,7 +154,7 @@ def plot(win: dict, pair_accuracy: float | None, path: Path, title: str) -> None
     ax.axhline(TARGET_WIN_RATE, color="C3", linestyle="--", label=f"target ({TARGET_WIN_RATE:g})")
     ax.set_xticks([0, 1], ["candidate vs base\n(held-out prompts)", "pair accuracy\n(held-out pairs)"])
     ax.set_xlim(-0.6, 1.6)
-    ax.set_ylim(0, 1)
+    ax.set_ylim(0, 1.05)
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()

@@ -27,6 +27,7 @@ class RowState:
     prompt_tokens: int
     emit: Callable[[StreamEvent], None]
     is_cancelled: Callable[[], bool] = lambda: False
+    prompt_ids: list[int] = field(default_factory=list)
     token_ids: list[int] = field(default_factory=list)
     text: str = ""  # text already sent to the client
     finish_reason: str | None = None
@@ -72,24 +73,40 @@ def _top_p(scores: torch.Tensor, top_p: torch.Tensor) -> torch.Tensor:
     return scores.masked_fill(drop, float("-inf"))
 
 
-class RowStopping(StoppingCriteria):
-    """Tells `generate` which rows are finished; the streamer decides when they are."""
+@dataclass
+class BatchControl:
+    """Lets a running batch pause (every row stops, unfinished ones go on in the next batch)."""
 
-    def __init__(self, rows: Sequence[RowState]):
-        self.rows = rows
+    newcomers_waiting: Callable[[], bool]
+    pause_after: int  # steps a batch makes before it may pause, so every batch makes progress
+    steps: int = 0
+    paused: bool = False
+
+
+class RowStopping(StoppingCriteria):
+    """Tells `generate` which rows are finished (the streamer decides when they are), or
+    that the whole batch pauses."""
+
+    def __init__(self, rows: Sequence[RowState], control: BatchControl):
+        self.rows, self.control = rows, control
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs) -> torch.BoolTensor:
         for row in self.rows:
             if not row.done and row.is_cancelled():
                 row.finish_reason = "cancelled"
+        self.control.steps += 1
+        if self.control.steps >= self.control.pause_after and self.control.newcomers_waiting():
+            self.control.paused = True
+            return torch.ones(len(self.rows), dtype=torch.bool, device=input_ids.device)
         return torch.tensor([row.done for row in self.rows], device=input_ids.device)
 
 
 class RowStreamer(BaseStreamer):
     """Receives each step's tokens for the whole batch and streams every row's text."""
 
-    def __init__(self, rows: Sequence[RowState], decode: Callable[[list[int]], str], eos_ids: set[int]):
-        self.rows, self.decode, self.eos_ids = rows, decode, eos_ids
+    def __init__(self, rows: Sequence[RowState], decode: Callable[[list[int]], str], eos_ids: set[int],
+                 control: BatchControl):
+        self.rows, self.decode, self.eos_ids, self.control = rows, decode, eos_ids, control
         self.seen_prompt = False
 
     def put(self, value: torch.Tensor) -> None:
@@ -127,6 +144,8 @@ class RowStreamer(BaseStreamer):
         row.emit(StreamEvent(completion=completion_of(row)))
 
     def end(self) -> None:
+        if self.control.paused:  # unfinished rows go on in the next batch
+            return
         for row in self.rows:
             if not row.done:  # generate hit its overall cap
                 self._send(row, self.decode(row.token_ids))

@@ -3,6 +3,12 @@
 Requests wait in a queue; the worker takes the first, waits `batch_wait_ms` for company
 (up to `max_batch_size`), and runs them as one `generate` call. Adapter loads and unloads
 go through the same queue, so they happen between batches and never under a running one.
+
+A batch does not make newcomers wait for its longest answer: once it has made
+`pause_after` tokens and a request that would fit (or an adapter load) is waiting, it
+pauses; the next batch takes the newcomers and the paused requests, which go on from
+their prompt plus what they have generated (one prefill again, paid only when someone
+is waiting). This is continuous batching at a coarse grain, on plain `generate`.
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, LogitsProcessorList
 from transformers import StoppingCriteriaList
 
-from serving.batching import RowSampling, RowState, RowStopping, RowStreamer
+from serving.batching import BatchControl, RowSampling, RowState, RowStopping, RowStreamer
 from serving.engine import BASE_ADAPTER, EngineError, GenerationRequest, StreamEvent
 
 log = logging.getLogger(__name__)
@@ -39,6 +45,7 @@ class _Job:
     request: GenerationRequest
     emit: Callable[[StreamEvent | BaseException], None]
     cancelled: threading.Event = field(default_factory=threading.Event)
+    row: RowState | None = None  # its progress, kept across batches when it is paused
 
 
 @dataclass
@@ -57,12 +64,14 @@ class TransformersEngine:
         device: str = "auto",
         max_batch_size: int = 8,
         batch_wait_ms: float = 5.0,
+        pause_after: int = 16,
         model_name: str | None = None,
     ):
         self.model_name = model_name or model_path
         self.device = pick_device(device)
         self.max_batch_size = max_batch_size
         self.batch_wait = batch_wait_ms / 1000
+        self.pause_after = pause_after  # tokens a batch makes before it may pause for newcomers
         dtype = torch.bfloat16 if self.device == "cuda" else torch.float32
         self.tokenizer = AutoTokenizer.from_pretrained(model_path)
         self.tokenizer.padding_side = "left"
@@ -154,34 +163,50 @@ class TransformersEngine:
 
     def _run(self) -> None:
         torch.set_grad_enabled(False)
+        carried: list[_Job] = []  # requests paused mid-answer, to go on in the next batch
         while True:
-            first = self._queue.get()
-            if first is None:
+            jobs = carried or self._first_job()
+            if jobs is None:
                 return
-            if isinstance(first, _Control):
-                self._run_control(first)
-                continue
-            batch, deferred = self._gather(first)
-            self._run_batch(batch)
-            for item in deferred:
-                self._queue.put(item)  # controls gathered mid-wait run after the batch
+            jobs = jobs + self._gather(len(jobs))
+            carried = self._run_batch(jobs)
 
-    def _gather(self, first: _Job) -> tuple[list[_Job], list[_Control | None]]:
-        batch: list[_Job] = [first]
-        deferred: list[_Control | None] = []
+    def _first_job(self) -> list[_Job] | None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return None
+            if isinstance(item, _Control):
+                self._run_control(item)
+                continue
+            return [item]
+
+    def _gather(self, size: int) -> list[_Job]:
+        """More jobs for a batch of `size`, waiting up to batch_wait for them. Controls met on
+        the way run at once: no batch is running now."""
+        more: list[_Job] = []
         deadline = time.monotonic() + self.batch_wait
-        while len(batch) < self.max_batch_size:
+        while size + len(more) < self.max_batch_size:
             timeout = deadline - time.monotonic()
             try:
                 item = self._queue.get(timeout=timeout) if timeout > 0 else self._queue.get_nowait()
             except queue.Empty:
                 break
-            if isinstance(item, _Job):
-                batch.append(item)
-            else:
-                deferred.append(item)
+            if item is None:
+                self._queue.put(None)  # shut down after this batch
                 break
-        return batch, deferred
+            if isinstance(item, _Control):
+                self._run_control(item)
+            else:
+                more.append(item)
+        return more
+
+    def _newcomers_waiting(self, running: int) -> bool:
+        """Worth pausing the batch for: an adapter to load, or a request that would fit."""
+        waiting = list(self._queue.queue)  # a peek; the queue's own lock is not needed to look
+        return any(isinstance(i, _Control) or i is None for i in waiting) or (
+            running < self.max_batch_size and any(isinstance(i, _Job) for i in waiting)
+        )
 
     def _run_control(self, control: _Control) -> None:
         try:
@@ -191,7 +216,8 @@ class TransformersEngine:
         else:
             control.done(None)
 
-    def _run_batch(self, jobs: list[_Job]) -> None:
+    def _run_batch(self, jobs: list[_Job]) -> list[_Job]:
+        """Run a batch; return the jobs it paused (unfinished) to make room for newcomers."""
         self.batch_sizes.append(len(jobs))
         try:
             self._generate(jobs)
@@ -199,22 +225,26 @@ class TransformersEngine:
             log.exception("generation failed for a batch of %d", len(jobs))
             for job in jobs:
                 job.emit(error)
+            return []
+        return [job for job in jobs if not job.row.done]
 
     def _generate(self, jobs: list[_Job]) -> None:
-        prompts = [self._prompt(job.request.messages) for job in jobs]
-        inputs = self.tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
-        inputs = inputs.to(self.device)
-        lengths = inputs["attention_mask"].sum(dim=1).tolist()
-        rows = [
-            RowState(job.request.params, int(length), job.emit, job.cancelled.is_set)
-            for job, length in zip(jobs, lengths)
-        ]
+        for job in jobs:
+            if job.row is None:
+                prompt = self._prompt(job.request.messages)
+                ids = self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+                job.row = RowState(job.request.params, len(ids), job.emit, job.cancelled.is_set, prompt_ids=ids)
+        rows = [job.row for job in jobs]
+        # A paused request goes on from where it stopped: its prompt and what it has said so far.
+        inputs = self.tokenizer.pad({"input_ids": [row.prompt_ids + row.token_ids for row in rows]},
+                                    padding=True, return_tensors="pt").to(self.device)
+        control = BatchControl(lambda: self._newcomers_waiting(sum(not r.done for r in rows)), self.pause_after)
         config = GenerationConfig(
             do_sample=True,  # RowSampling has already applied each row's own settings
             temperature=1.0,
             top_p=1.0,
             top_k=0,
-            max_new_tokens=max(job.request.params.max_tokens for job in jobs) + 1,
+            max_new_tokens=max(row.params.max_tokens - len(row.token_ids) for row in rows) + 1,
             pad_token_id=self.tokenizer.pad_token_id,
             eos_token_id=sorted(self.eos_ids),
         )
@@ -222,8 +252,8 @@ class TransformersEngine:
             **inputs,
             generation_config=config,
             logits_processor=LogitsProcessorList([RowSampling(rows)]),
-            stopping_criteria=StoppingCriteriaList([RowStopping(rows)]),
-            streamer=RowStreamer(rows, self._decode, self.eos_ids),
+            stopping_criteria=StoppingCriteriaList([RowStopping(rows, control)]),
+            streamer=RowStreamer(rows, self._decode, self.eos_ids, control),
             **self._adapter_kwargs(jobs),
         )
 

@@ -138,3 +138,33 @@ def test_adapters_load_switch_per_request_and_unload(tiny_model, random_adapter)
     assert loaded == {"release-7"} and remaining == set()
     assert tuned.text != base.text
     assert plain.text == base.text == after.text
+
+
+def test_a_newcomer_does_not_wait_for_the_longest_answer(tiny_engine):
+    async def scenario():
+        engine = await started(tiny_engine)
+        order: list[str] = []
+
+        async def long_answer():
+            pieces = []
+            async for event in engine.stream(GenerationRequest(PROMPT, greedy(300))):
+                pieces.append(event)
+            order.append("long")
+            return pieces
+
+        running = asyncio.create_task(long_answer())
+        while not engine.batch_sizes or len(engine.batch_sizes) < 1:
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.2)  # the long answer's batch is under way
+        short = await generate(engine, GenerationRequest([{"role": "user", "content": "Hi"}], greedy(4)))
+        order.append("short")
+        pieces = await running
+        await engine.close()
+        return order, short, pieces
+
+    order, short, pieces = run(scenario())
+    assert order == ["short", "long"]  # the batch paused for the newcomer rather than finishing first
+    assert short.completion_tokens <= 4
+    final = pieces[-1].completion
+    assert final.completion_tokens == 300 or final.finish_reason == "stop"
+    assert "".join(p.text for p in pieces[:-1]) == final.text  # the paused answer went on seamlessly
