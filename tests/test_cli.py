@@ -63,3 +63,33 @@ def test_settings_read_prefixed_environment_and_dotenv(monkeypatch, tmp_path):
     assert (settings.ab_share, settings.port) == (0.5, 9001)
     assert settings.model == "HuggingFaceTB/SmolLM2-360M-Instruct"
     assert settings.database_url == "sqlite:///var/tuneloop.db"
+
+
+def test_train_help_lists_tuneloop_and_trl_knobs(monkeypatch, tmp_path):
+    result = cli(monkeypatch, tmp_path, "train", "--help")
+    assert "--min_pairs" in result.output and "--beta" in result.output and "--judge" in result.output
+
+
+def test_train_with_too_little_data_says_so_and_exits_cleanly(monkeypatch, tmp_path, tiny_model):
+    monkeypatch.setenv("TUNELOOP_MODEL", str(tiny_model))
+    assert cli(monkeypatch, tmp_path, "db", "upgrade").exit_code == 0
+    with session_scope(make_engine(f"sqlite:///{tmp_path / 'var' / 'tuneloop.db'}")) as session:
+        crud.ensure_base_release(session, str(tiny_model))
+    result = cli(monkeypatch, tmp_path, "train", "--min_pairs", "3")
+    assert result.exit_code == 0, result.output
+    assert "skipped: too little new data: 0 new preference pairs, need at least 3" in result.output
+
+
+def test_users_and_releases_from_the_shell(monkeypatch, tmp_path):
+    token = cli(monkeypatch, tmp_path, "users", "add", "olga", "--role", "operator").output.strip()
+    assert token.startswith("tl-")
+    database = make_engine(f"sqlite:///{tmp_path / 'var' / 'tuneloop.db'}")
+    with session_scope(database) as session:
+        assert crud.user_by_token(session, token).role.value == "operator"
+        crud.ensure_base_release(session, "tiny")
+    listed = cli(monkeypatch, tmp_path, "releases", "list")
+    assert "base" in listed.output and "active" in listed.output
+    refused = cli(monkeypatch, tmp_path, "releases", "approve", "base")
+    assert refused.exit_code == 1 and "is active; this needs it candidate" in refused.output
+    bad_role = cli(monkeypatch, tmp_path, "users", "add", "x", "--role", "king")
+    assert bad_role.exit_code != 0 and "role must be" in bad_role.output

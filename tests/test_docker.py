@@ -29,3 +29,11 @@ def test_dockerfile_copies_every_package_and_pins_torch():
     assert "torch==2.13.0" in dockerfile
     env_names = set(re.findall(r"(TUNELOOP_\w+)=", dockerfile))
     assert env_names <= {f"TUNELOOP_{name.upper()}" for name in Settings.model_fields}
+
+
+def test_the_nightly_cronjob_runs_tuneloop_train_one_at_a_time():
+    job = yaml.safe_load((ROOT / "docker" / "kubernetes" / "nightly-cronjob.yaml").read_text())
+    assert job["kind"] == "CronJob" and job["spec"]["concurrencyPolicy"] == "Forbid"
+    container = job["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]
+    assert container["command"][:2] == ["tuneloop", "train"]
+    assert {e["name"] for e in container["env"]} <= {f"TUNELOOP_{name.upper()}" for name in Settings.model_fields}
