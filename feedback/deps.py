@@ -45,6 +45,14 @@ def current_user(request: Request, session: SessionDep) -> User:
     user = crud.user_by_token(session, token)
     if user is None:
         raise HTTPException(401, "Unknown or revoked token")
+    return _release_connection(session, user)
+
+
+def _release_connection(session: Session, user: User) -> User:
+    """End the lookup's transaction so no pooled connection is held while the request waits
+    for its endpoint to get a thread; the loaded user stays readable, detached."""
+    session.expunge(user)
+    session.close()
     return user
 
 
@@ -54,7 +62,7 @@ def api_user(request: Request, session: SessionDep) -> User:
         return current_user(request, session)
     user = crud.get_or_create_user(session, ANONYMOUS_API_USER, "anonymous API user")
     session.commit()
-    return user
+    return _release_connection(session, user)
 
 
 CurrentUser = Annotated[User, Depends(current_user)]

@@ -193,3 +193,28 @@ def test_concurrent_retries_with_one_key_store_once(server_on_each_database):
     assert statuses == [201] * 8
     with Session(live_server.app.state.database) as session:
         assert session.exec(select(func.count()).select_from(Correction)).one() == 1
+
+
+def test_more_requests_than_pooled_connections_all_succeed(settings, tiny_engine):
+    # Two worker threads and a pool of 18: 60 requests at once must queue for threads,
+    # not hold connections while they wait (which would exhaust the pool and fail them).
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tests.conftest import LiveServer
+    from tuneloop.app import create_app
+
+    settings.worker_threads = 2
+    with LiveServer(create_app(settings, engine=tiny_engine)) as server, httpx.Client(base_url=server.url) as http:
+        headers = {"Authorization": f"Bearer {http.post('/api/session').json()['token']}"}
+        conversation = http.post("/api/conversations", headers=headers).json()["id"]
+        http.post(f"/api/conversations/{conversation}/messages", json={"content": "hi"}, headers=headers)
+        response_id = http.get(f"/api/conversations/{conversation}", headers=headers).json()["turns"][0]["answers"][0]["response_id"]
+
+        def rate(stars: int) -> int:
+            with httpx.Client(base_url=server.url, timeout=60) as client:
+                body = {"response_id": response_id, "stars": stars % 5 + 1}
+                return client.post("/api/feedback/ratings", json=body, headers=headers).status_code
+
+        with ThreadPoolExecutor(60) as pool:
+            statuses = list(pool.map(rate, range(60)))
+    assert statuses == [201] * 60

@@ -41,6 +41,7 @@ class Settings(BaseSettings):
     ab_share: float = Field(default=0.2, ge=0.0, le=1.0, description="share of widget turns shown as an A/B pair")
     allow_anonymous_api: bool = Field(default=True, description="OpenAI API without a bearer token")
     max_body_bytes: int = Field(default=64 * 1024, ge=1024)
+    worker_threads: int = Field(default=8, ge=1, le=200, description="threads for database-bound endpoints")
 
     @model_validator(mode="after")
     def _default_database(self) -> "Settings":
