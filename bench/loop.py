@@ -53,7 +53,8 @@ def parse_args() -> argparse.Namespace:
     data.add_argument("--max-tokens", type=int, default=96, help="answer cap when serving and when evaluating")
     data.add_argument("--temperature", type=float, default=0.7, help="sampling temperature of the A/B answers")
     data.add_argument("--seed", type=int, default=0)
-    data.add_argument("--threads", type=int, default=0, help="torch threads, service and training (0: default)")
+    data.add_argument("--threads", type=int, default=0, help="torch threads in the service (0: torch's default)")
+    data.add_argument("--train-threads", type=int, default=0, help="torch threads for the nightly job (0: default)")
     data.add_argument("--reuse", type=Path, metavar="DIR", help="skip the users: train on DIR's collected feedback")
     dpo = parser.add_argument_group("DPO (trainer.config.NightlyConfig)")
     dpo.add_argument("--learning-rate", type=float, default=1e-4)
@@ -66,6 +67,7 @@ def parse_args() -> argparse.Namespace:
     dpo.add_argument("--max-steps", type=int, default=-1, help="stop after this many steps (-1: epochs decide)")
     dpo.add_argument("--min-pairs", type=int, default=8, help="fewest pairs worth a run")
     dpo.add_argument("--holdout-fraction", type=float, default=0.2, help="share of pairs held out (by prompt)")
+    dpo.add_argument("--eval-max-tokens", type=int, help="answer cap when evaluating (default: --max-tokens)")
     dpo.add_argument("--eval-prompts", type=int, default=200, help="held-out prompts answered by both releases")
     return parser.parse_args()
 
@@ -114,7 +116,7 @@ def nightly_config(args: argparse.Namespace):  # noqa: ANN201
     from trainer.config import NightlyConfig
 
     return NightlyConfig(
-        judge=args.judge, eval_prompts=args.eval_prompts, eval_max_tokens=args.max_tokens,
+        judge=args.judge, eval_prompts=args.eval_prompts, eval_max_tokens=args.eval_max_tokens or args.max_tokens,
         learning_rate=args.learning_rate, num_train_epochs=args.epochs, beta=args.beta,
         lora_r=args.lora_r, lora_alpha=args.lora_alpha or 2 * args.lora_r,
         per_device_train_batch_size=args.batch_size, gradient_accumulation_steps=args.grad_accum,
@@ -193,9 +195,9 @@ def report(out: Path, feedback: dict, verdicts: dict, result, seconds: float, ar
                                  f"beta {args.beta:g}, r {args.lora_r}")
         print(f"plot: {png}")
     print(f"report: {out / 'releases' / result.release / 'report.html'}")
-    print(f"model {model}; max_tokens {args.max_tokens}; lr {args.learning_rate:g}, epochs {args.epochs:g}, "
+    print(f"model {model}; max_tokens {args.max_tokens} (evaluation {args.eval_max_tokens or args.max_tokens}); lr {args.learning_rate:g}, epochs {args.epochs:g}, "
           f"beta {args.beta:g}, lora r {args.lora_r} alpha {args.lora_alpha or 2 * args.lora_r}, "
-          f"batch {args.batch_size}x{args.grad_accum}; torch threads {args.threads or 'default'}; {os.cpu_count()} cpus")
+          f"batch {args.batch_size}x{args.grad_accum}; torch threads: service {args.threads or 'default'}, training {args.train_threads or 'default'}; {os.cpu_count()} cpus")
 
 
 def main() -> None:
@@ -203,10 +205,10 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per request drowns the progress bar
     load_before = os.getloadavg()[0]
-    if args.threads:
+    if args.train_threads:
         import torch
 
-        torch.set_num_threads(args.threads)
+        torch.set_num_threads(args.train_threads)
     model = model_path(args.model)
     out = OUT / f"loop-{datetime.now():%Y%m%d-%H%M%S}"
     out.mkdir(parents=True)

@@ -79,9 +79,17 @@ def _one_writer_at_a_time(engine: Engine) -> None:
         if info.pop("writing", False):
             lock.release()
 
-    event.listen(engine, "commit", lambda connection: _give_back(connection.info))
-    event.listen(engine, "rollback", lambda connection: _give_back(connection.info))
-    event.listen(engine.pool, "reset", lambda _dbapi, record, *_: _give_back(record.info))
+    @event.listens_for(engine, "commit")
+    def _committed(connection):  # noqa: ANN001
+        _give_back(connection.info)
+
+    @event.listens_for(engine, "rollback")
+    def _rolled_back(connection):  # noqa: ANN001
+        _give_back(connection.info)
+
+    @event.listens_for(engine.pool, "reset")
+    def _reset(dbapi_connection, connection_record, reset_state):  # noqa: ANN001
+        _give_back(connection_record.info)
 
 
 @contextmanager

@@ -18,6 +18,7 @@ import logging
 import queue
 import threading
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -66,12 +67,14 @@ class TransformersEngine:
         batch_wait_ms: float = 5.0,
         pause_after: int = 16,
         model_name: str | None = None,
+        threads: int | None = None,
     ):
         self.model_name = model_name or model_path
         self.device = pick_device(device)
         self.max_batch_size = max_batch_size
         self.batch_wait = batch_wait_ms / 1000
         self.pause_after = pause_after  # tokens a batch makes before it may pause for newcomers
+        self.threads = threads  # on a CPU shared with other work, fewer threads than cores can be faster
         dtype = torch.bfloat16 if self.device == "cuda" else torch.float32
         self.tokenizer = AutoTokenizer.from_pretrained(model_path)
         self.tokenizer.padding_side = "left"
@@ -80,6 +83,8 @@ class TransformersEngine:
         self.model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype).to(self.device).eval()
         self.eos_ids = _eos_ids(self.model.generation_config, self.tokenizer)
         self._queue: queue.Queue[_Job | _Control | None] = queue.Queue()
+        self._backlog: deque[_Job] = deque()  # accepted jobs waiting for room in a batch (worker only)
+        self._stopping = False
         self._worker: threading.Thread | None = None
         self.batch_sizes: list[int] = []  # how many requests each generate call served
 
@@ -87,6 +92,7 @@ class TransformersEngine:
 
     async def start(self) -> None:
         if self._worker is None:
+            self._stopping = False
             self._worker = threading.Thread(target=self._run, name="tuneloop-engine", daemon=True)
             self._worker.start()
 
@@ -163,50 +169,58 @@ class TransformersEngine:
 
     def _run(self) -> None:
         torch.set_grad_enabled(False)
+        if self.threads:
+            torch.set_num_threads(self.threads)
         carried: list[_Job] = []  # requests paused mid-answer, to go on in the next batch
         while True:
-            jobs = carried or self._first_job()
-            if jobs is None:
-                return
-            jobs = jobs + self._gather(len(jobs))
+            self._accept_waiting()  # adapter loads run here, between batches, even when batches are full
+            if not carried and not self._backlog:
+                if self._stopping:
+                    return
+                self._accept(self._queue.get())  # nothing to do: sleep until something arrives
+                continue
+            jobs = carried + self._from_backlog(self.max_batch_size - len(carried))
+            jobs += self._gather(len(jobs))
             carried = self._run_batch(jobs)
 
-    def _first_job(self) -> list[_Job] | None:
+    def _accept(self, item: _Job | _Control | None) -> None:
+        if item is None:
+            self._stopping = True  # finish what was accepted, then stop
+        elif isinstance(item, _Control):
+            self._run_control(item)
+        else:
+            self._backlog.append(item)
+
+    def _accept_waiting(self) -> None:
         while True:
-            item = self._queue.get()
-            if item is None:
-                return None
-            if isinstance(item, _Control):
-                self._run_control(item)
-                continue
-            return [item]
+            try:
+                self._accept(self._queue.get_nowait())
+            except queue.Empty:
+                return
+
+    def _from_backlog(self, room: int) -> list[_Job]:
+        return [self._backlog.popleft() for _ in range(min(room, len(self._backlog)))]
 
     def _gather(self, size: int) -> list[_Job]:
-        """More jobs for a batch of `size`, waiting up to batch_wait for them. Controls met on
-        the way run at once: no batch is running now."""
+        """More jobs for a batch of `size`, waiting up to batch_wait for them to arrive."""
         more: list[_Job] = []
         deadline = time.monotonic() + self.batch_wait
-        while size + len(more) < self.max_batch_size:
+        while size + len(more) < self.max_batch_size and not self._stopping:
             timeout = deadline - time.monotonic()
             try:
                 item = self._queue.get(timeout=timeout) if timeout > 0 else self._queue.get_nowait()
             except queue.Empty:
                 break
-            if item is None:
-                self._queue.put(None)  # shut down after this batch
-                break
-            if isinstance(item, _Control):
-                self._run_control(item)
-            else:
-                more.append(item)
+            self._accept(item)
+            more += self._from_backlog(self.max_batch_size - size - len(more))
         return more
 
     def _newcomers_waiting(self, running: int) -> bool:
         """Worth pausing the batch for: an adapter to load, or a request that would fit."""
         waiting = list(self._queue.queue)  # a peek; the queue's own lock is not needed to look
-        return any(isinstance(i, _Control) or i is None for i in waiting) or (
-            running < self.max_batch_size and any(isinstance(i, _Job) for i in waiting)
-        )
+        if any(not isinstance(item, _Job) for item in waiting):
+            return True
+        return running < self.max_batch_size and bool(waiting or self._backlog)
 
     def _run_control(self, control: _Control) -> None:
         try:

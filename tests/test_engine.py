@@ -168,3 +168,22 @@ def test_a_newcomer_does_not_wait_for_the_longest_answer(tiny_engine):
     final = pieces[-1].completion
     assert final.completion_tokens == 300 or final.finish_reason == "stop"
     assert "".join(p.text for p in pieces[:-1]) == final.text  # the paused answer went on seamlessly
+
+
+def test_an_adapter_loads_while_a_full_batch_is_running(tiny_model, random_adapter):
+    from serving.transformers_engine import TransformersEngine
+
+    async def scenario():
+        engine = await started(TransformersEngine(str(tiny_model), device="cpu", max_batch_size=4))
+        long_ones = [asyncio.create_task(generate(engine, GenerationRequest(PROMPT, greedy(400)))) for _ in range(4)]
+        while not engine.batch_sizes:
+            await asyncio.sleep(0.01)
+        await engine.load_adapter("release-9", random_adapter)  # the batch is full: it must pause for this
+        loaded_while_running = not any(task.done() for task in long_ones)
+        completions = await asyncio.gather(*long_ones)
+        await engine.close()
+        return loaded_while_running, completions
+
+    loaded_while_running, completions = run(scenario())
+    assert loaded_while_running
+    assert all(c.completion_tokens == 400 or c.finish_reason == "stop" for c in completions)

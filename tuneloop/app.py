@@ -42,6 +42,7 @@ def build_engine(settings: Settings) -> Engine:
         max_batch_size=settings.max_batch_size,
         batch_wait_ms=settings.batch_wait_ms,
         model_name=settings.model,
+        threads=settings.torch_threads or None,
     )
 
 

@@ -22,6 +22,7 @@ class Settings(BaseSettings):
     # The chat model: the embedded default, a Hugging Face id, or a local folder.
     model: str = EMBEDDED_MODEL
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    torch_threads: int = Field(default=0, ge=0, description="CPU threads for generation; 0 keeps torch's default")
     system_prompt: str = "You are a helpful, concise assistant."
     max_tokens: int = Field(default=256, ge=1, le=4096, description="default answer length cap")
     temperature: float = Field(default=0.7, ge=0.0, le=2.0, description="widget and Slack sampling temperature")
