@@ -26,7 +26,7 @@ class Settings(BaseSettings):
     system_prompt: str = "You are a helpful, concise assistant."
     max_tokens: int = Field(default=256, ge=1, le=4096, description="default answer length cap")
     temperature: float = Field(default=0.7, ge=0.0, le=2.0, description="widget and Slack sampling temperature")
-    max_batch_size: int = Field(default=8, ge=1, le=64)
+    max_batch_size: int = Field(default=16, ge=1, le=64)
     batch_wait_ms: float = Field(default=5.0, ge=0, description="how long the batcher waits for company")
 
     reload_interval: float = Field(default=0.5, gt=0, description="seconds between checks for a new release")
