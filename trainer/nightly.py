@@ -161,7 +161,7 @@ def _config_summary(config: NightlyConfig) -> dict:
 
 
 def _training_summary(history: list[dict], config: NightlyConfig) -> dict:
-    losses = [h["loss"] for h in history if "loss" in h]
+    losses = [round(h["loss"], 4) for h in history if "loss" in h]
     return {"steps": len(losses), "first loss": losses[0] if losses else None, "last loss": losses[-1] if losses else None,
             "learning rate": config.learning_rate, "beta": config.beta, "epochs": config.num_train_epochs}
 
