@@ -22,7 +22,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -39,6 +38,7 @@ sys.path.insert(0, str(ROOT))  # run as a script from anywhere
 from sqlalchemy import func, text  # noqa: E402
 from sqlmodel import Session, select  # noqa: E402
 
+from bench._service import free_port, wait_healthy  # noqa: E402
 from feedback import crud  # noqa: E402
 from feedback.db import make_engine  # noqa: E402
 from feedback.migrate import upgrade  # noqa: E402
@@ -143,12 +143,6 @@ def stored_ratings(fixture: Fixture) -> tuple[int, int]:
 # ---------------------------------------------------------------- the server
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @contextmanager
 def server(url: str, tmp: Path, args: argparse.Namespace):
     """The real app (`tuneloop.app:create_app`, settings from TUNELOOP_*) under uvicorn."""
@@ -162,9 +156,11 @@ def server(url: str, tmp: Path, args: argparse.Namespace):
                "--port", str(port), "--log-level", "warning", "--workers", str(args.workers)]
     if not args.access_log:
         command.append("--no-access-log")  # a log line per request is overhead that `tuneloop serve` has
-    process = subprocess.Popen(command, cwd=tmp, env=env)  # cwd=tmp: no stray .env is read
+    log_path = tmp / "service.log"
+    with log_path.open("w") as log:  # cwd=tmp: no stray .env is read
+        process = subprocess.Popen(command, cwd=tmp, env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
-        wait_healthy(f"http://127.0.0.1:{port}", process)
+        wait_healthy(f"http://127.0.0.1:{port}", process, log_path, timeout=120)
         yield f"http://127.0.0.1:{port}", process.pid
     finally:
         process.send_signal(signal.SIGINT)  # graceful: the lifespan closes the engine and pool
@@ -173,22 +169,6 @@ def server(url: str, tmp: Path, args: argparse.Namespace):
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
-
-
-def wait_healthy(base: str, process: subprocess.Popen) -> None:
-    import urllib.request
-
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"the server exited with {process.returncode}")
-        try:
-            with urllib.request.urlopen(f"{base}/healthz", timeout=1) as reply:
-                if reply.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.2)
-    raise RuntimeError("the server did not become healthy in 120 s")
 
 
 def cpu_seconds(pid: int) -> float:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import socket
 import statistics
 import sys
 import tempfile
@@ -25,6 +24,7 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach a model hub, whatever the caller set
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from anywhere
 
+from bench._service import free_port  # noqa: E402
 from serving.engine import Completion, GenerationRequest, SamplingParams, generate  # noqa: E402
 
 SYSTEM = "You are a helpful, concise assistant."
@@ -121,12 +121,6 @@ async def warm_up(engine, batch: list[GenerationRequest]) -> None:  # noqa: ANN0
 
 
 # ---------------------------------------------------------------- optional HTTP mode
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 async def http_phases(engine, path: str, args: argparse.Namespace) -> list[Phase]:  # noqa: ANN001

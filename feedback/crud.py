@@ -132,11 +132,14 @@ def continue_with(session: Session, prompt_message_id: int, response: Response) 
 # ---------------------------------------------------------------- feedback
 
 
+def _insert(session: Session, model: type):
+    """The dialect's own INSERT, which has ON CONFLICT (SQLite and PostgreSQL both do)."""
+    return {"postgresql": postgresql.insert, "sqlite": sqlite.insert}[session.get_bind().dialect.name](model)
+
+
 def _upsert(session: Session, model: type, values: dict[str, Any], keys: list[str], update: dict[str, Any]):
     """INSERT ... ON CONFLICT DO UPDATE on both dialects: last write wins even under races."""
-    dialect = session.get_bind().dialect.name
-    insert = {"postgresql": postgresql.insert, "sqlite": sqlite.insert}[dialect]
-    statement = insert(model).values(**values).on_conflict_do_update(index_elements=keys, set_=update)
+    statement = _insert(session, model).values(**values).on_conflict_do_update(index_elements=keys, set_=update)
     # RETURNING the entity hands back the stored row, whichever write won.
     statement = statement.returning(model).execution_options(populate_existing=True)
     return session.execute(statement).scalar_one()
@@ -232,9 +235,7 @@ def remember_idempotent(
     session: Session, user: User, key: str, request_hash: str, status_code: int, body: dict
 ) -> bool:
     """Store the answer under its key; False if the key was taken (by a retry that won a race)."""
-    dialect = session.get_bind().dialect.name
-    insert = {"postgresql": postgresql.insert, "sqlite": sqlite.insert}[dialect]
-    statement = insert(IdempotencyRecord).values(
+    statement = _insert(session, IdempotencyRecord).values(
         user_id=user.id, key=key, request_hash=request_hash, status_code=status_code, body=body, created_at=utcnow()
     ).on_conflict_do_nothing(index_elements=["user_id", "key"]).returning(IdempotencyRecord.id)
     return session.execute(statement).first() is not None

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datasets import Dataset
 from sqlmodel import Session
 
-from feedback.export import Row, kto_rows, preference_rows, sft_rows
+from feedback.export import BUILDERS, Row
 
 
 def normalize(prompt: str) -> str:
@@ -84,9 +84,6 @@ def split_rows(rows: Sequence[Row], holdout_fraction: float, threshold: float) -
 
 def to_dataset(rows: Sequence[Row]) -> Dataset:
     return Dataset.from_list([row.data for row in rows])
-
-
-BUILDERS = {"dpo": preference_rows, "kto": kto_rows, "sft": sft_rows}
 
 
 def load_split(session: Session, kind: str, holdout_fraction: float, threshold: float) -> Split:
