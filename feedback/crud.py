@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import secrets
 import uuid
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import bindparam, case, func
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
 from feedback.models import (
@@ -66,6 +68,16 @@ def user_by_token(session: Session, token: str) -> User | None:
     return session.exec(select(User).where(User.token_hash == hash_token(token))).first()
 
 
+# The batch lookups below are built once: building a statement costs more Python time
+# than running it, and the feedback writer runs them for every batch.
+_USERS_BY_TOKEN_HASH = select(User).where(col(User.token_hash).in_(bindparam("hashes", expanding=True)))
+
+
+def users_by_token_hash(session: Session, token_hashes: set[str]) -> dict[str, User]:
+    users = session.exec(_USERS_BY_TOKEN_HASH, params={"hashes": list(token_hashes)}).all()
+    return {user.token_hash: user for user in users}
+
+
 # ---------------------------------------------------------------- conversations
 
 
@@ -107,6 +119,18 @@ def responses_for_prompts(session: Session, prompt_message_ids: Sequence[int]) -
     return session.exec(query).all()
 
 
+_RESPONSE_OWNERS = (
+    select(Response.id, Conversation.user_id)
+    .join(Conversation, Conversation.id == Response.conversation_id)
+    .where(col(Response.id).in_(bindparam("ids", expanding=True)))
+)
+
+
+def response_owners(session: Session, response_ids: set[uuid.UUID]) -> dict[uuid.UUID, int]:
+    """Whose conversation each response belongs to, by response id (unknown ids left out)."""
+    return dict(session.exec(_RESPONSE_OWNERS, params={"ids": list(response_ids)}).all())
+
+
 def add_response(session: Session, response: Response) -> Response:
     session.add(response)
     session.flush()
@@ -132,9 +156,16 @@ def continue_with(session: Session, prompt_message_id: int, response: Response) 
 # ---------------------------------------------------------------- feedback
 
 
+_DIALECT_INSERT = {"postgresql": postgresql.insert, "sqlite": sqlite.insert}
+
+
+def _dialect(session: Session) -> str:
+    return session.get_bind().dialect.name
+
+
 def _insert(session: Session, model: type):
     """The dialect's own INSERT, which has ON CONFLICT (SQLite and PostgreSQL both do)."""
-    return {"postgresql": postgresql.insert, "sqlite": sqlite.insert}[session.get_bind().dialect.name](model)
+    return _DIALECT_INSERT[_dialect(session)](model)
 
 
 def _upsert(session: Session, model: type, values: dict[str, Any], keys: list[str], update: dict[str, Any]):
@@ -143,6 +174,46 @@ def _upsert(session: Session, model: type, values: dict[str, Any], keys: list[st
     # RETURNING the entity hands back the stored row, whichever write won.
     statement = statement.returning(model).execution_options(populate_existing=True)
     return session.execute(statement).scalar_one()
+
+
+@functools.cache
+def _rating_upsert(dialect: str):
+    """INSERT ... ON CONFLICT that applies a rating's fields to the stored one.
+
+    Each write sets the fields it names (None means "not named"): a thumb vote always
+    sets its reason too (cleared when none is given), so changing a thumbs-down to a
+    thumbs-up does not keep the old reason; stars and a comment stay until a later write
+    brings others. Written per row in SQL, so one statement serves a whole batch.
+    """
+    table = Rating.__table__
+    statement = _DIALECT_INSERT[dialect](table)
+    new = statement.excluded
+    voted = new.thumb.is_not(None)
+    update = {
+        "thumb": case((voted, new.thumb), else_=table.c.thumb),
+        "reason": case((voted, new.reason), else_=table.c.reason),
+        "stars": func.coalesce(new.stars, table.c.stars),
+        "comment": func.coalesce(new.comment, table.c.comment),
+        "updated_at": new.updated_at,
+    }
+    return statement.on_conflict_do_update(index_elements=["response_id", "user_id"], set_=update).returning(table)
+
+
+def save_ratings(session: Session, ratings: Sequence[dict[str, Any]]) -> dict[tuple[uuid.UUID, int], Any]:
+    """Store ratings (dicts of response_id, user_id, thumb, reason, comment, stars) in one
+    statement, last write wins per user and response. Returns the stored rows by
+    (response_id, user_id). A batch must not name one user and response twice."""
+    now = utcnow()
+    fields = ("thumb", "reason", "comment", "stars")
+    params = [
+        {"response_id": r["response_id"], "user_id": r["user_id"], "created_at": now, "updated_at": now}
+        | {name: r.get(name) for name in fields}
+        for r in ratings
+    ]
+    # In one order, so concurrent batches lock rows alike and never deadlock each other.
+    params.sort(key=lambda row: (str(row["response_id"]), row["user_id"]))
+    rows = session.execute(_rating_upsert(_dialect(session)), params).all()
+    return {(row.response_id, row.user_id): row for row in rows}
 
 
 def save_rating(
@@ -155,22 +226,11 @@ def save_rating(
     comment: str | None = None,
     stars: int | None = None,
 ) -> Rating:
-    """One rating per user and response: each write sets the fields it names.
-
-    A thumb vote always sets its reason (cleared when none is given), so changing a
-    thumbs-down to a thumbs-up does not keep the old reason. A comment stays until a
-    later write brings another.
-    """
-    now = utcnow()
-    update: dict[str, Any] = {"updated_at": now}
-    if thumb is not None:
-        update.update(thumb=thumb.value, reason=reason)
-    if stars is not None:
-        update["stars"] = stars
-    if comment is not None:
-        update["comment"] = comment
-    values = {"response_id": response.id, "user_id": user.id, "created_at": now, **update}
-    return _upsert(session, Rating, values, ["response_id", "user_id"], update)
+    """One rating per user and response, last write wins (see `_rating_upsert`)."""
+    values = {"response_id": response.id, "user_id": user.id, "thumb": thumb, "reason": reason,
+              "comment": comment, "stars": stars}
+    row = save_ratings(session, [values])[(response.id, user.id)]
+    return session.get(Rating, row.id, populate_existing=True)
 
 
 def save_comparison(
@@ -229,6 +289,39 @@ def comparisons_by_user(session: Session, user: User, response_ids: Sequence[uui
 def find_idempotent(session: Session, user: User, key: str) -> IdempotencyRecord | None:
     query = select(IdempotencyRecord).where(IdempotencyRecord.user_id == user.id, IdempotencyRecord.key == key)
     return session.exec(query).first()
+
+
+_IDEMPOTENCY_RECORDS = select(IdempotencyRecord).where(
+    col(IdempotencyRecord.key).in_(bindparam("keys", expanding=True)),
+    col(IdempotencyRecord.user_id).in_(bindparam("users", expanding=True)),
+)
+
+
+def idempotency_records(session: Session, keys: set[tuple[int, str]]) -> dict[tuple[int, str], IdempotencyRecord]:
+    """Stored answers by (user id, key)."""
+    if not keys:
+        return {}
+    params = {"keys": list({key for _, key in keys}), "users": list({user for user, _ in keys})}
+    records = session.exec(_IDEMPOTENCY_RECORDS, params=params).all()
+    return {(r.user_id, r.key): r for r in records if (r.user_id, r.key) in keys}  # the query over-fetches
+
+
+def remember_idempotent_many(session: Session, records: Sequence[dict[str, Any]]) -> set[tuple[int, str]]:
+    """Store answers (dicts of user_id, key, request_hash, status_code, body) under their
+    keys; returns the (user id, key) pairs stored, leaving out keys already taken."""
+    if not records:
+        return set()
+    now = utcnow()
+    params = sorted((record | {"created_at": now} for record in records), key=lambda r: (r["user_id"], r["key"]))
+    rows = session.execute(_claim_keys(_dialect(session)), params).all()
+    return {(row.user_id, row.key) for row in rows}
+
+
+@functools.cache
+def _claim_keys(dialect: str):
+    table = IdempotencyRecord.__table__
+    statement = _DIALECT_INSERT[dialect](table).on_conflict_do_nothing(index_elements=["user_id", "key"])
+    return statement.returning(table.c.user_id, table.c.key)
 
 
 def remember_idempotent(

@@ -42,6 +42,13 @@ def bearer_token(request: Request) -> str | None:
     return token.strip()
 
 
+async def required_token(request: Request) -> str:
+    token = bearer_token(request)
+    if token is None:
+        raise HTTPException(401, "Send 'Authorization: Bearer <token>' (the widget gets one from POST /api/session)")
+    return token
+
+
 def current_user(request: Request, session: SessionDep) -> User:
     """The caller, by bearer token. A token that matches nobody is refused, never ignored."""
     token = bearer_token(request)
@@ -71,4 +78,6 @@ def api_user(request: Request, session: SessionDep) -> User:
 
 
 CurrentUser = Annotated[User, Depends(current_user)]
+# The token alone, for endpoints that look the caller up in their own batch (ratings).
+BearerToken = Annotated[str, Depends(required_token)]
 ApiUser = Annotated[User, Depends(api_user)]

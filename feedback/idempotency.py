@@ -17,7 +17,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session
 
 from feedback import crud
-from feedback.models import User
+from feedback.models import IdempotencyRecord, User
 
 MAX_KEY_LENGTH = 200
 REPLAYED_HEADER = "Idempotent-Replayed"
@@ -41,8 +41,7 @@ def run_once(
         status, body = store()
         session.commit()
         return JSONResponse(body, status_code=status)
-    if not key or len(key) > MAX_KEY_LENGTH:
-        raise HTTPException(422, f"Idempotency-Key must be 1 to {MAX_KEY_LENGTH} characters")
+    check_key(key)
     digest = request_hash(route, payload)
     # Do the work first, then claim the key: a fresh key (the common case) costs one insert.
     # A key that is already taken rolls the work back and answers as the first request did.
@@ -63,8 +62,18 @@ def run_once(
 
 def _replay(session: Session, user: User, key: str, digest: str) -> JSONResponse | None:
     record = crud.find_idempotent(session, user, key)
-    if record is None:
-        return None
+    return None if record is None else replay(record, digest)
+
+
+def replay(record: IdempotencyRecord, digest: str) -> JSONResponse:
+    """The stored answer again, if the retry asks the same thing."""
     if record.request_hash != digest:
-        raise HTTPException(422, f"Idempotency-Key '{key}' was already used with a different request; use a new key")
+        raise HTTPException(
+            422, f"Idempotency-Key '{record.key}' was already used with a different request; use a new key"
+        )
     return JSONResponse(record.body, status_code=record.status_code, headers={REPLAYED_HEADER: "true"})
+
+
+def check_key(key: str | None) -> None:
+    if key is not None and (not key or len(key) > MAX_KEY_LENGTH):
+        raise HTTPException(422, f"Idempotency-Key must be 1 to {MAX_KEY_LENGTH} characters")

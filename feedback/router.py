@@ -5,13 +5,14 @@ from __future__ import annotations
 import uuid
 from typing import Annotated
 
-from fastapi import APIRouter, Header, HTTPException
+from fastapi import APIRouter, Header, HTTPException, Request
 from sqlmodel import Session, select
 
 from feedback import crud
-from feedback.deps import CurrentUser, SessionDep
-from feedback.idempotency import run_once
-from feedback.models import Conversation, Response, Role, User
+from feedback.deps import BearerToken, CurrentUser, SessionDep
+from feedback.idempotency import check_key, run_once
+from feedback.ingest import STAFF, RatingRequest
+from feedback.models import Conversation, Response, User
 from feedback.protocol import (
     ComparisonIn,
     ComparisonOut,
@@ -23,7 +24,6 @@ from feedback.protocol import (
 
 router = APIRouter(prefix="/api/feedback", tags=["feedback"])
 IdempotencyKey = Annotated[str | None, Header(alias="Idempotency-Key")]
-STAFF = (Role.reviewer, Role.operator)
 
 
 def visible_response(session: Session, user: User, response_id: uuid.UUID) -> Response:
@@ -40,15 +40,10 @@ def visible_response(session: Session, user: User, response_id: uuid.UUID) -> Re
 
 
 @router.post("/ratings", status_code=201, response_model=RatingOut)
-def rate(body: RatingIn, session: SessionDep, user: CurrentUser, key: IdempotencyKey = None):
-    def store() -> tuple[int, dict]:
-        response = visible_response(session, user, body.response_id)
-        rating = crud.save_rating(
-            session, user, response, thumb=body.thumb, reason=body.reason, comment=body.comment, stars=body.stars
-        )
-        return 201, RatingOut.model_validate(rating, from_attributes=True).model_dump(mode="json")
-
-    return run_once(session, user, key, "ratings", body, store)
+async def rate(body: RatingIn, request: Request, token: BearerToken, key: IdempotencyKey = None):
+    # The hot path: no worker thread; the caller is looked up with the rest of the batch.
+    check_key(key)
+    return await request.app.state.ratings.rate(RatingRequest(token, body, key))
 
 
 @router.post("/comparisons", status_code=201, response_model=ComparisonOut)

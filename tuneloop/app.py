@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import sys
 
@@ -17,6 +18,7 @@ from bot.web.pages import router as pages_router
 from bot.web.router import router as widget_router
 from feedback import crud
 from feedback.db import make_engine, session_scope
+from feedback.ingest import RatingWriter
 from feedback.migrate import upgrade
 from feedback.router import router as feedback_router
 from serving.engine import Engine
@@ -79,7 +81,13 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
         following = asyncio.create_task(reconciler.run(), name="tuneloop-reconciler")
         app.state.database, app.state.engine, app.state.live = database, model, live
         app.state.chat = ChatService(model, database, live, system_prompt=settings.system_prompt)
+        app.state.ratings = RatingWriter(database)
+        app.state.ratings.start()
         nightly = _nightly(settings)
+        # Everything loaded so far (torch, transformers, the model) lives as long as the
+        # process: keep it out of the collector's full passes, which otherwise walk millions
+        # of objects and stall every request for tens of milliseconds (Instagram's trick).
+        gc.freeze()
         log.info("tuneloop is serving %s on http://%s:%s", settings.model, settings.host, settings.port)
         try:
             yield
@@ -87,6 +95,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
             if nightly:
                 nightly.stop()
             following.cancel()
+            await asyncio.to_thread(app.state.ratings.close)  # acknowledged means stored
             await model.close()
             database.dispose()
 
