@@ -28,6 +28,7 @@ from feedback.models import (
     ReleaseState,
     Response,
     Role,
+    SlackDelivery,
     Thumb,
     User,
     Winner,
@@ -332,6 +333,36 @@ def remember_idempotent(
         user_id=user.id, key=key, request_hash=request_hash, status_code=status_code, body=body, created_at=utcnow()
     ).on_conflict_do_nothing(index_elements=["user_id", "key"]).returning(IdempotencyRecord.id)
     return session.execute(statement).first() is not None
+
+
+def ratings_for_response(session: Session, response_id: uuid.UUID) -> list[tuple[str, Rating]]:
+    """Every rating of one answer, with the rater's external id (such as 'slack:U123')."""
+    query = select(User.external_id, Rating).join(User, User.id == Rating.user_id).where(Rating.response_id == response_id)
+    return list(session.exec(query).all())
+
+
+def comparisons_for_pair(session: Session, response_a_id: uuid.UUID, response_b_id: uuid.UUID) -> list[tuple[str, Comparison]]:
+    query = select(User.external_id, Comparison).join(User, User.id == Comparison.user_id).where(
+        Comparison.response_a_id == response_a_id, Comparison.response_b_id == response_b_id
+    )
+    return list(session.exec(query).all())
+
+
+# ---------------------------------------------------------------- slack deliveries
+
+
+def claim_slack_delivery(session: Session, key: str) -> bool:
+    """Mark an event or post as handled; False when someone (a retry, a replica) was first."""
+    statement = _insert(session, SlackDelivery).values(key=key, created_at=utcnow())
+    statement = statement.on_conflict_do_nothing(index_elements=["key"]).returning(SlackDelivery.key)
+    return session.execute(statement).first() is not None
+
+
+def forget_slack_delivery(session: Session, key: str) -> None:
+    """Undo a claim whose work failed, so the next attempt tries again."""
+    delivery = session.get(SlackDelivery, key)
+    if delivery is not None:
+        session.delete(delivery)
 
 
 # ---------------------------------------------------------------- releases and audit

@@ -234,3 +234,12 @@ class IdempotencyRecord(SQLModel, table=True):
     status_code: int
     body: dict = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
     created_at: datetime = _when()
+
+
+class SlackDelivery(SQLModel, table=True):
+    """A Slack event (by its event id) or a post (such as a release announcement) that
+    has been handled once: Slack retries and several replicas must not handle it twice."""
+
+    __tablename__ = "slack_deliveries"
+    key: str = Field(primary_key=True, max_length=200)
+    created_at: datetime = _when()

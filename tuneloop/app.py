@@ -59,6 +59,30 @@ def _nightly(settings: Settings):  # noqa: ANN202
     return scheduler
 
 
+def _mount_slack(app: FastAPI, settings: Settings) -> None:
+    """The Slack app, when its tokens are set: `/slack/events` in HTTP mode."""
+    app.state.slack = None
+    if not settings.slack_enabled:
+        return
+    from bot.slack.app import build_app, router
+
+    app.state.slack = build_app(settings, lambda: app.state.slack_services)
+    if not settings.slack_socket_mode:  # over Socket Mode nothing unsigned may come in by HTTP
+        app.include_router(router(app.state.slack))
+
+
+async def _start_slack(app: FastAPI, settings: Settings, database):  # noqa: ANN001, ANN202
+    if app.state.slack is None:
+        return None
+    from bot.slack.app import SlackRuntime
+    from bot.slack.services import SlackServices
+
+    app.state.slack_services = SlackServices(settings, database, app.state.chat)
+    runtime = SlackRuntime(app.state.slack, app.state.slack_services)
+    await runtime.start()
+    return runtime
+
+
 def create_app(settings: Settings | None = None, engine: Engine | None = None) -> FastAPI:
     settings = settings or get_settings()
 
@@ -83,6 +107,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
         app.state.chat = ChatService(model, database, live, system_prompt=settings.system_prompt)
         app.state.ratings = RatingWriter(database)
         app.state.ratings.start()
+        slack = await _start_slack(app, settings, database)
         nightly = _nightly(settings)
         # Everything loaded so far (torch, transformers, the model) lives as long as the
         # process: keep it out of the collector's full passes, which otherwise walk millions
@@ -94,6 +119,8 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
         finally:
             if nightly:
                 nightly.stop()
+            if slack:
+                await slack.stop()
             following.cancel()
             await asyncio.to_thread(app.state.ratings.close)  # acknowledged means stored
             await model.close()
@@ -108,6 +135,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     for router in (openai_router, feedback_router, widget_router, releases_router, pages_router):
         app.include_router(router)
+    _mount_slack(app, settings)
 
     @app.get("/healthz", include_in_schema=False)
     def healthz() -> dict:

@@ -44,6 +44,28 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(default=64 * 1024, ge=1024)
     worker_threads: int = Field(default=8, ge=1, le=200, description="threads for database-bound endpoints")
 
+    # Where people can reach this service, for links in Slack messages (release reports).
+    public_url: str = Field(default="", description="base URL, such as https://tuneloop.example.com")
+
+    # Slack: off unless a bot token and a signing secret (HTTP mode) or an app token
+    # (Socket Mode) are set. Slack ids in the role lists get that role on first contact.
+    slack_bot_token: str = Field(default="", description="xoxb-... bot token")
+    slack_signing_secret: str = Field(default="", description="verifies requests to /slack/events")
+    slack_app_token: str = Field(default="", description="xapp-... app-level token, for Socket Mode")
+    slack_socket_mode: bool = Field(default=False, description="connect out over Socket Mode instead of HTTP")
+    slack_api_url: str = Field(default="https://slack.com/api/", description="Slack's Web API (tests point it elsewhere)")
+    slack_operators_channel: str = Field(default="", description="channel id where candidate releases are announced")
+    slack_reviewers: list[str] = Field(default_factory=list, description="Slack user ids with the reviewer role")
+    slack_operators: list[str] = Field(default_factory=list, description="Slack user ids with the operator role")
+    slack_canary_share: float = Field(default=0.2, gt=0, lt=1, description="share for 'Approve as canary'")
+    slack_announce_interval: float = Field(default=5.0, gt=0, description="seconds between checks for candidates")
+
+    @property
+    def slack_enabled(self) -> bool:
+        if self.slack_socket_mode:
+            return bool(self.slack_bot_token and self.slack_app_token)
+        return bool(self.slack_bot_token and self.slack_signing_secret)
+
     @model_validator(mode="after")
     def _default_database(self) -> "Settings":
         if not self.database_url:

@@ -1,0 +1,58 @@
+"""Candidate releases announced in the operators' channel, once, whichever replica sees them first.
+
+The nightly job runs in another process; like serving, the announcer follows the
+database. A post that fails is un-claimed, so the next look tries it again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from slack_sdk.web.async_client import AsyncWebClient
+from sqlmodel import Session, select
+
+from bot.slack import blocks
+from bot.slack.calls import call
+from bot.slack.services import SlackServices
+from feedback import crud
+from feedback.models import Release, ReleaseState
+
+log = logging.getLogger(__name__)
+
+
+class Announcer:
+    def __init__(self, services: SlackServices, client: AsyncWebClient) -> None:
+        self.services, self.client = services, client
+
+    async def run(self) -> None:
+        while True:
+            try:
+                await self.announce_new()
+            except Exception:  # a database hiccup: logged, and the next look tries again
+                log.exception("looking for candidate releases to announce failed")
+            await asyncio.sleep(self.services.settings.slack_announce_interval)
+
+    async def announce_new(self) -> int:
+        """Post each candidate not yet announced; how many were posted."""
+        claimed = await self.services.in_session(self._claim_new)
+        posted = 0
+        for name, report in claimed:
+            settings = self.services.settings
+            url = f"{settings.public_url.rstrip('/')}/api/releases/{name}/report" if settings.public_url else ""
+            sent = await call(self.client, "chat.postMessage", channel=settings.slack_operators_channel,
+                              text=f"Release {name} is a candidate",
+                              blocks=blocks.release_candidate(name, report, url, settings.slack_canary_share))
+            if sent is None:
+                await self.services.in_session(lambda session, key=_key(name): crud.forget_slack_delivery(session, key))
+            else:
+                posted += 1
+        return posted
+
+    def _claim_new(self, session: Session) -> list[tuple[str, dict]]:
+        candidates = session.exec(select(Release).where(Release.state == ReleaseState.candidate)).all()
+        return [(r.name, r.report) for r in candidates if crud.claim_slack_delivery(session, _key(r.name))]
+
+
+def _key(name: str) -> str:
+    return f"announce:{name}"

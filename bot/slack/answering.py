@@ -1,0 +1,69 @@
+"""Answer a Slack message in its thread: post at once, edit as tokens come, add the buttons."""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+
+from slack_sdk.web.async_client import AsyncWebClient
+
+from bot.slack import blocks
+from bot.slack.calls import call
+from bot.slack.people import slack_user, thread_conversation
+from bot.slack.services import SlackServices
+from serving.engine import SamplingParams
+from serving.service import AnswerDelta, AnswerDone, Turn
+
+log = logging.getLogger(__name__)
+# chat.update is rate limited (Tier 3: about 50 a minute per channel): edit at most once a second.
+EDIT_EVERY_S = 1.0
+
+
+async def answer_in_thread(
+    services: SlackServices, client: AsyncWebClient, *, team: str, channel: str, thread_ts: str, user: str, text: str
+) -> None:
+    settings = services.settings
+
+    def open_conversation(session):  # noqa: ANN001, ANN202
+        return thread_conversation(session, slack_user(session, settings, user), team, channel, thread_ts)
+
+    conversation_id = await services.in_session(open_conversation)
+    ab = random.random() < settings.ab_share
+    turn = await services.chat.open_turn(conversation_id, text, n=2 if ab else 1)
+    if ab:
+        random.shuffle(turn.positions)
+    display = sorted(range(len(turn.response_ids)), key=lambda index: turn.positions[index])
+    texts = [""] * len(display)
+    posted = await call(client, "chat.postMessage", channel=channel, thread_ts=thread_ts, text="…",
+                        blocks=blocks.writing(texts))
+    ts = posted.get("ts") if posted else None  # unposted, the answer is still made and stored
+    params = SamplingParams(temperature=settings.temperature, max_tokens=settings.max_tokens)
+    last_edit = time.monotonic()
+    try:
+        async for event in services.chat.stream(turn, params):
+            position = turn.positions[event.index]
+            if isinstance(event, AnswerDelta):
+                texts[position] += event.text
+            elif isinstance(event, AnswerDone):
+                texts[position] = event.response.text
+            if ts and time.monotonic() - last_edit >= EDIT_EVERY_S:
+                last_edit = time.monotonic()
+                await call(client, "chat.update", channel=channel, ts=ts, text=texts[0][:200] or "…",
+                           blocks=blocks.writing(texts))
+    except Exception:  # the user sees that it failed; the details go to the log
+        log.exception("a Slack turn failed in conversation %s", conversation_id)
+        failed = "Sorry, the answer could not be generated. Please try again."
+        if ts:
+            await call(client, "chat.update", channel=channel, ts=ts, text=failed, blocks=[])
+        return
+    if ts:
+        await call(client, "chat.update", channel=channel, ts=ts, text=texts[0][:200] or "answer",
+                   blocks=finished(turn, texts))
+
+
+def finished(turn: Turn, texts: list[str]) -> list[dict]:
+    if len(turn.response_ids) == 1:
+        return blocks.answer(turn.response_ids[0], texts[0])
+    a, b = turn.response_ids
+    return blocks.comparison(texts, {"a": str(a), "b": str(b), "a_position": turn.positions[0]})
