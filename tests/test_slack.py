@@ -288,3 +288,58 @@ def test_a_rate_limited_post_is_retried(app, slack):
 
 def test_slack_is_off_without_tokens(client):
     assert client.post("/slack/events", content="{}").status_code == 404
+
+
+def test_the_answer_is_edited_in_as_it_is_generated(app, slack, monkeypatch):
+    from bot.slack import answering
+
+    monkeypatch.setattr(answering, "EDIT_EVERY_S", 0.0)  # an edit for every token, to see them all
+    app.app.state.settings.max_tokens = 24
+    message = ask(app, slack)
+
+    edits = slack.calls_to("chat.update")
+    partial = [e for e in edits if "_writing…_" in context_lines(e.get("blocks") or [])]
+    assert len(partial) >= 2 and edits[-1]["blocks"] == message["blocks"]
+    texts = [e["blocks"][0]["text"]["text"] for e in partial]
+    assert all(later.startswith(earlier.rstrip("…")) for earlier, later in zip(texts, texts[1:]))
+
+
+def test_a_vote_on_an_answer_no_longer_stored_is_refused_politely(app, slack):
+    message = ask(app, slack)
+    gone = "00000000-0000-0000-0000-000000000000"
+    post(app, block_action(ALICE, "tl_thumb_up", gone, f"D{ALICE}", message), FORM)
+    refusal = slack.wait_for("chat.postEphemeral")
+    assert "no longer in the store" in refusal["text"] and not rows(app, Rating)
+
+
+@pytest.mark.parametrize("values, fix", [
+    ({"slack_bot_token": "xoxb-1"}, "TUNELOOP_SLACK_SIGNING_SECRET"),
+    ({"slack_bot_token": "xoxb-1", "slack_socket_mode": True}, "TUNELOOP_SLACK_APP_TOKEN"),
+    ({"slack_bot_token": "xoxp-1", "slack_signing_secret": "s"}, "must start with 'xoxb-'"),
+])
+def test_half_set_slack_settings_say_what_to_set(values, fix):
+    from pydantic import ValidationError
+
+    from tuneloop.settings import Settings
+
+    with pytest.raises(ValidationError, match=fix):
+        Settings(_env_file=None, **values)
+
+
+def test_a_reviewer_compares_an_ab_pair_with_its_context(app, slack):
+    app.app.state.settings.ab_share = 1.0
+    ask(app, slack)
+    wait_rows(app, Response, count=2)
+
+    post(app, slash_command(RITA, "review"), FORM)
+    task = slack.wait_for("chat.postMessage", lambda a: a["channel"] == RITA)
+    assert "which answer is better" in json.dumps(task["blocks"]) and "What is WAL?" in json.dumps(task["blocks"])
+    pair = json.loads(button(task["blocks"], "tl_compare_b_better"))
+    post(app, block_action(RITA, "tl_compare_b_better", json.dumps(pair), RITA, {"ts": "9", "blocks": task["blocks"]}),
+         FORM)
+
+    (comparison,) = wait_rows(app, Comparison)
+    (rita,) = rows(app, User, User.external_id == f"slack:{RITA}")
+    shown_second = pair["b"] if pair["a_position"] == 0 else pair["a"]
+    assert comparison.user_id == rita.id
+    assert str(comparison.response_a_id if comparison.winner == "a" else comparison.response_b_id) == shown_second

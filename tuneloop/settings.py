@@ -67,6 +67,18 @@ class Settings(BaseSettings):
         return bool(self.slack_bot_token and self.slack_signing_secret)
 
     @model_validator(mode="after")
+    def _slack_tokens_fit(self) -> "Settings":
+        """A half-configured Slack app fails at start-up with what to set, not at the first event."""
+        for name, prefix in (("slack_bot_token", "xoxb-"), ("slack_app_token", "xapp-")):
+            value = getattr(self, name)
+            if value and not value.startswith(prefix):
+                raise ValueError(f"TUNELOOP_{name.upper()} must start with {prefix!r}")
+        if self.slack_bot_token and not self.slack_enabled:
+            needed = "TUNELOOP_SLACK_APP_TOKEN" if self.slack_socket_mode else "TUNELOOP_SLACK_SIGNING_SECRET"
+            raise ValueError(f"TUNELOOP_SLACK_BOT_TOKEN is set but {needed} is not: set it, or unset the bot token")
+        return self
+
+    @model_validator(mode="after")
     def _default_database(self) -> "Settings":
         if not self.database_url:
             self.database_url = f"sqlite:///{(self.data_dir / 'tuneloop.db').as_posix()}"

@@ -27,9 +27,10 @@ async def thumb_up(ack: AsyncAck, body: dict, context: AsyncBoltContext, client:
 
 async def thumb_down(ack: AsyncAck, body: dict, context: AsyncBoltContext, client: AsyncWebClient) -> None:
     await ack()
-    if await _vote(body, context, client, Thumb.down):
-        metadata = {"response_id": body["actions"][0]["value"]}
-        await call(client, "views.open", trigger_id=body["trigger_id"], view=blocks.down_reason_modal(metadata))
+    # The modal first: its trigger expires 3 s after the press.
+    metadata = {"response_id": body["actions"][0]["value"]}
+    await call(client, "views.open", trigger_id=body["trigger_id"], view=blocks.down_reason_modal(metadata))
+    await _vote(body, context, client, Thumb.down)
 
 
 async def down_reason(ack: AsyncAck, body: dict, view: dict, context: AsyncBoltContext) -> None:
@@ -43,18 +44,17 @@ async def down_reason(ack: AsyncAck, body: dict, view: dict, context: AsyncBoltC
                                                       thumb=Thumb.down, reason=reason, comment=comment))
 
 
-async def _vote(body: dict, context: AsyncBoltContext, client: AsyncWebClient, thumb: Thumb) -> bool:
+async def _vote(body: dict, context: AsyncBoltContext, client: AsyncWebClient, thumb: Thumb) -> None:
     services: SlackServices = context["tuneloop"]
     who, response_id = body["user"]["id"], uuid.UUID(body["actions"][0]["value"])
     votes = await services.in_session(lambda session: _save(session, services, who, response_id, thumb=thumb))
     channel = body["channel"]["id"]
     if votes is None:
         await call(client, "chat.postEphemeral", channel=channel, user=who, text=GONE)
-        return False
+        return
     message = body["message"]
     await call(client, "chat.update", channel=channel, ts=message["ts"], text=message.get("text", "answer"),
                blocks=blocks.with_votes(message.get("blocks", []), votes))
-    return True
 
 
 def _save(session: Session, services: SlackServices, who: str, response_id: uuid.UUID, **fields) -> dict | None:
