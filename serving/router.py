@@ -89,6 +89,8 @@ async def _sse(chat: ChatService, turn: Turn, params: SamplingParams, model: str
                 yield chunk([{"index": event.index, "delta": {"content": event.text}, "finish_reason": None}])
             elif isinstance(event, AnswerDone):
                 response = event.response
+                if event.unshown:  # what the output checks held back until the answer was whole
+                    yield chunk([{"index": event.index, "delta": {"content": event.unshown}, "finish_reason": None}])
                 prompt_tokens = response.prompt_tokens
                 completion_tokens += response.completion_tokens
                 yield chunk([{"index": event.index, "delta": {}, "finish_reason": response.finish_reason,

@@ -7,17 +7,19 @@ anywhere is a stored Response that feedback can point at.
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from sqlalchemy.engine import Engine as Database
 
 from feedback import crud
 from feedback.db import session_scope
 from feedback.models import Channel, Message, MessageRole, Response, User
-from serving.engine import Engine, GenerationRequest, SamplingParams, StreamEvent
+from serving.engine import Completion, Engine, GenerationRequest, SamplingParams, StreamEvent
+from serving.hooks import Checked, NoHooks, TurnHooks
 from serving.releases import LiveReleases, ReleaseChoice
 
 
@@ -32,6 +34,17 @@ class Turn:
     # Where each answer is shown (0 = first); an A/B turn shuffles them.
     positions: list[int] = field(default_factory=list)
     release: ReleaseChoice | None = None  # chosen when generation starts
+    channel: str = "web"
+    kind: str = "sample"  # of an A/B pair: two samples, or a plugin's alternative such as "rag"
+    # Per answer: the messages it is generated from, and what its trace adds.
+    answer_messages: list[list[dict[str, str]]] = field(default_factory=list)
+    answer_traces: list[dict] = field(default_factory=list)
+    citation: str = ""  # appended to a single answer made with retrieved context
+    refusal: str | None = None  # the input checks refused: this is the whole answer
+    input_decisions: list[dict] = field(default_factory=list)
+
+    def messages_for(self, index: int) -> list[dict[str, str]]:
+        return self.answer_messages[index] if self.answer_messages else self.messages
 
 
 @dataclass
@@ -44,40 +57,82 @@ class AnswerDelta:
 class AnswerDone:
     index: int
     response: Response
+    # The end of the answer that no delta carried (output checks hold text back), or
+    # None when the checks rewrote what was already shown: then `response.text` replaces it.
+    unshown: str | None = ""
 
 
 TurnEvent = AnswerDelta | AnswerDone
 
 
 class ChatService:
-    def __init__(self, engine: Engine, database: Database, live: LiveReleases, *, system_prompt: str):
+    def __init__(
+        self, engine: Engine, database: Database, live: LiveReleases, *, system_prompt: str,
+        hooks: TurnHooks | None = None,
+    ):
         self.engine = engine
         self.database = database
         self.live = live
         self.system_prompt = system_prompt
+        self.hooks = hooks or NoHooks()
 
     # ------------------------------------------------------------ opening a turn
 
-    async def open_turn(self, conversation_id: uuid.UUID, text: str, n: int = 1) -> Turn:
-        """A new user message in a stored conversation (web widget, Slack)."""
-        return await asyncio.to_thread(self._open_turn, conversation_id, text, n)
+    async def open_turn(self, conversation_id: uuid.UUID, text: str, *, ab: bool = False, channel: str = "web") -> Turn:
+        """A new user message in a stored conversation (web widget, Slack).
+
+        The input checks see it first (what they redact is never stored). Then the turn
+        gets one answer, or two in random order: a plugin's alternative (such as retrieval)
+        on its share of turns, or, when `ab`, two samples.
+        """
+        return await asyncio.to_thread(self._open_turn, conversation_id, text, ab, channel)
 
     async def open_api_turn(self, user: User, messages: Sequence[dict[str, str]], n: int = 1) -> Turn:
         """A stateless OpenAI-style request: its whole history becomes a new conversation."""
         return await asyncio.to_thread(self._open_api_turn, user, list(messages), n)
 
-    def _open_turn(self, conversation_id: uuid.UUID, text: str, n: int) -> Turn:
+    def _open_turn(self, conversation_id: uuid.UUID, text: str, ab: bool, channel: str) -> Turn:
         with session_scope(self.database) as session:
-            prompt = crud.add_message(session, conversation_id, MessageRole.user, text)
-            history = _answered_history(crud.conversation_messages(session, conversation_id))
-        return self._turn(conversation_id, prompt.id, history, n)
+            earlier = _answered_history(crud.conversation_messages(session, conversation_id))
+            checked = self.hooks.check_input(text, channel, earlier)
+            prompt = crud.add_message(session, conversation_id, MessageRole.user, checked.text)
+        turn = self._turn(conversation_id, prompt.id, [*earlier, {"role": "user", "content": checked.text}], 1)
+        turn.channel, turn.input_decisions, turn.refusal = channel, checked.decisions, checked.refusal
+        if turn.refusal is None:
+            self._plan(turn, checked.text, ab)
+        return turn
+
+    def _plan(self, turn: Turn, prompt: str, ab: bool) -> None:
+        """One answer, or a pair (an alternative's, or two samples) shown in random order."""
+        pair = self.hooks.plan_pair(prompt, turn.messages)
+        if pair is not None:
+            turn.kind, turn.answer_messages = pair.kind, [turn.messages, pair.messages]
+            turn.answer_traces = [{}, pair.trace]
+        elif ab:
+            turn.answer_messages = [turn.messages, turn.messages]
+        else:
+            augmented = self.hooks.augment(prompt, turn.messages)
+            if augmented is not None:
+                turn.answer_messages, turn.answer_traces = [augmented.messages], [augmented.trace]
+                turn.citation = augmented.citation
+            return
+        turn.response_ids = [uuid.uuid4(), uuid.uuid4()]
+        turn.positions = random.sample([0, 1], 2)
 
     def _open_api_turn(self, user: User, messages: list[dict[str, str]], n: int) -> Turn:
+        last = messages[-1]
+        checked = self.hooks.check_input(last["content"], "api", messages[:-1]) if last["role"] == "user" else None
+        if checked is not None:
+            messages = [*messages[:-1], {**last, "content": checked.text}]
         with session_scope(self.database) as session:
             conversation = crud.create_conversation(session, user, Channel.api)
             for message in messages:
                 stored = crud.add_message(session, conversation.id, MessageRole(message["role"]), message["content"])
-        return self._turn(conversation.id, stored.id, messages, n)
+        turn = self._turn(conversation.id, stored.id, messages, n)
+        turn.channel = "api"
+        if checked is not None:
+            turn.input_decisions, turn.refusal = checked.decisions, checked.refusal
+        return turn
 
     def _turn(self, conversation_id, prompt_message_id, history, n) -> Turn:  # noqa: ANN001
         if not history or history[0]["role"] != "system":
@@ -96,18 +151,29 @@ class ChatService:
         continue_with = turn.positions.index(0)
         started = time.perf_counter()
         turn.release = self.live.choose(turn.conversation_id)
+        if turn.refusal is not None:
+            refused = Completion(turn.refusal, "content_filter", 0, 0)
+            stored = await asyncio.to_thread(self._store, turn, 0, refused, params, started, True, [])
+            yield AnswerDone(0, stored, turn.refusal)
+            return
         self.live.begin(turn.release)  # its adapter stays loaded until this turn is done
         try:
-            request = GenerationRequest(turn.messages, params, turn.release.adapter)
-            streams = [self.engine.stream(request) for _ in turn.response_ids]
-            async for index, event in _merge(streams):
+            requests = [GenerationRequest(turn.messages_for(i), params, turn.release.adapter)
+                        for i in range(len(turn.response_ids))]
+            guards = [_GuardedAnswer(self.hooks, turn) for _ in turn.response_ids]
+            async for index, event in _merge([self.engine.stream(r) for r in requests]):
+                guard = guards[index]
                 if event.completion is None:
-                    yield AnswerDelta(index, event.text)
+                    shown = await guard.add(event.text)
+                    if shown:
+                        yield AnswerDelta(index, shown)
                     continue
+                checked = await guard.finish(event.completion.text + (turn.citation if turn.citation else ""))
+                completion = _checked_completion(event.completion, checked)
                 response = await asyncio.to_thread(
-                    self._store, turn, index, event, params, started, index == continue_with
+                    self._store, turn, index, completion, params, started, index == continue_with, checked.decisions
                 )
-                yield AnswerDone(index, response)
+                yield AnswerDone(index, response, guard.unshown(response.text))
         finally:
             self.live.end(turn.release)
 
@@ -115,8 +181,15 @@ class ChatService:
         done = [event async for event in self.stream(turn, params) if isinstance(event, AnswerDone)]
         return [event.response for event in sorted(done, key=lambda event: event.index)]
 
-    def _store(self, turn: Turn, index: int, event: StreamEvent, params: SamplingParams, started: float, chosen: bool) -> Response:
-        completion = event.completion
+    def _store(self, turn: Turn, index: int, completion: Completion, params: SamplingParams, started: float,
+               chosen: bool, output_decisions: list[dict]) -> Response:
+        trace = {"release": turn.release.name, "adapter": turn.release.adapter, "index": index,
+                 "shown_at": turn.positions[index], "channel": turn.channel,
+                 "plugins": {"input": turn.input_decisions, "output": output_decisions}}
+        if len(turn.response_ids) == 2:
+            trace["pair_kind"] = turn.kind
+        if turn.answer_traces:
+            trace.update(turn.answer_traces[index])
         response = Response(
             id=turn.response_ids[index],
             conversation_id=turn.conversation_id,
@@ -128,14 +201,61 @@ class ChatService:
             prompt_tokens=completion.prompt_tokens,
             completion_tokens=completion.completion_tokens,
             params={"temperature": params.temperature, "top_p": params.top_p, "max_tokens": params.max_tokens, "stop": list(params.stop)},
-            trace={"release": turn.release.name, "adapter": turn.release.adapter, "index": index,
-                   "shown_at": turn.positions[index]},
+            trace=trace,
         )
         with session_scope(self.database) as session:
             crud.add_response(session, response)
             if chosen:
                 crud.continue_with(session, turn.prompt_message_id, response)
         return response
+
+
+# Output checks may rewrite what is still arriving (a card number, a key): an answer is
+# shown only as far as it has been checked, less its last HOLD_BACK characters, which
+# could be the start of something a check would redact. Checks run every CHECK_EVERY
+# new characters, not per token, to keep their cost per turn small.
+HOLD_BACK, CHECK_EVERY = 64, 160
+
+
+class _GuardedAnswer:
+    """One answer's text on its way to the user, through the output checks."""
+
+    def __init__(self, hooks: TurnHooks, turn: Turn) -> None:
+        self.hooks, self.turn = hooks, turn
+        self.raw, self.shown, self.checked_at, self.stopped = "", "", 0, False
+
+    async def add(self, delta: str) -> str:
+        """The text that may be shown now (often none yet)."""
+        self.raw += delta
+        if not self.hooks.checks_output:
+            return delta
+        if self.stopped or len(self.raw) - self.checked_at < CHECK_EVERY:
+            return ""
+        self.checked_at = len(self.raw)
+        checked = await asyncio.to_thread(self._check, self.raw)
+        safe = checked.text[: max(0, len(checked.text) - HOLD_BACK)]
+        if checked.refusal is not None or not safe.startswith(self.shown):
+            self.stopped = True  # nothing more until the final text, which replaces what was shown
+            return ""
+        new, self.shown = safe[len(self.shown):], safe
+        return new
+
+    def unshown(self, final: str) -> str | None:
+        if not self.hooks.checks_output:
+            return ""
+        return final[len(self.shown):] if final.startswith(self.shown) else None
+
+    async def finish(self, text: str) -> Checked:
+        return await asyncio.to_thread(self._check, text)
+
+    def _check(self, text: str) -> Checked:
+        return self.hooks.check_output(text, self.turn.channel, self.turn.release.name if self.turn.release else None)
+
+
+def _checked_completion(completion: Completion, checked: Checked) -> Completion:
+    if checked.refusal is not None:
+        return replace(completion, text=checked.refusal, finish_reason="content_filter")
+    return replace(completion, text=checked.text)
 
 
 def _answered_history(messages: Sequence[Message]) -> list[dict[str, str]]:

@@ -21,6 +21,8 @@ from feedback.db import make_engine, session_scope
 from feedback.ingest import RatingWriter
 from feedback.migrate import upgrade
 from feedback.router import router as feedback_router
+from plugins.manager import load_plugins
+from plugins.turns import PluginHooks
 from serving.engine import Engine
 from serving.router import RESPONSE_ID_HEADER
 from serving.reconcile import Reconciler
@@ -104,7 +106,9 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
         await reconciler.reconcile()  # load the active release before the first request
         following = asyncio.create_task(reconciler.run(), name="tuneloop-reconciler")
         app.state.database, app.state.engine, app.state.live = database, model, live
-        app.state.chat = ChatService(model, database, live, system_prompt=settings.system_prompt)
+        app.state.plugins = await asyncio.to_thread(load_plugins, settings)
+        app.state.chat = ChatService(model, database, live, system_prompt=settings.system_prompt,
+                                     hooks=PluginHooks(app.state.plugins))
         app.state.ratings = RatingWriter(database)
         app.state.ratings.start()
         slack = await _start_slack(app, settings, database)

@@ -44,6 +44,16 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(default=64 * 1024, ge=1024)
     worker_threads: int = Field(default=8, ge=1, le=200, description="threads for database-bound endpoints")
 
+    # Plugins: built-ins ("guardrails", "rag") and entry points of the group "tuneloop".
+    plugins_disabled: list[str] = Field(default_factory=list, description="plugin names not to load")
+    plugins_fail_closed: list[str] = Field(default_factory=list,
+                                           description="checks that refuse the turn when they raise")
+    guardrails_config: Path | None = Field(default=None, description="YAML file; empty uses the bundled one")
+    rag_index_dir: Path | None = Field(default=None, description="the vector store; empty means <data dir>/rag")
+    rag_share: float = Field(default=0.2, ge=0.0, le=1.0, description="share of turns shown as RAG vs model alone")
+    rag_always: bool = Field(default=False, description="answer every turn with retrieved context, citing sources")
+    rag_top_k: int = Field(default=4, ge=1, le=20)
+
     # Where people can reach this service, for links in Slack messages (release reports).
     public_url: str = Field(default="", description="base URL, such as https://tuneloop.example.com")
 
@@ -83,6 +93,10 @@ class Settings(BaseSettings):
         if not self.database_url:
             self.database_url = f"sqlite:///{(self.data_dir / 'tuneloop.db').as_posix()}"
         return self
+
+    @property
+    def rag_dir(self) -> Path:
+        return self.rag_index_dir or self.data_dir / "rag"
 
     @property
     def models_dir(self) -> Path:

@@ -29,10 +29,7 @@ async def answer_in_thread(
         return thread_conversation(session, slack_user(session, settings, user), team, channel, thread_ts)
 
     conversation_id = await services.in_session(open_conversation)
-    ab = random.random() < settings.ab_share
-    turn = await services.chat.open_turn(conversation_id, text, n=2 if ab else 1)
-    if ab:
-        random.shuffle(turn.positions)
+    turn = await services.chat.open_turn(conversation_id, text, ab=random.random() < settings.ab_share, channel="slack")
     display = sorted(range(len(turn.response_ids)), key=lambda index: turn.positions[index])
     texts = [""] * len(display)
     posted = await call(client, "chat.postMessage", channel=channel, thread_ts=thread_ts, text="…",

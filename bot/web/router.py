@@ -53,10 +53,7 @@ async def send_message(
     """Answer a message, streamed as SSE: `turn` (ids and positions), `delta`s, `done`s."""
     owned_conversation(session, user, conversation_id)
     settings = request.app.state.settings
-    ab = random.random() < settings.ab_share
-    turn = await chat.open_turn(conversation_id, body.content, n=2 if ab else 1)
-    if ab:
-        random.shuffle(turn.positions)
+    turn = await chat.open_turn(conversation_id, body.content, ab=random.random() < settings.ab_share, channel="web")
     params = SamplingParams(temperature=settings.temperature, max_tokens=settings.max_tokens)
     return StreamingResponse(_events(chat, turn, params), media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})

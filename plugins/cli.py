@@ -1,0 +1,24 @@
+"""`tuneloop plugins list`: what is loaded, from where, and which hooks it implements."""
+
+from __future__ import annotations
+
+import typer
+
+plugins_app = typer.Typer(help="Plugins: built-ins and those installed through the 'tuneloop' entry point.",
+                          no_args_is_help=True)
+
+
+@plugins_app.command("list")
+def list_plugins() -> None:
+    """Each loaded plugin, its source (built-in or distribution and version), and its hooks."""
+    from plugins.manager import load_plugins
+    from tuneloop.settings import get_settings
+
+    settings = get_settings()
+    loaded = load_plugins(settings).listing()
+    if not loaded:
+        typer.echo("No plugins loaded.")
+    for plugin in loaded:
+        typer.echo(f"{plugin.name:<16} {plugin.source:<40} {', '.join(plugin.hooks)}")
+    if settings.plugins_disabled:
+        typer.echo(f"switched off by TUNELOOP_PLUGINS_DISABLED: {', '.join(settings.plugins_disabled)}")

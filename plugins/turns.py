@@ -1,0 +1,78 @@
+"""Plugins on the chat path: the `serving.hooks.TurnHooks` the app factory hands to serving.
+
+A plugin that raises never breaks a turn: the error is logged and counted and the turn
+goes on, unless that plugin fails closed, in which case the turn is refused.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Callable
+
+from plugins.manager import Plugins
+from plugins.protocols import TurnContext, Verdict
+from serving.hooks import Augmented, Checked, PairPlan
+
+log = logging.getLogger(__name__)
+UNAVAILABLE = "Sorry, I can't answer that right now."
+
+
+class PluginHooks:
+    def __init__(self, plugins: Plugins, chance: Callable[[], float] = random.random) -> None:
+        self.plugins, self.chance = plugins, chance
+        self.checks_output = bool(plugins.output_checks)
+
+    def check_input(self, text: str, channel: str, history: list[dict[str, str]]) -> Checked:
+        context = TurnContext(channel, history)
+        return self._run(self.plugins.input_checks, text, lambda check, t: check.check_input(t, context))
+
+    def check_output(self, text: str, channel: str, release: str | None) -> Checked:
+        context = TurnContext(channel, release=release)
+        return self._run(self.plugins.output_checks, text, lambda check, t: check.check_output(t, context))
+
+    def plan_pair(self, prompt: str, messages: list[dict[str, str]]) -> PairPlan | None:
+        for alternative in self.plugins.alternatives:
+            if getattr(alternative, "always", False) or self.chance() >= alternative.share:
+                continue
+            prepared = self._guarded(alternative, lambda: alternative.prepare(prompt, messages))
+            if prepared is not None:
+                return PairPlan(alternative.name, prepared.messages, prepared.trace)
+        return None
+
+    def augment(self, prompt: str, messages: list[dict[str, str]]) -> Augmented | None:
+        for alternative in self.plugins.alternatives:
+            if getattr(alternative, "always", False):
+                prepared = self._guarded(alternative, lambda: alternative.prepare(prompt, messages))
+                if prepared is not None:
+                    cite = getattr(alternative, "citation", None)
+                    return Augmented(prepared.messages, prepared.trace, cite(prepared.trace) if cite else "")
+        return None
+
+    def _run(self, checks: list, text: str, apply: Callable) -> Checked:
+        """Each check sees the text as the checks before it left it; the first refusal ends it."""
+        decisions = []
+        for check in checks:
+            try:
+                verdict: Verdict = apply(check, text)
+            except Exception as error:  # counted and logged; the turn goes on unless this check fails closed
+                self.plugins.errors[check.name] += 1
+                log.exception("plugin check %s failed", check.name)
+                decisions.append({"plugin": check.name, "action": "error", "error": type(error).__name__})
+                if check.fail_closed:
+                    return Checked(text, UNAVAILABLE, decisions)
+                continue
+            decisions.append({"plugin": check.name, "action": verdict.action, "reasons": verdict.reasons})
+            if verdict.action == "refuse":
+                return Checked(text, verdict.text or UNAVAILABLE, decisions)
+            if verdict.action == "fix" and verdict.text is not None:
+                text = verdict.text
+        return Checked(text, None, decisions)
+
+    def _guarded(self, plugin, work: Callable):  # noqa: ANN001, ANN202
+        try:
+            return work()
+        except Exception:
+            self.plugins.errors[plugin.name] += 1
+            log.exception("plugin %s failed; the turn goes on without it", plugin.name)
+            return None

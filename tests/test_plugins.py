@@ -1,0 +1,177 @@
+"""The plugin system on the chat path: entry points, switching off, failures, trace, streaming."""
+
+from __future__ import annotations
+
+import json
+
+import httpx
+import pytest
+from fastapi.testclient import TestClient
+from sqlmodel import Session, select
+
+from feedback.models import Message, Response
+from tests.engines import ScriptedEngine
+
+SECRET_ANSWER = "Your code is 1234-5678 and the rest of this answer is long enough to stream in pieces. " * 4
+PLUGIN = '''
+from plugins.hookspecs import hookimpl
+from plugins.protocols import Verdict
+
+
+class Digits:
+    """Redacts every digit in answers; refuses questions about the launch codes."""
+    name, fail_closed = "digits", False
+
+    def check_output(self, text, context):
+        fixed = "".join("#" if c.isdigit() else c for c in text)
+        return Verdict("fix", fixed, ["digits"]) if fixed != text else Verdict.passed()
+
+    def check_input(self, text, context):
+        if "launch codes" in text:
+            return Verdict("refuse", "I can't help with launch codes.", ["topic"])
+        return self.check_output(text, context)
+
+
+class Broken:
+    name, fail_closed = "broken", False
+
+    def check_output(self, text, context):
+        raise RuntimeError("this plugin is broken")
+
+
+@hookimpl
+def register_output_checks(register, settings):
+    register(Digits())
+    if settings.environment == "development" and "broken" not in settings.plugins_disabled:
+        register(Broken())
+
+
+@hookimpl
+def register_input_checks(register, settings):
+    register(Digits())
+'''
+
+
+@pytest.fixture
+def third_party(tmp_path, monkeypatch):
+    """A plugin installed as pip would: a module and a dist-info naming its entry point."""
+    site = tmp_path / "site"
+    (site / "tuneloop_digits-0.3.dist-info").mkdir(parents=True)
+    (site / "tuneloop_digits.py").write_text(PLUGIN)
+    (site / "tuneloop_digits-0.3.dist-info" / "METADATA").write_text(
+        "Metadata-Version: 2.1\nName: tuneloop-digits\nVersion: 0.3\n")
+    (site / "tuneloop_digits-0.3.dist-info" / "entry_points.txt").write_text(
+        "[tuneloop]\ndigits = tuneloop_digits\n")
+    monkeypatch.syspath_prepend(str(site))
+    return site
+
+
+def chat_client(settings, engine) -> TestClient:  # noqa: ANN001
+    from tuneloop.app import create_app
+
+    return TestClient(create_app(settings, engine=engine))
+
+
+def widget_turn(client: TestClient, text: str) -> tuple[list[dict], Response]:
+    token = client.post("/api/session").json()["token"]
+    headers = {"Authorization": f"Bearer {token}"}
+    conversation = client.post("/api/conversations", headers=headers).json()["id"]
+    reply = client.post(f"/api/conversations/{conversation}/messages", json={"content": text}, headers=headers)
+    events = [json.loads(line[6:]) for line in reply.text.splitlines() if line.startswith("data: ")]
+    with Session(client.app.state.database) as session:
+        response = session.exec(select(Response)).one()
+    return events, response
+
+
+def test_an_entry_point_plugin_checks_answers_and_its_decision_is_traced(settings, third_party):
+    settings.plugins_disabled = ["guardrails", "rag", "broken"]
+    with chat_client(settings, ScriptedEngine(SECRET_ANSWER)) as client:
+        events, response = widget_turn(client, "What is my code?")
+        listing = {p.name: p for p in client.app.state.plugins.listing()}
+
+    streamed = "".join(e.get("text", "") for e in events if "finish_reason" not in e)
+    assert "1234" not in streamed and "1234" not in response.text and "####-####" in response.text
+    assert events[-1]["text"] == response.text
+    assert {"plugin": "digits", "action": "fix", "reasons": ["digits"]} in response.trace["plugins"]["output"]
+    assert listing["digits"].source == "tuneloop-digits 0.3 (entry point)"
+    assert "register_output_checks" in listing["digits"].hooks
+
+
+def test_answers_stream_in_pieces_while_checked(settings, third_party):
+    settings.plugins_disabled = ["guardrails", "rag", "broken"]
+    with chat_client(settings, ScriptedEngine(SECRET_ANSWER)) as client:
+        events, response = widget_turn(client, "Tell me a long story")
+
+    deltas = [e["text"] for e in events[1:-1]]
+    assert len(deltas) >= 2  # shown as checked, not all at the end
+    assert response.text.startswith("".join(deltas))
+
+
+def test_a_refused_input_gets_the_configured_message_and_nothing_is_generated(settings, third_party):
+    settings.plugins_disabled = ["guardrails", "rag", "broken"]
+    engine = ScriptedEngine("never said")
+    with chat_client(settings, engine) as client:
+        events, response = widget_turn(client, "Give me the launch codes")
+
+    assert response.text == events[-1]["text"] == "I can't help with launch codes."
+    assert response.finish_reason == "content_filter" and not engine.requests
+    assert response.trace["plugins"]["input"] == [{"plugin": "digits", "action": "refuse", "reasons": ["topic"]}]
+
+
+def test_input_fixes_are_what_is_stored(settings, third_party):
+    settings.plugins_disabled = ["guardrails", "rag", "broken"]
+    with chat_client(settings, ScriptedEngine("ok")) as client:
+        widget_turn(client, "my pin is 4321")
+        with Session(client.app.state.database) as session:
+            prompt = session.exec(select(Message).where(Message.role == "user")).one()
+    assert prompt.content == "my pin is ####"
+
+
+def test_a_plugin_that_raises_is_logged_counted_and_the_turn_goes_on(settings, third_party):
+    settings.plugins_disabled = ["guardrails", "rag"]
+    with chat_client(settings, ScriptedEngine("fine 42")) as client:
+        events, response = widget_turn(client, "hello")
+        errors = client.app.state.plugins.errors
+
+    assert response.text == "fine ##" and errors["broken"] == 1
+    assert {"plugin": "broken", "action": "error", "error": "RuntimeError"} in response.trace["plugins"]["output"]
+
+
+def test_a_plugin_configured_to_fail_closed_refuses_the_turn(settings, third_party):
+    settings.plugins_disabled, settings.plugins_fail_closed = ["guardrails", "rag"], ["broken"]
+    with chat_client(settings, ScriptedEngine("fine 42")) as client:
+        events, response = widget_turn(client, "hello")
+
+    assert response.finish_reason == "content_filter" and "fine" not in response.text
+
+
+def test_a_disabled_plugin_is_not_loaded(settings, third_party):
+    settings.plugins_disabled = ["guardrails", "rag", "digits"]
+    with chat_client(settings, ScriptedEngine("fine 42")) as client:
+        _, response = widget_turn(client, "hello")
+        names = [p.name for p in client.app.state.plugins.listing()]
+    assert response.text == "fine 42" and names == []
+
+
+def test_the_openai_api_gets_the_held_back_end_of_a_checked_answer(settings, third_party):
+    from tests.conftest import LiveServer
+    from tuneloop.app import create_app
+
+    settings.plugins_disabled = ["guardrails", "rag", "broken"]
+    with LiveServer(create_app(settings, engine=ScriptedEngine(SECRET_ANSWER))) as server:
+        body = {"model": "tuneloop", "messages": [{"role": "user", "content": "code?"}], "stream": True}
+        with httpx.stream("POST", f"{server.url}/v1/chat/completions", json=body, timeout=30) as reply:
+            lines = [json.loads(line[6:]) for line in reply.iter_lines() if line.startswith("data: {")]
+    text = "".join(c["choices"][0]["delta"].get("content", "") for c in lines if c["choices"])
+    assert text == SECRET_ANSWER.replace("1234-5678", "####-####")
+
+
+def test_plugins_list_shows_what_is_loaded_and_from_where(third_party, monkeypatch):
+    from typer.testing import CliRunner
+
+    from tuneloop.cli import app
+
+    monkeypatch.setenv("TUNELOOP_PLUGINS_DISABLED", '["guardrails", "rag"]')
+    result = CliRunner().invoke(app, ["plugins", "list"])
+    assert result.exit_code == 0, result.output
+    assert "digits" in result.output and "tuneloop-digits 0.3" in result.output
