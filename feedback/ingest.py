@@ -20,6 +20,7 @@ import logging
 import queue
 import threading
 import uuid
+from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
@@ -59,7 +60,11 @@ class KeyTaken(Exception):
     """Another process claimed one of the batch's Idempotency-Keys after we looked."""
 
 
-def store_ratings(session: Session, requests: list[RatingRequest]) -> list[Outcome]:
+# Told of each rating stored (not replayed): (kind, response ids, user id, details).
+FeedbackNotify = Callable[[str, list[str], int, dict], None]
+
+
+def store_ratings(session: Session, requests: list[RatingRequest], written: list | None = None) -> list[Outcome]:
     """Store a batch of ratings in the session's transaction; one outcome per request.
 
     The batch must not hold two requests for one user and response, nor one key twice
@@ -84,6 +89,8 @@ def store_ratings(session: Session, requests: list[RatingRequest]) -> list[Outco
             writes.append((index, user, request))
     if writes:
         _write(session, writes, outcomes)
+        if written is not None:
+            written.extend((user.id, request) for _, user, request in writes)
     return outcomes  # type: ignore[return-value]
 
 
@@ -130,8 +137,10 @@ class RatingWriter:
     meanwhile (measured: 1 thread ~450/s, 2 ~540/s, 4 ~465/s at 16 clients on 2 cores).
     """
 
-    def __init__(self, database: Engine, max_batch: int = 256, threads: int | None = None) -> None:
-        self._database, self._max_batch = database, max_batch
+    def __init__(
+        self, database: Engine, max_batch: int = 256, threads: int | None = None, notify: FeedbackNotify | None = None
+    ) -> None:
+        self._database, self._max_batch, self._notify = database, max_batch, notify
         self._queue: queue.SimpleQueue[tuple[RatingRequest, Future] | None] = queue.SimpleQueue()
         threads = threads or (1 if database.dialect.name == "sqlite" else 2)
         self._threads = [
@@ -179,26 +188,37 @@ class RatingWriter:
     def _write_batch(self, batch: list[tuple[RatingRequest, Future]]) -> None:
         first, repeats = _split_repeats(batch)
         self.batch_sizes.append(len(first))
+        written: list = []
         try:
             with Session(self._database, expire_on_commit=False) as session:
-                outcomes = store_ratings(session, [request for request, _ in first])
+                outcomes = store_ratings(session, [request for request, _ in first], written)
                 session.commit()
         except Exception as error:  # each item gets its own try below
             if not isinstance(error, KeyTaken):
                 log.warning("a batch of %d ratings failed (%s); writing them one by one", len(first), error)
             repeats = first + repeats
         else:
+            self._told(written)
             for (_, future), outcome in zip(first, outcomes):
                 _settle(future, outcome)
         for request, future in repeats:
             _settle(future, self._write_one(request))
 
+    def _told(self, written: list) -> None:
+        if self._notify is None:
+            return
+        for user_id, request in written:
+            details = request.body.model_dump(mode="json", exclude={"response_id"}, exclude_none=True)
+            self._notify("rating", [str(request.body.response_id)], user_id, details)
+
     def _write_one(self, request: RatingRequest) -> Outcome:
         for _ in range(2):  # a second pass replays a key another process took meanwhile
             try:
+                written: list = []
                 with Session(self._database, expire_on_commit=False) as session:
-                    (outcome,) = store_ratings(session, [request])
+                    (outcome,) = store_ratings(session, [request], written)
                     session.commit()
+                self._told(written)
                 return outcome
             except KeyTaken:
                 continue

@@ -6,11 +6,12 @@ import uuid
 from typing import Annotated
 
 from fastapi import APIRouter, Header, HTTPException, Request
+from fastapi.responses import JSONResponse
 from sqlmodel import Session, select
 
 from feedback import crud
 from feedback.deps import BearerToken, CurrentUser, SessionDep
-from feedback.idempotency import check_key, run_once
+from feedback.idempotency import REPLAYED_HEADER, check_key, run_once
 from feedback.ingest import STAFF, RatingRequest
 from feedback.models import Conversation, Response, User
 from feedback.protocol import (
@@ -47,7 +48,7 @@ async def rate(body: RatingIn, request: Request, token: BearerToken, key: Idempo
 
 
 @router.post("/comparisons", status_code=201, response_model=ComparisonOut)
-def compare(body: ComparisonIn, session: SessionDep, user: CurrentUser, key: IdempotencyKey = None):
+def compare(body: ComparisonIn, request: Request, session: SessionDep, user: CurrentUser, key: IdempotencyKey = None):
     def store() -> tuple[int, dict]:
         a = visible_response(session, user, body.response_a_id)
         b = visible_response(session, user, body.response_b_id)
@@ -56,14 +57,25 @@ def compare(body: ComparisonIn, session: SessionDep, user: CurrentUser, key: Ide
         comparison = crud.save_comparison(session, user, a, b, winner=body.winner, a_position=body.a_position)
         return 201, ComparisonOut.model_validate(comparison, from_attributes=True).model_dump(mode="json")
 
-    return run_once(session, user, key, "comparisons", body, store)
+    reply = run_once(session, user, key, "comparisons", body, store)
+    _tell(request, reply, "comparison", [body.response_a_id, body.response_b_id], user, {"winner": body.winner.value})
+    return reply
 
 
 @router.post("/corrections", status_code=201, response_model=CorrectionOut)
-def correct(body: CorrectionIn, session: SessionDep, user: CurrentUser, key: IdempotencyKey = None):
+def correct(body: CorrectionIn, request: Request, session: SessionDep, user: CurrentUser, key: IdempotencyKey = None):
     def store() -> tuple[int, dict]:
         response = visible_response(session, user, body.response_id)
         correction = crud.add_correction(session, user, response, body.text, body.comment)
         return 201, CorrectionOut.model_validate(correction, from_attributes=True).model_dump(mode="json")
 
-    return run_once(session, user, key, "corrections", body, store)
+    reply = run_once(session, user, key, "corrections", body, store)
+    _tell(request, reply, "correction", [body.response_id], user, {})
+    return reply
+
+
+def _tell(request: Request, reply: JSONResponse, kind: str, ids: list[uuid.UUID], user: User, details: dict) -> None:
+    """Tell whoever listens (plugins) of feedback that was stored just now, not of a replay."""
+    notify = getattr(request.app.state, "notify_feedback", None)
+    if notify is not None and reply.status_code == 201 and REPLAYED_HEADER not in reply.headers:
+        notify(kind, [str(i) for i in ids], user.id, details)

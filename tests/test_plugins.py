@@ -49,6 +49,22 @@ def register_output_checks(register, settings):
 @hookimpl
 def register_input_checks(register, settings):
     register(Digits())
+
+
+HEARD = []
+
+
+class Ears:
+    name, fail_closed = "ears", False
+
+    def on_feedback(self, event):
+        HEARD.append((event.kind, event.response_ids, event.details))
+        raise RuntimeError("a listener that fails must not lose the feedback")
+
+
+@hookimpl
+def register_feedback_listeners(register, settings):
+    register(Ears())
 '''
 
 
@@ -175,3 +191,33 @@ def test_plugins_list_shows_what_is_loaded_and_from_where(third_party, monkeypat
     result = CliRunner().invoke(app, ["plugins", "list"])
     assert result.exit_code == 0, result.output
     assert "digits" in result.output and "tuneloop-digits 0.3" in result.output
+
+
+def test_feedback_listeners_hear_of_stored_feedback_and_their_errors_lose_nothing(settings, third_party):
+    import time
+
+    from feedback.models import Rating
+
+    settings.plugins_disabled = ["guardrails", "rag", "broken"]
+    with chat_client(settings, ScriptedEngine("fine")) as client:
+        token = client.post("/api/session").json()["token"]
+        headers = {"Authorization": f"Bearer {token}"}
+        conversation = client.post("/api/conversations", headers=headers).json()["id"]
+        client.post(f"/api/conversations/{conversation}/messages", json={"content": "hi"}, headers=headers)
+        response_id = client.get(f"/api/conversations/{conversation}", headers=headers).json()["turns"][0]["answers"][0]["response_id"]
+        rated = client.post("/api/feedback/ratings", json={"response_id": response_id, "thumb": "up"},
+                            headers={**headers, "Idempotency-Key": "k1"})
+        client.post("/api/feedback/ratings", json={"response_id": response_id, "thumb": "up"},
+                    headers={**headers, "Idempotency-Key": "k1"})  # a replay: not news
+        import tuneloop_digits
+
+        deadline = time.monotonic() + 10
+        while not tuneloop_digits.HEARD and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.2)
+        with Session(client.app.state.database) as session:
+            stored = session.exec(select(Rating)).all()
+
+    assert rated.status_code == 201 and len(stored) == 1
+    assert tuneloop_digits.HEARD == [("rating", [response_id], {"thumb": "up"})]
+    assert client.app.state.plugins.errors["ears"] == 1

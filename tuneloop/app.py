@@ -21,7 +21,7 @@ from feedback.db import make_engine, session_scope
 from feedback.ingest import RatingWriter
 from feedback.migrate import upgrade
 from feedback.router import router as feedback_router
-from plugins.manager import load_plugins
+from plugins.manager import Plugins, load_plugins
 from plugins.turns import PluginHooks
 from serving.engine import Engine
 from serving.router import RESPONSE_ID_HEADER
@@ -61,6 +61,23 @@ def _nightly(settings: Settings):  # noqa: ANN202
     return scheduler
 
 
+def _feedback_notifier(plugins: Plugins):  # noqa: ANN202
+    """Plugins hear of stored feedback on a thread of their own, so a slow listener never
+    holds up the writers (or a listener that raises, the feedback: it is stored first)."""
+    if not plugins.feedback_listeners:
+        return None
+    from concurrent.futures import ThreadPoolExecutor
+
+    from plugins.protocols import FeedbackEvent
+
+    listeners = ThreadPoolExecutor(1, thread_name_prefix="tuneloop-feedback-listeners")
+
+    def notify(kind: str, response_ids: list[str], user_id: int, details: dict) -> None:
+        listeners.submit(plugins.notify_feedback, FeedbackEvent(kind, response_ids, user_id, details))
+
+    return notify
+
+
 def _mount_slack(app: FastAPI, settings: Settings) -> None:
     """The Slack app, when its tokens are set: `/slack/events` in HTTP mode."""
     app.state.slack = None
@@ -79,7 +96,7 @@ async def _start_slack(app: FastAPI, settings: Settings, database):  # noqa: ANN
     from bot.slack.app import SlackRuntime
     from bot.slack.services import SlackServices
 
-    app.state.slack_services = SlackServices(settings, database, app.state.chat)
+    app.state.slack_services = SlackServices(settings, database, app.state.chat, app.state.notify_feedback)
     runtime = SlackRuntime(app.state.slack, app.state.slack_services)
     await runtime.start()
     return runtime
@@ -109,7 +126,8 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
         app.state.plugins = await asyncio.to_thread(load_plugins, settings)
         app.state.chat = ChatService(model, database, live, system_prompt=settings.system_prompt,
                                      hooks=PluginHooks(app.state.plugins))
-        app.state.ratings = RatingWriter(database)
+        app.state.notify_feedback = _feedback_notifier(app.state.plugins)
+        app.state.ratings = RatingWriter(database, notify=app.state.notify_feedback)
         app.state.ratings.start()
         slack = await _start_slack(app, settings, database)
         nightly = _nightly(settings)

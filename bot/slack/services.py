@@ -21,14 +21,27 @@ class SlackServices:
     settings: Settings
     database: Database
     chat: ChatService
+    notify: Callable[[str, list[str], int, dict], None] | None = None  # plugins hear of stored feedback
 
     async def in_session(self, work: Callable[[Session], T]) -> T:
-        """Run `work(session)` on a worker thread in one transaction, committed if it returns."""
+        """Run `work(session)` on a worker thread in one transaction, committed if it returns;
+        feedback it `told` about is announced after the commit."""
 
         def run() -> T:
             with Session(self.database, expire_on_commit=False) as session:
                 result = work(session)
                 session.commit()
+                for notice in session.info.pop(NOTICES, []):
+                    if self.notify is not None:
+                        self.notify(*notice)
                 return result
 
         return await asyncio.to_thread(run)
+
+
+NOTICES = "tuneloop_feedback_notices"
+
+
+def told(session: Session, kind: str, response_ids: list, user_id: int, details: dict | None = None) -> None:
+    """Note stored feedback, for the plugins to hear of once the transaction commits."""
+    session.info.setdefault(NOTICES, []).append((kind, [str(i) for i in response_ids], user_id, details or {}))

@@ -16,7 +16,7 @@ from sqlmodel import Session
 from bot.slack import blocks
 from bot.slack.calls import call
 from bot.slack.people import slack_id_of, slack_user
-from bot.slack.services import SlackServices
+from bot.slack.services import SlackServices, told
 from feedback import crud
 from feedback.models import Response, Winner
 
@@ -47,6 +47,7 @@ async def choose(ack: AsyncAck, body: dict, context: AsyncBoltContext, client: A
             return None
         user = slack_user(session, services.settings, who)
         crud.save_comparison(session, user, a, b, winner=winner, a_position=pair["a_position"])
+        told(session, "comparison", [a.id, b.id], user.id, {"winner": winner.value})
         choices = {}
         for external, comparison in crud.comparisons_for_pair(session, a.id, b.id):
             if slack_id_of(external):

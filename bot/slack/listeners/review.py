@@ -12,7 +12,7 @@ from sqlmodel import Session
 from bot.slack import blocks
 from bot.slack.calls import call
 from bot.slack.people import STAFF, slack_user
-from bot.slack.services import SlackServices
+from bot.slack.services import SlackServices, told
 from feedback import crud, review
 from feedback.models import Response
 
@@ -81,6 +81,7 @@ async def save_correction(ack: AsyncAck, body: dict, view: dict, context: AsyncB
         if response is None:
             return "That answer is no longer in the store."
         crud.add_correction(session, reviewer, response, text, values["comment"]["value"].get("value"))
+        told(session, "correction", [response.id], reviewer.id)
         return None
 
     problem = await services.in_session(save)

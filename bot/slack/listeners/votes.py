@@ -13,7 +13,7 @@ from sqlmodel import Session
 from bot.slack import blocks
 from bot.slack.calls import call
 from bot.slack.people import slack_id_of, slack_user
-from bot.slack.services import SlackServices
+from bot.slack.services import SlackServices, told
 from feedback import crud
 from feedback.models import Response, Thumb
 
@@ -62,7 +62,9 @@ def _save(session: Session, services: SlackServices, who: str, response_id: uuid
     response = session.get(Response, response_id)
     if response is None:
         return None
-    crud.save_rating(session, slack_user(session, services.settings, who), response, **fields)
+    user = slack_user(session, services.settings, who)
+    crud.save_rating(session, user, response, **fields)
+    told(session, "rating", [response_id], user.id, {k: getattr(v, "value", v) for k, v in fields.items() if v})
     ratings = crud.ratings_for_response(session, response_id)
     return {slack_id_of(external): r.thumb.value for external, r in ratings if r.thumb and slack_id_of(external)}
 
