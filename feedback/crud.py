@@ -348,6 +348,24 @@ def comparisons_for_pair(session: Session, response_a_id: uuid.UUID, response_b_
     return list(session.exec(query).all())
 
 
+def check_outcomes(session: Session, release_id: int) -> dict[str, Any]:
+    """What the plugins' checks decided on a release's answers and their prompts, counted:
+    answers seen, decisions by plugin and action, and by reason (such as "pii.card").
+
+    Read from each response's trace; counted here rather than in SQL because the two
+    databases query JSON differently and a release's answers fit in memory."""
+    traces = session.exec(select(Response.trace).where(Response.release_id == release_id)).all()
+    by_plugin: dict[str, dict[str, int]] = {}
+    reasons: dict[str, int] = {}
+    for trace in traces:
+        for decision in [*trace.get("plugins", {}).get("input", []), *trace.get("plugins", {}).get("output", [])]:
+            actions = by_plugin.setdefault(decision["plugin"], {})
+            actions[decision["action"]] = actions.get(decision["action"], 0) + 1
+            for reason in decision.get("reasons") or []:
+                reasons[reason] = reasons.get(reason, 0) + 1
+    return {"responses": len(traces), "by_plugin": by_plugin, "reasons": reasons}
+
+
 # ---------------------------------------------------------------- slack deliveries
 
 

@@ -221,3 +221,21 @@ def test_feedback_listeners_hear_of_stored_feedback_and_their_errors_lose_nothin
     assert rated.status_code == 201 and len(stored) == 1
     assert tuneloop_digits.HEARD == [("rating", [response_id], {"thumb": "up"})]
     assert client.app.state.plugins.errors["ears"] == 1
+
+
+def test_check_outcomes_are_counted_per_release(settings, third_party):
+    from feedback import crud
+    from tests.releases import operator_token
+
+    settings.plugins_disabled = ["guardrails", "rag", "broken"]
+    with chat_client(settings, ScriptedEngine("call 555")) as client:
+        widget_turn(client, "hello")
+        token = operator_token(client.app.state.database)
+        shown = client.get("/api/releases/base", headers={"Authorization": f"Bearer {token}"}).json()
+        with Session(client.app.state.database) as session:
+            release_id = session.exec(select(Response.release_id)).one()
+            counted = crud.check_outcomes(session, release_id)
+
+    assert counted == shown["checks"]
+    assert counted["responses"] == 1
+    assert counted["by_plugin"] == {"digits": {"pass": 1, "fix": 1}} and counted["reasons"] == {"digits": 1}

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Depends, HTTPException
 from fastapi.responses import FileResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from feedback import releases
+from feedback import crud, releases
 from feedback.deps import CurrentUser, SessionDep
 from feedback.models import Release, Role, User
 
@@ -81,7 +81,8 @@ def _get(session: SessionDep, name: str) -> Release:
 @router.get("/{name}")
 def show_release(name: str, session: SessionDep, _: Operator) -> dict:
     release = _get(session, name)
-    return {**summary(release).model_dump(), "report": release.report}
+    checks = crud.check_outcomes(session, release.id)
+    return {**summary(release).model_dump(), "report": release.report, "checks": checks}
 
 
 @router.get("/{name}/report", response_class=FileResponse)
