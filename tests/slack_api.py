@@ -1,12 +1,15 @@
-"""A local stand-in for Slack: its Web API on 127.0.0.1, and correctly signed requests.
+"""A local stand-in for Slack: its Web API on 127.0.0.1, correctly signed requests, and
+the Socket Mode end of a websocket.
 
 The app's Web API client is pointed at `FakeSlack.url` (`TUNELOOP_SLACK_API_URL`); every
 call is recorded so tests assert what Slack would have received. Failures can be
 scripted per method: an error code (`{"ok": false}`) or a rate limit (HTTP 429).
+`FakeSocketMode` is where `apps.connections.open` sends the app (`FakeSlack.ws_url`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
 import threading
@@ -17,6 +20,7 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from slack_sdk.signature import SignatureVerifier
+from websockets.asyncio.server import Server, ServerConnection, serve
 
 SIGNING_SECRET = "test-signing-secret"
 TEAM, BOT_USER = "T0TEST", "U0BOT"
@@ -126,6 +130,80 @@ def _handler(slack: FakeSlack) -> type[BaseHTTPRequestHandler]:
             pass
 
     return Handler
+
+
+# ---------------------------------------------------------------- Socket Mode
+
+
+class FakeSocketMode:
+    """Slack's end of a Socket Mode connection: a websockets server on its own loop and thread.
+
+    On connect it says `hello`, as Slack does; `send` delivers an envelope to the app and
+    `wait_for_ack` returns what the app answered for it.
+    """
+
+    HELLO = {"type": "hello", "num_connections": 1, "connection_info": {"app_id": "A0TEST"},
+             "debug_info": {"host": "fake", "build_number": 1, "approximate_connection_time": 3600}}
+
+    def __init__(self) -> None:
+        self.received: list[dict] = []
+        self.connected = threading.Event()
+        self._connection: ServerConnection | None = None
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self._server: Server | None = None
+
+    @property
+    def url(self) -> str:
+        port = self._server.sockets[0].getsockname()[1]
+        return f"ws://127.0.0.1:{port}/link/?ticket=test-ticket&app_id=A0TEST"
+
+    def __enter__(self) -> FakeSocketMode:
+        async def start() -> Server:  # serve() needs the loop it will run on
+            return await serve(self._session, "127.0.0.1", 0)
+
+        self._thread.start()
+        self._server = self._run(start())
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        async def stop() -> None:
+            self._server.close()
+            await self._server.wait_closed()
+
+        self._run(stop())
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+        self._loop.close()
+
+    def send(self, envelope: dict, timeout: float = 30) -> None:
+        assert self.connected.wait(timeout), "the app never opened a Socket Mode connection"
+        self._run(self._connection.send(json.dumps(envelope)))
+
+    def wait_for_ack(self, envelope_id: str, timeout: float = 30) -> dict:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            found = [m for m in list(self.received) if m.get("envelope_id") == envelope_id]
+            if found:
+                return found[0]
+            time.sleep(0.05)
+        raise AssertionError(f"no ack for envelope {envelope_id}; the app sent {self.received}")
+
+    async def _session(self, connection: ServerConnection) -> None:
+        await connection.send(json.dumps(self.HELLO))
+        self._connection = connection
+        self.connected.set()
+        async for raw in connection:  # until the app closes the connection
+            self.received.append(json.loads(raw))
+
+    def _run(self, work):  # noqa: ANN001, ANN202 - a coroutine, run on the server's loop
+        return asyncio.run_coroutine_threadsafe(work, self._loop).result(10)
+
+
+def events_envelope(body: str, envelope_id: str) -> dict:
+    """An Events API delivery over Socket Mode: the same body as over HTTP, in an envelope."""
+    return {"envelope_id": envelope_id, "type": "events_api", "accepts_response_payload": False,
+            "payload": json.loads(body)}
 
 
 # ---------------------------------------------------------------- signed requests

@@ -28,7 +28,7 @@ def cli(monkeypatch, tmp_path, *args: str):
 def test_db_upgrade_creates_the_default_sqlite_store(monkeypatch, tmp_path):
     result = cli(monkeypatch, tmp_path, "db", "upgrade")
     assert result.exit_code == 0, result.output
-    assert "revision 0001" in result.output
+    assert "revision 0002" in result.output
     assert (tmp_path / "var" / "tuneloop.db").is_file()
 
 
@@ -93,3 +93,70 @@ def test_users_and_releases_from_the_shell(monkeypatch, tmp_path):
     assert refused.exit_code == 1 and "is active; this needs it candidate" in refused.output
     bad_role = cli(monkeypatch, tmp_path, "users", "add", "x", "--role", "king")
     assert bad_role.exit_code != 0 and "role must be" in bad_role.output
+
+
+def test_slack_without_socket_points_at_serve(monkeypatch, tmp_path):
+    result = cli(monkeypatch, tmp_path, "slack")
+    assert result.exit_code != 0
+    assert "tuneloop serve" in result.output and "/slack/events" in result.output
+
+
+def socket_mode_env(monkeypatch, bot_token: str | None, app_token: str | None) -> None:
+    # `tuneloop slack --socket` sets TUNELOOP_SLACK_SOCKET_MODE for its child processes; setting
+    # it here first makes monkeypatch put the environment back afterwards.
+    monkeypatch.setenv("TUNELOOP_SLACK_SOCKET_MODE", "false")
+    for name, value in (("TUNELOOP_SLACK_BOT_TOKEN", bot_token), ("TUNELOOP_SLACK_APP_TOKEN", app_token)):
+        if value is None:
+            monkeypatch.delenv(name, raising=False)
+        else:
+            monkeypatch.setenv(name, value)
+
+
+def test_slack_socket_needs_both_tokens(monkeypatch, tmp_path):
+    socket_mode_env(monkeypatch, None, None)
+    neither = cli(monkeypatch, tmp_path, "slack", "--socket")
+    assert neither.exit_code == 2
+    assert "TUNELOOP_SLACK_BOT_TOKEN" in neither.output and "TUNELOOP_SLACK_APP_TOKEN" in neither.output
+    socket_mode_env(monkeypatch, "xoxb-test", None)
+    no_app_token = cli(monkeypatch, tmp_path, "slack", "--socket")
+    assert no_app_token.exit_code == 2 and "TUNELOOP_SLACK_APP_TOKEN is not" in no_app_token.output
+    socket_mode_env(monkeypatch, None, "xapp-test")
+    no_bot_token = cli(monkeypatch, tmp_path, "slack", "--socket")
+    assert no_bot_token.exit_code == 2 and "TUNELOOP_SLACK_BOT_TOKEN" in no_bot_token.output
+    assert "TUNELOOP_SLACK_APP_TOKEN" not in no_bot_token.output
+
+
+def test_slack_socket_runs_the_serve_service_in_socket_mode(monkeypatch, tmp_path):
+    import os
+
+    import uvicorn
+
+    served = {}
+    monkeypatch.setattr(uvicorn, "run", lambda app, host, port: served.update(app=app, port=port))
+    socket_mode_env(monkeypatch, "xoxb-test", "xapp-test")  # and no signing secret: none is needed
+    result = cli(monkeypatch, tmp_path, "slack", "--socket", "--port", "8123")
+    assert result.exit_code == 0, result.output
+    assert served["port"] == 8123 and served["app"].state.settings.slack_socket_mode
+    assert served["app"].state.slack is not None  # the bolt app, connected when the service starts
+    assert os.environ["TUNELOOP_SLACK_SOCKET_MODE"] == "true"  # the nightly `tuneloop train` reads it too
+
+
+def test_users_add_slack_gives_a_slack_user_a_role(monkeypatch, tmp_path):
+    from sqlmodel import select
+
+    from feedback.models import AuditLog, User
+
+    result = cli(monkeypatch, tmp_path, "users", "add", "rita", "--role", "reviewer", "--slack", "U0RITA")
+    assert result.exit_code == 0, result.output
+    assert "rita (Slack U0RITA): reviewer" in result.output and "tl-" not in result.output  # no token
+    assert cli(monkeypatch, tmp_path, "users", "add", "rita", "--role", "operator", "--slack", "U0RITA").exit_code == 0
+    local = cli(monkeypatch, tmp_path, "users", "add", "rita", "--role", "user")
+    assert local.output.strip().startswith("tl-")  # a local user is still a separate person with a token
+    database = make_engine(f"sqlite:///{tmp_path / 'var' / 'tuneloop.db'}")
+    with session_scope(database) as session:
+        users = {u.external_id: u for u in session.exec(select(User)).all()}
+        assert (users["slack:U0RITA"].name, users["slack:U0RITA"].role.value) == ("rita", "operator")
+        assert users["local:rita"].role.value == "user"
+        assert session.exec(select(AuditLog).where(AuditLog.target == "slack:U0RITA")).all()
+    bad = cli(monkeypatch, tmp_path, "users", "add", "x", "--slack", "@rita")
+    assert bad.exit_code != 0 and "Slack user id" in bad.output

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import logging
+import os
 from enum import Enum
 from pathlib import Path
 
 import typer
+from pydantic import ValidationError
 
+from plugins.cli import plugins_app
 from tuneloop.cli_releases import releases_app, users_app
-from tuneloop.settings import EMBEDDED_MODEL, get_settings
+from tuneloop.settings import EMBEDDED_MODEL, Settings, get_settings
 
 app = typer.Typer(help="tuneloop: a self-hosted assistant that learns from its users.", no_args_is_help=True)
 db_app = typer.Typer(help="The feedback store's schema.", no_args_is_help=True)
@@ -18,6 +21,7 @@ app.add_typer(db_app, name="db")
 app.add_typer(model_app, name="model")
 app.add_typer(releases_app, name="releases")
 app.add_typer(users_app, name="users")
+app.add_typer(plugins_app, name="plugins")
 
 
 class ExportFormat(str, Enum):
@@ -26,18 +30,52 @@ class ExportFormat(str, Enum):
     sft = "sft"
 
 
+# Shared by `serve` and `slack`, which run the same service.
+HOST = typer.Option(None, help="defaults to TUNELOOP_HOST (127.0.0.1)")
+PORT = typer.Option(None, help="defaults to TUNELOOP_PORT (8000)")
+NIGHTLY = typer.Option(None, help="HH:MM: run `tuneloop train` then each night (TUNELOOP_NIGHTLY_AT)")
+
+
 @app.command()
-def serve(
-    host: str = typer.Option(None, help="defaults to TUNELOOP_HOST (127.0.0.1)"),
-    port: int = typer.Option(None, help="defaults to TUNELOOP_PORT (8000)"),
-    nightly: str = typer.Option(None, help="HH:MM: run `tuneloop train` then each night (TUNELOOP_NIGHTLY_AT)"),
-) -> None:
+def serve(host: str = HOST, port: int = PORT, nightly: str = NIGHTLY) -> None:
     """Run the chat service: widget at /, OpenAI API at /v1, feedback API at /api/feedback."""
+    _serve(get_settings(), host, port, nightly)
+
+
+@app.command()
+def slack(
+    socket: bool = typer.Option(False, "--socket", help="connect to Slack over Socket Mode: no public URL needed"),
+    host: str = HOST,
+    port: int = PORT,
+    nightly: str = NIGHTLY,
+) -> None:
+    """Run the service with the Slack app connected over Socket Mode (TUNELOOP_SLACK_APP_TOKEN)."""
+    if not socket:
+        typer.secho("The Slack app's HTTP mode is part of `tuneloop serve`: it is mounted at /slack/events when "
+                    "TUNELOOP_SLACK_BOT_TOKEN and TUNELOOP_SLACK_SIGNING_SECRET are set. For Socket Mode run "
+                    "`tuneloop slack --socket`.", fg="red", err=True)
+        raise typer.Exit(2)
+    # Through the environment, so `tuneloop train` (the nightly job's child process) reads the same settings.
+    os.environ["TUNELOOP_SLACK_SOCKET_MODE"] = "true"
+    get_settings.cache_clear()
+    try:
+        settings = get_settings()
+    except ValidationError as error:  # a token that is missing or malformed, in the settings' own words
+        messages = "; ".join(e["msg"].removeprefix("Value error, ") for e in error.errors())
+        raise typer.BadParameter(messages, param_hint="--socket") from error
+    tokens = {"TUNELOOP_SLACK_BOT_TOKEN": (settings.slack_bot_token, "the xoxb-... bot token"),
+              "TUNELOOP_SLACK_APP_TOKEN": (settings.slack_app_token, "an xapp-... token with connections:write")}
+    missing = [f"{name} ({what})" for name, (value, what) in tokens.items() if not value]
+    if missing:
+        raise typer.BadParameter(f"Socket Mode needs {' and '.join(missing)}", param_hint="--socket")
+    _serve(settings, host, port, nightly)
+
+
+def _serve(settings: Settings, host: str | None, port: int | None, nightly: str | None) -> None:
     import uvicorn
 
     from tuneloop.app import create_app
 
-    settings = get_settings()
     settings.host, settings.port = host or settings.host, port or settings.port
     if nightly:
         from trainer.schedule import parse_hhmm

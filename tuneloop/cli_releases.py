@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import getpass
 import json
+import re
 from collections.abc import Callable
 
 import typer
@@ -107,8 +108,15 @@ def rollback(reason: str = typer.Option("", help="kept in the audit log")) -> No
 
 
 @users_app.command("add")
-def add_user(name: str, role: str = typer.Option("user", help="user, reviewer or operator")) -> None:
-    """Create a person (or give them a new token) and print their bearer token once."""
+def add_user(
+    name: str,
+    role: str = typer.Option("user", help="user, reviewer or operator"),
+    slack: str = typer.Option(None, "--slack", metavar="SLACK_USER_ID", help="give this Slack user (U...) the role"),
+) -> None:
+    """Create a person (or give them a new token) and print their bearer token once.
+
+    With --slack, set the role of that Slack user instead; they need no token, the Slack app knows them.
+    """
     from feedback import crud
     from feedback.models import Role
 
@@ -116,11 +124,33 @@ def add_user(name: str, role: str = typer.Option("user", help="user, reviewer or
         chosen = Role(role)
     except ValueError as error:
         raise typer.BadParameter("role must be user, reviewer or operator") from error
+    if slack is not None and not re.fullmatch(r"[UW][A-Z0-9]+", slack):
+        raise typer.BadParameter("a Slack user id looks like U0123ABCD (in Slack: profile, ⋮, Copy member ID)",
+                                 param_hint="--slack")
     session, actor = _session_and_actor()
     with session:
+        if slack:
+            _set_slack_role(session, actor, name, slack, chosen)
+            return
         user = crud.get_or_create_user(session, f"local:{name}", name, chosen)
         user.role = chosen
         token = crud.issue_token(session, user)
         crud.audit(session, actor, "user.token", f"user:{name}", {"role": chosen.value})
         session.commit()
     typer.echo(token)
+
+
+def _set_slack_role(session, actor, name: str, slack_id: str, role) -> None:  # noqa: ANN001
+    from bot.slack.people import external_id
+    from feedback import crud
+
+    # The same user the Slack app finds or creates on first contact (bot/slack/people.py).
+    user = crud.get_or_create_user(session, external_id(slack_id), name, role)
+    user.name, user.role = name, role
+    session.add(user)
+    crud.audit(session, actor, "user.role", external_id(slack_id), {"role": role.value, "name": name})
+    session.commit()
+    typer.echo(f"{name} (Slack {slack_id}): {role.value}")
+    settings = get_settings()
+    if slack_id in settings.slack_operators or slack_id in settings.slack_reviewers:
+        typer.echo("note: TUNELOOP_SLACK_OPERATORS / TUNELOOP_SLACK_REVIEWERS list this id; that role wins in Slack")

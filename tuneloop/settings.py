@@ -83,9 +83,14 @@ class Settings(BaseSettings):
             value = getattr(self, name)
             if value and not value.startswith(prefix):
                 raise ValueError(f"TUNELOOP_{name.upper()} must start with {prefix!r}")
-        if self.slack_bot_token and not self.slack_enabled:
+        # A bot token needs a signing secret (HTTP mode) or an app token (Socket Mode). Other
+        # commands (`tuneloop releases`, the nightly job) share these settings without
+        # TUNELOOP_SLACK_SOCKET_MODE, so an app token alone is enough here.
+        if self.slack_bot_token and not (self.slack_signing_secret or self.slack_app_token):
             needed = "TUNELOOP_SLACK_APP_TOKEN" if self.slack_socket_mode else "TUNELOOP_SLACK_SIGNING_SECRET"
             raise ValueError(f"TUNELOOP_SLACK_BOT_TOKEN is set but {needed} is not: set it, or unset the bot token")
+        if self.slack_socket_mode and self.slack_bot_token and not self.slack_app_token:
+            raise ValueError("TUNELOOP_SLACK_SOCKET_MODE needs TUNELOOP_SLACK_APP_TOKEN (xapp-...)")
         return self
 
     @model_validator(mode="after")

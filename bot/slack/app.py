@@ -95,6 +95,15 @@ class SlackRuntime:
             from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler
 
             self._socket = AsyncSocketModeHandler(self.app, settings.slack_app_token)
+            # connect_async() retries a refused app token forever, and start-up would hang with
+            # nothing served: ask for the first address here, where a refusal stops the start.
+            try:
+                self._socket.client.wss_uri = await self._socket.client.issue_new_wss_url()
+            except Exception:
+                log.error("Socket Mode could not start: is Slack reachable, and TUNELOOP_SLACK_APP_TOKEN this "
+                          "app's xapp-... token with the connections:write scope?")
+                await self.stop()
+                raise
             await self._socket.connect_async()
             log.info("Slack: connected over Socket Mode")
 
