@@ -214,7 +214,7 @@ class ChatService:
 # shown only as far as it has been checked, less its last HOLD_BACK characters, which
 # could be the start of something a check would redact. Checks run every CHECK_EVERY
 # new characters, not per token, to keep their cost per turn small.
-HOLD_BACK, CHECK_EVERY = 64, 160
+HOLD_BACK, CHECK_EVERY = 64, 320
 
 
 class _GuardedAnswer:
