@@ -242,9 +242,13 @@ def save_comparison(
     *,
     winner: Winner,
     a_position: int,
-    kind: str = "sample",
+    kind: str | None = None,
 ) -> Comparison:
-    """Store the choice (last write wins) and let the conversation go on with the winner."""
+    """Store the choice (last write wins) and let the conversation go on with the winner.
+
+    The pair's kind is what the chat made it ("sample", or a plugin's such as "rag"),
+    as its answers' traces say, unless given."""
+    kind = kind or response_a.trace.get("pair_kind") or "sample"
     now = utcnow()
     update = {"winner": winner.value, "a_position": a_position, "b_position": 1 - a_position, "updated_at": now}
     values = {

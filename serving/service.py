@@ -228,6 +228,7 @@ class _GuardedAnswer:
         """The text that may be shown now (often none yet)."""
         self.raw += delta
         if not self.hooks.checks_output:
+            self.shown += delta
             return delta
         if self.stopped or len(self.raw) - self.checked_at < CHECK_EVERY:
             return ""
@@ -241,8 +242,7 @@ class _GuardedAnswer:
         return new
 
     def unshown(self, final: str) -> str | None:
-        if not self.hooks.checks_output:
-            return ""
+        """What of the final text no delta carried (held back, or a citation), if it only extends."""
         return final[len(self.shown):] if final.startswith(self.shown) else None
 
     async def finish(self, text: str) -> Checked:

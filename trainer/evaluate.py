@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import math
 import random
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
 from tqdm.auto import tqdm
 
+from feedback.stats import wilson
 from serving.engine import GenerationRequest, SamplingParams, generate
 from serving.transformers_engine import TransformersEngine
 from trainer.judges import Judge
@@ -37,15 +37,6 @@ class WinRate:
 
     def as_dict(self) -> dict:
         return {**asdict(self), "n": self.n, "rate": self.rate}
-
-
-def wilson(successes: float, n: int, z: float = 1.96) -> tuple[float, float]:
-    """Wilson score interval; ties count as half a win. (Three lines: no stats library needed.)"""
-    if n == 0:
-        return 0.0, 1.0
-    p = successes / n
-    centre, spread = p + z * z / (2 * n), z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
-    return max(0.0, (centre - spread) / (1 + z * z / n)), min(1.0, (centre + spread) / (1 + z * z / n))
 
 
 async def _answers(engine: TransformersEngine, prompts: Sequence[list[dict]], adapter: str | None,

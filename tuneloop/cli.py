@@ -11,6 +11,7 @@ import typer
 from pydantic import ValidationError
 
 from plugins.cli import plugins_app
+from plugins.rag.cli import rag_app
 from tuneloop.cli_releases import releases_app, users_app
 from tuneloop.settings import EMBEDDED_MODEL, Settings, get_settings
 
@@ -22,6 +23,7 @@ app.add_typer(model_app, name="model")
 app.add_typer(releases_app, name="releases")
 app.add_typer(users_app, name="users")
 app.add_typer(plugins_app, name="plugins")
+app.add_typer(rag_app, name="rag")
 
 
 class ExportFormat(str, Enum):
