@@ -8,7 +8,6 @@ import subprocess
 import sys
 import textwrap
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -625,9 +624,8 @@ ANSWER = ("To listen on port 8080, open config.yaml and set `port: 8080` under t
           "already taken, `ss -ltnp | grep 8080` shows which process holds it. Version 2.3.1 added health checks.")
 
 
-def test_time_per_turn_is_printed(tmp_path, capsys):
-    """One input check and one output check (600-character answer) with the bundled default,
-    200 times: prints p50 and p99. Timing is reported, never asserted."""
+def test_an_ordinary_question_and_answer_pass_both_checks():
+    """The cost of these checks per turn is measured in bench/plugins.py, not here."""
     from plugins.guardrails import plugin
 
     found: list = []
@@ -638,13 +636,3 @@ def test_time_per_turn_is_printed(tmp_path, capsys):
     question = "How do I make the service listen on port 8080 and restart by itself after a crash?"
     assert input_check.check_input(question, WEB).action == "pass"
     assert output_check.check_output(ANSWER, WEB).action == "pass"
-    times = []
-    for _ in range(200):
-        start = time.perf_counter()
-        input_check.check_input(question, WEB)
-        output_check.check_output(ANSWER, WEB)
-        times.append((time.perf_counter() - start) * 1000)
-    times.sort()
-    with capsys.disabled():
-        print(f"\nguardrails per turn ({len(ANSWER)}-character answer, 200 runs): "
-              f"p50 {times[99]:.2f} ms, p99 {times[197]:.2f} ms")
