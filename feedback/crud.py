@@ -389,6 +389,19 @@ def forget_slack_delivery(session: Session, key: str) -> None:
 
 # ---------------------------------------------------------------- releases and audit
 
+REPORT_KEY = "share_key"
+
+
+def share_report(session: Session, release: Release) -> str:
+    """A key that opens the release's report page without a token, for a link posted where
+    only operators read (the Slack operators' channel). Made once, kept in the report."""
+    if not release.report.get(REPORT_KEY):
+        release.report = {**release.report, REPORT_KEY: secrets.token_urlsafe(24)}
+        session.add(release)
+        session.flush()
+    return release.report[REPORT_KEY]
+
+
 
 def active_release(session: Session) -> Release | None:
     return session.exec(select(Release).where(Release.state == ReleaseState.active)).first()

@@ -321,3 +321,20 @@ def test_a_rag_turn_is_an_ab_pair_stored_with_its_sources_and_kind(settings, tmp
     assert question["source"] in [s["source"] for s in rag.trace["rag"]["sources"]]
     contexts = [m["content"] for r in engine.requests for m in r.messages if "Reference material" in m["content"]]
     assert len(contexts) == 1 and "> " in contexts[0]  # only the RAG answer saw the quoted documents
+
+
+def test_with_retrieval_always_on_the_one_answer_cites_its_sources(settings):
+    from plugins.rag import store
+
+    example = Path(__file__).parent.parent / "plugins" / "rag" / "example" / "docs"
+    settings.plugins_disabled, settings.rag_always = ["guardrails"], True
+    store.index(example, settings.rag_dir, progress=False)
+    question = json.loads((example.parent / "questions.jsonl").read_text().splitlines()[0])
+    engine = ScriptedEngine("Here is the answer [1].")
+    with chat_client(settings, engine) as client:
+        events, response = widget_turn(client, question["question"])
+
+    assert response.text.startswith("Here is the answer [1].\n\nSources: ") and question["source"] in response.text
+    assert events[-1]["text"] == response.text and "pair_kind" not in response.trace
+    assert question["source"] in [s["source"] for s in response.trace["rag"]["sources"]]
+    assert any("Reference material" in m["content"] for m in engine.requests[0].messages)

@@ -346,3 +346,19 @@ def test_a_reviewer_compares_an_ab_pair_with_its_context(app, slack):
     shown_second = pair["b"] if pair["a_position"] == 0 else pair["a"]
     assert comparison.user_id == rita.id
     assert str(comparison.response_a_id if comparison.winner == "a" else comparison.response_b_id) == shown_second
+
+
+def test_the_announced_report_link_opens_with_its_key_alone(app, slack, tmp_path, tiny_model):
+    from tests.releases import add_candidate, make_adapter
+
+    app.app.state.settings.public_url = "https://tuneloop.example"
+    add_candidate(app.app.state.database, "r3", make_adapter(tiny_model, tmp_path / "r3"))
+    (tmp_path / "report.html").write_text("<h1>Report of r3</h1>")
+    announcement = slack.wait_for("chat.postMessage", lambda a: a["channel"] == "C0OPS")
+    link = next(line for line in json.dumps(announcement["blocks"]).split("<")
+                if line.startswith("https://tuneloop.example")).split("|")[0]
+    path = link.removeprefix("https://tuneloop.example")
+
+    assert "?key=" in path and app.get(path).text == "<h1>Report of r3</h1>"
+    assert app.get(path.split("?key=")[0] + "?key=guessed").status_code == 403
+    assert app.get(path.split("?key=")[0]).status_code == 401

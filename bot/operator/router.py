@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import secrets
 from pathlib import Path
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, HTTPException
+from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.responses import FileResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from feedback import crud, releases
-from feedback.deps import CurrentUser, SessionDep
+from feedback.deps import CurrentUser, SessionDep, current_user
 from feedback.models import Release, Role, User
 
 router = APIRouter(prefix="/api/releases", tags=["releases"])
@@ -85,8 +86,19 @@ def show_release(name: str, session: SessionDep, _: Operator) -> dict:
     return {**summary(release).model_dump(), "report": release.report, "checks": checks}
 
 
-@router.get("/{name}/report", response_class=FileResponse)
-def release_report(name: str, session: SessionDep, _: Operator) -> FileResponse:
+def report_reader(request: Request, name: str, session: SessionDep, key: str | None = None) -> None:
+    """An operator, or anyone holding the report's shared key (from the link posted to operators)."""
+    if key is not None:
+        release = _get(session, name)
+        shared = (release.report or {}).get(crud.REPORT_KEY)
+        if shared and secrets.compare_digest(key, shared):
+            return
+        raise HTTPException(403, "This report link's key is not valid; ask an operator for the current link")
+    operator(current_user(request, session))
+
+
+@router.get("/{name}/report", response_class=FileResponse, dependencies=[Depends(report_reader)])
+def release_report(name: str, session: SessionDep) -> FileResponse:
     """The HTML report the trainer wrote beside the release's adapter."""
     release = _get(session, name)
     page = Path(release.adapter_path).parent / "report.html" if release.adapter_path else None

@@ -39,7 +39,7 @@ class Announcer:
         posted = 0
         for name, report in claimed:
             settings = self.services.settings
-            url = f"{settings.public_url.rstrip('/')}/api/releases/{name}/report" if settings.public_url else ""
+            url = f"{settings.public_url.rstrip('/')}{report_link(name, report)}" if settings.public_url else ""
             sent = await call(self.client, "chat.postMessage", channel=settings.slack_operators_channel,
                               text=f"Release {name} is a candidate",
                               blocks=blocks.release_candidate(name, report, url, settings.slack_canary_share))
@@ -51,7 +51,15 @@ class Announcer:
 
     def _claim_new(self, session: Session) -> list[tuple[str, dict]]:
         candidates = session.exec(select(Release).where(Release.state == ReleaseState.candidate)).all()
-        return [(r.name, r.report) for r in candidates if crud.claim_slack_delivery(session, _key(r.name))]
+        claimed = [r for r in candidates if crud.claim_slack_delivery(session, _key(r.name))]
+        for release in claimed:
+            crud.share_report(session, release)
+        return [(r.name, r.report) for r in claimed]
+
+
+def report_link(name: str, report: dict) -> str:
+    """The report page, openable from the message: its key stands in for an operator's token."""
+    return f"/api/releases/{name}/report?key={report[crud.REPORT_KEY]}"
 
 
 def _key(name: str) -> str:
