@@ -243,3 +243,14 @@ class SlackDelivery(SQLModel, table=True):
     __tablename__ = "slack_deliveries"
     key: str = Field(primary_key=True, max_length=200)
     created_at: datetime = _when()
+
+
+class JobLock(SQLModel, table=True):
+    """A lease on a named job (the nightly training run): one holder at a time across
+    processes and machines, taken over only once it has expired (its holder died)."""
+
+    __tablename__ = "job_locks"
+    name: str = Field(primary_key=True, max_length=100)
+    holder: str = Field(max_length=200)
+    acquired_at: datetime = _when()
+    expires_at: datetime = Field(sa_type=DateTime(timezone=True))

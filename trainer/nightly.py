@@ -17,7 +17,7 @@ from pathlib import Path
 
 from sqlmodel import Session, col, select
 
-from feedback import crud
+from feedback import crud, locks
 from feedback.artifacts import directory_checksum
 from feedback.db import make_engine, session_scope
 from feedback.migrate import upgrade
@@ -54,9 +54,22 @@ class RunResult:
     report: dict = field(default_factory=dict)
 
 
+JOB = "nightly-train"  # the lease that keeps two runs from overlapping
+
+
 def main(config: NightlyConfig, environment: Environment) -> RunResult:
     database = make_engine(environment.database_url)
     upgrade(database)
+    try:
+        with locks.held(database, JOB):
+            return _main(config, environment, database)
+    except locks.LockHeld as busy:
+        message = f"another training run is in progress ({busy}); this one did not start"
+        log.info(message)
+        return RunResult(RunStatus.skipped, message)
+
+
+def _main(config: NightlyConfig, environment: Environment, database) -> RunResult:  # noqa: ANN001
     with session_scope(database) as session:
         active = crud.active_release(session)
         if active is None:

@@ -1,0 +1,99 @@
+"""Leases in the database: one holder of a named job at a time, on every process and machine
+that shares the store (two nightly schedulers in two replicas, or a cron job beside them).
+
+A lease expires unless its holder renews it, so a holder that dies (killed, machine lost)
+frees the job for the next run after at most one lease; `held` renews in the background.
+Written here rather than with PostgreSQL's advisory locks because SQLite must work too,
+and a lease survives connection drops that would silently release a session lock.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime, timedelta
+
+from sqlalchemy import delete, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Engine
+from sqlmodel import Session
+
+from feedback.models import JobLock, utcnow
+
+LEASE = timedelta(minutes=5)
+
+
+class LockHeld(RuntimeError):
+    """Someone else holds the job; the message says who and until when."""
+
+
+def this_process() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def acquire(session: Session, name: str, holder: str, lease: timedelta = LEASE) -> bool:
+    """Take the lease if it is free or has expired; True if `holder` has it now."""
+    now = utcnow()
+    insert = {"postgresql": postgresql.insert, "sqlite": sqlite.insert}[session.get_bind().dialect.name]
+    table = JobLock.__table__
+    statement = insert(table).values(name=name, holder=holder, acquired_at=now, expires_at=now + lease)
+    statement = statement.on_conflict_do_update(
+        index_elements=["name"],
+        set_={"holder": holder, "acquired_at": now, "expires_at": now + lease},
+        where=table.c.expires_at < now,  # only a lease whose holder stopped renewing it
+    ).returning(table.c.name)
+    return session.execute(statement).first() is not None
+
+
+def renew(session: Session, name: str, holder: str, lease: timedelta = LEASE) -> bool:
+    table = JobLock.__table__
+    done = session.execute(update(table).where(table.c.name == name, table.c.holder == holder)
+                           .values(expires_at=utcnow() + lease))
+    return done.rowcount == 1
+
+
+def release(session: Session, name: str, holder: str) -> None:
+    table = JobLock.__table__
+    session.execute(delete(table).where(table.c.name == name, table.c.holder == holder))
+
+
+def holder_of(session: Session, name: str) -> JobLock | None:
+    return session.get(JobLock, name)
+
+
+@contextmanager
+def held(database: Engine, name: str, holder: str | None = None, lease: timedelta = LEASE) -> Iterator[str]:
+    """Hold the lease for the block, renewing it every third of a lease; LockHeld if taken."""
+    holder = holder or this_process()
+    with Session(database) as session:
+        if not acquire(session, name, holder, lease):
+            current = holder_of(session, name)
+            raise LockHeld(f"{name} is held by {current.holder} until {_when(current.expires_at)}"
+                           if current else f"{name} is held by another process")
+        session.commit()
+    stop = threading.Event()
+    heartbeat = threading.Thread(target=_renew_until, args=(database, name, holder, lease, stop),
+                                 name=f"lease-{name}", daemon=True)
+    heartbeat.start()
+    try:
+        yield holder
+    finally:
+        stop.set()
+        heartbeat.join()
+        with Session(database) as session:
+            release(session, name, holder)
+            session.commit()
+
+
+def _renew_until(database: Engine, name: str, holder: str, lease: timedelta, stop: threading.Event) -> None:
+    while not stop.wait(lease.total_seconds() / 3):
+        with Session(database) as session:
+            renew(session, name, holder, lease)
+            session.commit()
+
+
+def _when(moment: datetime) -> str:
+    return moment.isoformat(timespec="seconds")
