@@ -79,6 +79,7 @@ class BatchControl:
 
     newcomers_waiting: Callable[[], bool]
     pause_after: int  # steps a batch makes before it may pause, so every batch makes progress
+    each_step: Callable[[], None] | None = None  # work that fits between two steps (adapter loads)
     steps: int = 0
     paused: bool = False
 
@@ -95,6 +96,8 @@ class RowStopping(StoppingCriteria):
             if not row.done and row.is_cancelled():
                 row.finish_reason = "cancelled"
         self.control.steps += 1
+        if self.control.each_step is not None:
+            self.control.each_step()
         if self.control.steps >= self.control.pause_after and self.control.newcomers_waiting():
             self.control.paused = True
             return torch.ones(len(self.rows), dtype=torch.bool, device=input_ids.device)

@@ -2,7 +2,9 @@
 
 Requests wait in a queue; the worker takes the first, waits `batch_wait_ms` for company
 (up to `max_batch_size`), and runs them as one `generate` call. Adapter loads and unloads
-go through the same queue, so they happen between batches and never under a running one.
+go through the same queue. Once the model carries adapters, a load runs between two
+decode steps of the running batch (no running row uses the new name); the first load,
+which wraps the plain model, and unloads wait for the batch to pause or end.
 
 A batch does not make newcomers wait for its longest answer: once it has made
 `pause_after` tokens and a request that would fit (or an adapter load) is waiting, it
@@ -55,6 +57,8 @@ class _Control:
 
     action: Callable[[], Any]
     done: Callable[[BaseException | None], None]
+    # Safe between two decode steps of a running batch, so no pause is needed for it.
+    between_steps: bool = False
 
 
 class TransformersEngine:
@@ -125,7 +129,7 @@ class TransformersEngine:
     # ------------------------------------------------------------ adapters
 
     async def load_adapter(self, name: str, path: str) -> None:
-        await self._control(lambda: self._load_adapter(name, path))
+        await self._control(lambda: self._load_adapter(name, path), between_steps=True)
 
     async def unload_adapter(self, name: str) -> None:
         await self._control(lambda: self._unload_adapter(name))
@@ -134,7 +138,7 @@ class TransformersEngine:
         config = getattr(self.model, "peft_config", None)
         return set(config) if config else set()
 
-    async def _control(self, action: Callable[[], Any]) -> None:
+    async def _control(self, action: Callable[[], Any], between_steps: bool = False) -> None:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[None] = loop.create_future()
 
@@ -144,7 +148,7 @@ class TransformersEngine:
             else:
                 loop.call_soon_threadsafe(future.set_exception, error)
 
-        self._queue.put(_Control(action, done))
+        self._queue.put(_Control(action, done, between_steps))
         await future
 
     def _load_adapter(self, name: str, path: str) -> None:
@@ -216,11 +220,39 @@ class TransformersEngine:
         return more
 
     def _newcomers_waiting(self, running: int) -> bool:
-        """Worth pausing the batch for: an adapter to load, or a request that would fit."""
+        """Worth pausing the batch for: an adapter to load or unload, or a request that would fit."""
         waiting = list(self._queue.queue)  # a peek; the queue's own lock is not needed to look
         if any(not isinstance(item, _Job) for item in waiting):
             return True
         return running < self.max_batch_size and bool(waiting or self._backlog)
+
+    def _between_steps(self) -> None:
+        if any(isinstance(item, _Control) and item.between_steps for item in list(self._queue.queue)):
+            self._controls_between_steps()
+
+    def _controls_between_steps(self) -> None:
+        """Run the adapter loads waiting, between two decode steps of a running batch.
+
+        Safe only on a model that is already a PeftModel whose batch names each row's adapter:
+        loading adds LoRA weights under a new name that no running row uses, and the KV cache
+        of the running rows stays valid. (Wrapping a plain model would change the rows
+        running on it, so the first adapter still waits for a pause.) Everything else taken
+        from the queue keeps its order: jobs join the backlog, other controls go back in line.
+        """
+        others: list = []
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if isinstance(item, _Control) and item.between_steps:
+                self._run_control(item)
+            elif isinstance(item, _Job):
+                self._backlog.append(item)
+            else:
+                others.append(item)
+        for item in others:  # unloads and the stop signal wait for the batch's end, as before
+            self._queue.put(item)
 
     def _run_control(self, control: _Control) -> None:
         try:
@@ -252,7 +284,10 @@ class TransformersEngine:
         # A paused request goes on from where it stopped: its prompt and what it has said so far.
         inputs = self.tokenizer.pad({"input_ids": [row.prompt_ids + row.token_ids for row in rows]},
                                     padding=True, return_tensors="pt").to(self.device)
-        control = BatchControl(lambda: self._newcomers_waiting(sum(not r.done for r in rows)), self.pause_after)
+        adapter_kwargs = self._adapter_kwargs(jobs)
+        control = BatchControl(lambda: self._newcomers_waiting(sum(not r.done for r in rows)), self.pause_after,
+                               # a PeftModel whose rows are named by adapter: loads need no pause
+                               each_step=self._between_steps if adapter_kwargs else None)
         config = GenerationConfig(
             do_sample=True,  # RowSampling has already applied each row's own settings
             temperature=1.0,
@@ -268,7 +303,7 @@ class TransformersEngine:
             logits_processor=LogitsProcessorList([RowSampling(rows)]),
             stopping_criteria=StoppingCriteriaList([RowStopping(rows, control)]),
             streamer=RowStreamer(rows, self._decode, self.eos_ids, control),
-            **self._adapter_kwargs(jobs),
+            **adapter_kwargs,
         )
 
     def _adapter_kwargs(self, jobs: list[_Job]) -> dict[str, Any]:

@@ -187,3 +187,29 @@ def test_an_adapter_loads_while_a_full_batch_is_running(tiny_model, random_adapt
     loaded_while_running, completions = run(scenario())
     assert loaded_while_running
     assert all(c.completion_tokens == 400 or c.finish_reason == "stop" for c in completions)
+
+
+def test_a_second_adapter_loads_between_steps_without_pausing_the_batch(tiny_model, random_adapter):
+    from serving.transformers_engine import TransformersEngine
+
+    async def scenario():
+        # pause_after so large the batch could only let the load in between steps, never by pausing
+        engine = await started(TransformersEngine(str(tiny_model), device="cpu", max_batch_size=4, pause_after=10_000))
+        await engine.load_adapter("release-1", random_adapter)
+        solo = await generate(engine, GenerationRequest(PROMPT, greedy(60), adapter="release-1"))
+        batches_before = len(engine.batch_sizes)
+        running = [asyncio.create_task(generate(engine, GenerationRequest(PROMPT, greedy(60), adapter="release-1")))
+                   for _ in range(2)]
+        while len(engine.batch_sizes) == batches_before:
+            await asyncio.sleep(0.01)
+        await engine.load_adapter("release-2", random_adapter)
+        loaded_while_running = not any(task.done() for task in running)
+        completions = await asyncio.gather(*running)
+        batches = len(engine.batch_sizes) - batches_before
+        await engine.close()
+        return solo, loaded_while_running, completions, batches, engine.adapters()
+
+    solo, loaded_while_running, completions, batches, adapters = run(scenario())
+    assert loaded_while_running and batches == 1  # no pause, no second batch
+    assert adapters == {"release-1", "release-2"}
+    assert all(c.text == solo.text for c in completions)  # the running rows were not disturbed
