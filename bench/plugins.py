@@ -269,7 +269,7 @@ def bench_guardrails(args: argparse.Namespace) -> dict:
         return times
 
     times = asyncio.run(run())
-    figures = {name: {"p50_ms": _percentile(t, 0.5), "p99_ms": _percentile(t, 0.99)} for name, t in times.items()}
+    figures = {name: {"p50_ms": percentile(t, 0.5), "p99_ms": percentile(t, 0.99)} for name, t in times.items()}
     overhead = {q: figures["guardrails"][f"{q}_ms"] - figures["no plugins"][f"{q}_ms"] for q in ("p50", "p99")}
     print(f"\nguardrails: {args.queries} chat turns each way, answers of about {len(ANSWERS[0])} characters")
     for name, figure in figures.items():
@@ -278,11 +278,6 @@ def bench_guardrails(args: argparse.Namespace) -> dict:
     print(f"  overhead per turn: p50 {overhead['p50']:.1f} ms, p99 {overhead['p99']:.1f} ms; "
           f"target p50 < {GUARD_TARGET_P50_MS:.0f} ms -> {verdict} it")
     return {"turns": figures, "overhead_ms": overhead}
-
-
-def _percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 # ====================================================================== main

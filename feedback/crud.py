@@ -10,10 +10,10 @@ from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import bindparam, case, func
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
+from feedback.db import DIALECT_INSERT, dialect_insert
 from feedback.models import (
     AuditLog,
     Channel,
@@ -157,21 +157,13 @@ def continue_with(session: Session, prompt_message_id: int, response: Response) 
 # ---------------------------------------------------------------- feedback
 
 
-_DIALECT_INSERT = {"postgresql": postgresql.insert, "sqlite": sqlite.insert}
-
-
 def _dialect(session: Session) -> str:
     return session.get_bind().dialect.name
 
 
-def _insert(session: Session, model: type):
-    """The dialect's own INSERT, which has ON CONFLICT (SQLite and PostgreSQL both do)."""
-    return _DIALECT_INSERT[_dialect(session)](model)
-
-
 def _upsert(session: Session, model: type, values: dict[str, Any], keys: list[str], update: dict[str, Any]):
     """INSERT ... ON CONFLICT DO UPDATE on both dialects: last write wins even under races."""
-    statement = _insert(session, model).values(**values).on_conflict_do_update(index_elements=keys, set_=update)
+    statement = dialect_insert(session, model).values(**values).on_conflict_do_update(index_elements=keys, set_=update)
     # RETURNING the entity hands back the stored row, whichever write won.
     statement = statement.returning(model).execution_options(populate_existing=True)
     return session.execute(statement).scalar_one()
@@ -187,7 +179,7 @@ def _rating_upsert(dialect: str):
     brings others. Written per row in SQL, so one statement serves a whole batch.
     """
     table = Rating.__table__
-    statement = _DIALECT_INSERT[dialect](table)
+    statement = DIALECT_INSERT[dialect](table)
     new = statement.excluded
     voted = new.thumb.is_not(None)
     update = {
@@ -325,7 +317,7 @@ def remember_idempotent_many(session: Session, records: Sequence[dict[str, Any]]
 @functools.cache
 def _claim_keys(dialect: str):
     table = IdempotencyRecord.__table__
-    statement = _DIALECT_INSERT[dialect](table).on_conflict_do_nothing(index_elements=["user_id", "key"])
+    statement = DIALECT_INSERT[dialect](table).on_conflict_do_nothing(index_elements=["user_id", "key"])
     return statement.returning(table.c.user_id, table.c.key)
 
 
@@ -333,10 +325,8 @@ def remember_idempotent(
     session: Session, user: User, key: str, request_hash: str, status_code: int, body: dict
 ) -> bool:
     """Store the answer under its key; False if the key was taken (by a retry that won a race)."""
-    statement = _insert(session, IdempotencyRecord).values(
-        user_id=user.id, key=key, request_hash=request_hash, status_code=status_code, body=body, created_at=utcnow()
-    ).on_conflict_do_nothing(index_elements=["user_id", "key"]).returning(IdempotencyRecord.id)
-    return session.execute(statement).first() is not None
+    record = {"user_id": user.id, "key": key, "request_hash": request_hash, "status_code": status_code, "body": body}
+    return (user.id, key) in remember_idempotent_many(session, [record])
 
 
 def ratings_for_response(session: Session, response_id: uuid.UUID) -> list[tuple[str, Rating]]:
@@ -375,7 +365,7 @@ def check_outcomes(session: Session, release_id: int) -> dict[str, Any]:
 
 def claim_slack_delivery(session: Session, key: str) -> bool:
     """Mark an event or post as handled; False when someone (a retry, a replica) was first."""
-    statement = _insert(session, SlackDelivery).values(key=key, created_at=utcnow())
+    statement = dialect_insert(session, SlackDelivery).values(key=key, created_at=utcnow())
     statement = statement.on_conflict_do_nothing(index_elements=["key"]).returning(SlackDelivery.key)
     return session.execute(statement).first() is not None
 

@@ -8,6 +8,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from sqlalchemy import event
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine, make_url
 from sqlmodel import Session, create_engine
 
@@ -24,6 +25,14 @@ def normalize_url(url: str) -> str:
 # 40 threads): a smaller pool makes requests queue for a connection and churns overflow
 # connections (a new PostgreSQL backend each time) under load.
 POOL_SIZE = 40
+
+
+# The dialects' own INSERT, which has ON CONFLICT (SQLite and PostgreSQL both do).
+DIALECT_INSERT = {"postgresql": postgresql.insert, "sqlite": sqlite.insert}
+
+
+def dialect_insert(session: Session, table):  # noqa: ANN001, ANN201 - a model or a Table in, an Insert out
+    return DIALECT_INSERT[session.get_bind().dialect.name](table)
 
 
 def make_engine(url: str, **kwargs) -> Engine:

@@ -42,19 +42,20 @@ def bearer_token(request: Request) -> str | None:
     return token.strip()
 
 
-async def required_token(request: Request) -> str:
+def _token_or_401(request: Request) -> str:
     token = bearer_token(request)
     if token is None:
         raise HTTPException(401, "Send 'Authorization: Bearer <token>' (the widget gets one from POST /api/session)")
     return token
 
 
+async def required_token(request: Request) -> str:
+    return _token_or_401(request)
+
+
 def current_user(request: Request, session: SessionDep) -> User:
     """The caller, by bearer token. A token that matches nobody is refused, never ignored."""
-    token = bearer_token(request)
-    if token is None:
-        raise HTTPException(401, "Send 'Authorization: Bearer <token>' (the widget gets one from POST /api/session)")
-    user = crud.user_by_token(session, token)
+    user = crud.user_by_token(session, _token_or_401(request))
     if user is None:
         raise HTTPException(401, "Unknown or revoked token")
     return _release_connection(session, user)

@@ -32,12 +32,11 @@ from sqlmodel import Session
 
 from feedback import crud
 from feedback.idempotency import replay, request_hash
-from feedback.models import Role
+from feedback.models import STAFF
 from feedback.protocol import RatingIn, RatingOut
 
 log = logging.getLogger(__name__)
 
-STAFF = (Role.reviewer, Role.operator)  # may judge any answer, not only their own chats'
 Outcome = JSONResponse | HTTPException
 
 

@@ -17,10 +17,10 @@ from contextlib import contextmanager
 from datetime import datetime, timedelta
 
 from sqlalchemy import delete, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
+from feedback.db import dialect_insert
 from feedback.models import JobLock, utcnow
 
 LEASE = timedelta(minutes=5)
@@ -37,9 +37,8 @@ def this_process() -> str:
 def acquire(session: Session, name: str, holder: str, lease: timedelta = LEASE) -> bool:
     """Take the lease if it is free or has expired; True if `holder` has it now."""
     now = utcnow()
-    insert = {"postgresql": postgresql.insert, "sqlite": sqlite.insert}[session.get_bind().dialect.name]
     table = JobLock.__table__
-    statement = insert(table).values(name=name, holder=holder, acquired_at=now, expires_at=now + lease)
+    statement = dialect_insert(session, table).values(name=name, holder=holder, acquired_at=now, expires_at=now + lease)
     statement = statement.on_conflict_do_update(
         index_elements=["name"],
         set_={"holder": holder, "acquired_at": now, "expires_at": now + lease},

@@ -31,6 +31,9 @@ class Role(str, enum.Enum):
     operator = "operator"
 
 
+STAFF = (Role.reviewer, Role.operator)  # may judge any answer, not only their own chats'
+
+
 class Channel(str, enum.Enum):
     web = "web"
     slack = "slack"

@@ -12,8 +12,8 @@ from sqlmodel import Session, select
 from feedback import crud
 from feedback.deps import BearerToken, CurrentUser, SessionDep
 from feedback.idempotency import REPLAYED_HEADER, check_key, run_once
-from feedback.ingest import STAFF, RatingRequest
-from feedback.models import Conversation, Response, User
+from feedback.ingest import RatingRequest
+from feedback.models import STAFF, Conversation, Response, User
 from feedback.protocol import (
     ComparisonIn,
     ComparisonOut,

@@ -10,8 +10,6 @@ from feedback import crud
 from feedback.models import Channel, Conversation, Role, User
 from tuneloop.settings import Settings
 
-STAFF = (Role.reviewer, Role.operator)
-
 
 def external_id(slack_user_id: str) -> str:
     return f"slack:{slack_user_id}"

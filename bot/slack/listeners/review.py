@@ -11,10 +11,10 @@ from sqlmodel import Session
 
 from bot.slack import blocks
 from bot.slack.calls import call
-from bot.slack.people import STAFF, slack_user
+from bot.slack.people import slack_user
 from bot.slack.services import SlackServices, told
 from feedback import crud, review
-from feedback.models import Response
+from feedback.models import STAFF, Response
 
 HELP = "Usage: `/tuneloop review` sends you the next answer to rate or pair to compare."
 REFUSED = "Only reviewers get review tasks. An operator can give you the role (`tuneloop users`)."
