@@ -58,3 +58,11 @@ class NightlyConfig(DPOConfig):
         if self.output_dir is None:
             self.output_dir = "var/runs/pending"  # the nightly job points it at its run folder
         super().__post_init__()
+
+
+def lora_config(config, task_type: str, **extra):  # noqa: ANN001, ANN201 - any of our configs with lora_* fields
+    """The LoRA adapter a config's `lora_*` fields describe (DPO's policy, the reward model)."""
+    from peft import LoraConfig
+
+    return LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
+                      target_modules=list(config.lora_target_modules), task_type=task_type, **extra)

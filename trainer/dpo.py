@@ -13,12 +13,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from peft import LoraConfig, PeftModel, get_peft_model
+from peft import PeftModel, get_peft_model
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from trl import DPOTrainer
 
 from feedback.export import Row
-from trainer.config import NightlyConfig
+from trainer.config import NightlyConfig, lora_config
 from trainer.datasets import to_dataset
 
 REFERENCE_ADAPTER = "ref"  # the name TRL's DPOTrainer looks for
@@ -40,14 +40,7 @@ def load_policy(model_path: str, active_adapter: str | None, config: NightlyConf
         model.load_adapter(active_adapter, adapter_name=REFERENCE_ADAPTER, is_trainable=False)
         model.set_adapter("default")
         return model
-    lora = LoraConfig(
-        r=config.lora_r,
-        lora_alpha=config.lora_alpha,
-        lora_dropout=config.lora_dropout,
-        target_modules=list(config.lora_target_modules),
-        task_type="CAUSAL_LM",
-    )
-    return get_peft_model(base, lora)
+    return get_peft_model(base, lora_config(config, "CAUSAL_LM"))
 
 
 def train(config: NightlyConfig, model_path: str, active_adapter: str | None,

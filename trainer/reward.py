@@ -27,6 +27,7 @@ from typing import Any
 from trl import RewardConfig as TrlRewardConfig
 
 from feedback.export import Row
+from trainer.config import lora_config
 
 METRICS_FILE = "reward.json"  # written next to the adapter files in out_dir
 Messages = list[dict[str, str]]
@@ -258,7 +259,7 @@ def train_reward_model(model_path: str | Path, train_pairs: Sequence[Row | Mappi
     `reward.json`: held-out pair accuracy, thumbs accuracy/precision/recall/F1 and the threshold.
     """
     import torch
-    from peft import LoraConfig, get_peft_model
+    from peft import get_peft_model
     from transformers import set_seed
     from trl import RewardTrainer
 
@@ -267,15 +268,8 @@ def train_reward_model(model_path: str | Path, train_pairs: Sequence[Row | Mappi
     out_dir = Path(out_dir)
     set_seed(config.seed)  # before the model: the new score head is drawn at random
     model, tokenizer = _load_base(model_path, torch.bfloat16 if config.bf16 else torch.float32)
-    lora = LoraConfig(
-        r=config.lora_r,
-        lora_alpha=config.lora_alpha,
-        lora_dropout=config.lora_dropout,
-        target_modules=list(config.lora_target_modules),
-        task_type="SEQ_CLS",
-        modules_to_save=["score"],  # the head is new: train it in full and save it with the adapter
-    )
-    model = get_peft_model(model, lora)
+    # The head is new: train it in full and save it with the adapter.
+    model = get_peft_model(model, lora_config(config, "SEQ_CLS", modules_to_save=["score"]))
     trainer = RewardTrainer(
         model=model,
         args=config,
