@@ -130,7 +130,7 @@ def train(out: Path, model: str, args: argparse.Namespace):  # noqa: ANN201
     from trainer.nightly import Environment, main
 
     # The bench measures rather than gates: a candidate is written whatever its figures.
-    environment = Environment(f"sqlite:///{out / 'tuneloop.db'}", out, model, gate=GateThresholds(0.0, 0.0),
+    environment = Environment(f"sqlite:///{out / 'tuneloop.db'}", out, model, gate=GateThresholds.open(),
                               device="cpu")
     started = time.perf_counter()
     result = main(nightly_config(args), environment)

@@ -21,7 +21,7 @@ from typing import Literal
 
 from sqlmodel import Session, col, select
 
-from feedback.models import Comparison, Correction, Message, Rating, Response, Thumb, Winner
+from feedback.models import Comparison, Conversation, Correction, Message, Rating, Response, Thumb, Winner
 
 Format = Literal["dpo", "kto", "sft"]
 MIN_SCORE_GAP = 0.5  # thumbs up against down, or two stars apart
@@ -155,7 +155,23 @@ def sft_rows(session: Session) -> list[Row]:
     ]
 
 
-BUILDERS = {"dpo": preference_rows, "kto": kto_rows, "sft": sft_rows}
+def prompt_rows(session: Session, limit: int = 1000) -> list[Row]:
+    """Logged prompts, the newest `limit` first, each once (two answers to one message share it):
+    what online RL (GRPO, PPO) samples fresh answers for, rated or not."""
+    context = _Context(session)
+    query = (select(Response, Conversation.user_id).join(Conversation, Conversation.id == Response.conversation_id)
+             .order_by(col(Response.created_at).desc()).limit(2 * limit))
+    rows: dict[int, Row] = {}
+    for response, user_id in session.exec(query):
+        if response.prompt_message_id in rows or len(rows) >= limit:
+            continue
+        prompt = context.prompt(response)
+        rows[response.prompt_message_id] = Row({"prompt": prompt}, "prompt", prompt[-1]["content"],
+                                               response.created_at, [user_id], [response.id])
+    return list(rows.values())
+
+
+BUILDERS = {"dpo": preference_rows, "kto": kto_rows, "sft": sft_rows, "prompts": prompt_rows}
 
 
 def export(session: Session, fmt: Format, out: Path) -> int:

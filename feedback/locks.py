@@ -47,6 +47,29 @@ def acquire(session: Session, name: str, holder: str, lease: timedelta = LEASE) 
     return session.execute(statement).first() is not None
 
 
+def _dead_here(holder: str) -> bool:
+    """A holder on this machine whose process is gone (killed mid-run): its lease need not be waited out."""
+    host, _, pid = holder.rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False  # alive, someone else's
+    return False
+
+
+def take_over(session: Session, name: str, dead: str, holder: str, lease: timedelta = LEASE) -> bool:
+    """Take a lease from `dead` (exactly that holder, so two takers cannot both win)."""
+    table = JobLock.__table__
+    now = utcnow()
+    done = session.execute(update(table).where(table.c.name == name, table.c.holder == dead)
+                           .values(holder=holder, acquired_at=now, expires_at=now + lease))
+    return done.rowcount == 1
+
+
 def renew(session: Session, name: str, holder: str, lease: timedelta = LEASE) -> bool:
     table = JobLock.__table__
     done = session.execute(update(table).where(table.c.name == name, table.c.holder == holder)
@@ -68,8 +91,11 @@ def held(database: Engine, name: str, holder: str | None = None, lease: timedelt
     """Hold the lease for the block, renewing it every third of a lease; LockHeld if taken."""
     holder = holder or this_process()
     with Session(database) as session:
-        if not acquire(session, name, holder, lease):
-            current = holder_of(session, name)
+        got = acquire(session, name, holder, lease)
+        current = None if got else holder_of(session, name)
+        if current is not None and _dead_here(current.holder):
+            got = take_over(session, name, current.holder, holder, lease)
+        if not got:
             raise LockHeld(f"{name} is held by {current.holder} until {_when(current.expires_at)}"
                            if current else f"{name} is held by another process")
         session.commit()

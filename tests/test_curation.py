@@ -152,6 +152,16 @@ def test_no_user_is_over_the_cap_and_the_heavy_users_oldest_rows_go():
     assert {id(r) for r in cap_per_user(shuffled, 0.3)[0]} == {id(r) for r in kept}
 
 
+def test_with_few_people_the_cap_is_an_even_share_not_everything():
+    # Three people can't each be under 20%: the cap becomes a third, and only the excess goes.
+    even = [thumb(f"q{u}{i}", "a", True, user=u, day=i) for u in (1, 2, 3) for i in range(3)]
+    kept, report = cap_per_user(even, max_share=0.2)
+    assert kept == even and report.removed == 0
+    uneven = even + [thumb(f"extra{i}", "a", True, user=1, day=10 + i) for i in range(3)]
+    kept, report = cap_per_user(uneven, max_share=0.2)
+    assert report.notes == {"by_user": {1: 3}} and sum(r.user_ids == [1] for r in kept) == 3
+
+
 # --- agreement -----------------------------------------------------------------------------------
 
 def two_raters() -> list[Row]:
@@ -262,24 +272,24 @@ def test_the_bundled_golden_set_loads():
     assert all(item.prompt.strip() and item.answer.strip() for item in golden)
 
 
-def test_a_golden_prompt_in_training_rows_raises(tmp_path):
+def test_golden_prompts_never_reach_training(tmp_path):
     golden = golden_set()
     rows = [thumb("Tell me a joke", "No.", False)]
     assert_no_golden(rows, golden)
     leaked = rows + [pair(golden[0].prompt.upper(), "x", "y")]
     with pytest.raises(GoldenLeak, match="evaluation only"):
         assert_no_golden(leaked, golden)
-    with pytest.raises(GoldenLeak):
-        curate(leaked, CurationConfig(max_user_share=1.0), check=no_scrub)
+    out, report = curate(leaked, CurationConfig(max_user_share=1.0), check=no_scrub)
+    assert out == rows and report.removed()["golden"] == 1
     # Through replay too.
     config = CurationConfig(max_user_share=1.0, replay_share=0.5)
-    with pytest.raises(GoldenLeak):
-        curate(rows, config, earlier_rows=[thumb(golden[1].prompt, "a", True)], check=no_scrub)
+    out, _ = curate(rows, config, earlier_rows=[thumb(golden[1].prompt, "a", True)], check=no_scrub)
+    assert out == rows
     # A golden set of one's own.
     path = tmp_path / "golden.jsonl"
     path.write_text('{"prompt": "Tell me a joke", "answer": "Knock knock."}\n')
-    with pytest.raises(GoldenLeak):
-        curate(rows, CurationConfig(max_user_share=1.0, golden_path=path), check=no_scrub)
+    out, report = curate(rows, CurationConfig(max_user_share=1.0, golden_path=path), check=no_scrub)
+    assert out == [] and report.removed()["golden"] == 1
 
 
 # --- all together --------------------------------------------------------------------------------
@@ -301,7 +311,8 @@ def test_curate_counts_what_each_step_removed_and_the_split_does_not_leak():
                          check=lambda t: t.replace("bob@x.org", "[email]"))
     # 8 topics asked 3 ways by 3 people agreeing: exact (2 ways normalise alike) then near copies.
     # Then 12 rows, 4 of them user 1's: 3 go (1 of 9 is under 1/8; 2 of 10 is not).
-    assert report.removed() == {"personal_data": 0, "disputes": 0, "duplicates": 16, "user_cap": 3, "replay": 0}
+    assert report.removed() == {"personal_data": 0, "disputes": 0, "duplicates": 16, "user_cap": 3,
+                                "golden": 0, "replay": 0, "golden_in_replay": 0}
     assert report.steps[0].changed == 4
     assert report.steps[2].notes == {"exact": 8, "near": 8}
     assert report.agreement.by_kind["comparison"].alpha == 1.0

@@ -60,6 +60,27 @@ def test_held_says_who_holds_the_job_and_frees_it_after(database):
         assert holder == "second"
 
 
+def test_a_killed_holder_on_this_machine_need_not_be_waited_out(database):
+    import socket
+    import subprocess
+    import sys
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_holder = f"{socket.gethostname()}:{dead.stdout.strip()}"  # a process that has exited
+    with Session(database) as session:
+        assert locks.acquire(session, "job", dead_holder)
+        session.commit()
+    with locks.held(database, "job") as holder:  # its lease has minutes left, yet it is ours now
+        assert holder == locks.this_process()
+    # A live holder, or one on another machine, is waited out as before.
+    with Session(database) as session:
+        assert locks.acquire(session, "job", "elsewhere:1")
+        session.commit()
+    with pytest.raises(locks.LockHeld, match="held by elsewhere:1"):
+        with locks.held(database, "job"):
+            pass
+
+
 def test_a_nightly_run_does_not_start_while_another_holds_the_job(database, database_url, tmp_path):
     from trainer.config import NightlyConfig
     from trainer.nightly import JOB, Environment, main

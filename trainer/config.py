@@ -1,23 +1,68 @@
 """Training knobs: a dataclass extending TRL's DPOConfig, so every TRL option works too.
 
-`tuneloop train --help` lists these (ours first, then TRL's and transformers').
+`tuneloop train --help` lists these (ours first, then TRL's and transformers'). The other
+stages of a recipe (reward model, KTO, SFT, GRPO, PPO) take their own TRL-style configs,
+built from this one by `derive`: the shared TrainingArguments (devices, precision, logging,
+`report_to`, checkpoints) are set once here, and each stage adds its own knobs.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
+from typing import Literal
 
+from transformers import TrainingArguments
 from trl import DPOConfig
+
+RECIPES = ("auto", "dpo", "kto", "sft+dpo", "rm+grpo", "rm+ppo")
+Recipe = Literal["auto", "dpo", "kto", "sft+dpo", "rm+grpo", "rm+ppo"]
 
 
 @dataclass
 class NightlyConfig(DPOConfig):
+    # ---- recipe and runs
+    recipe: str = field(default="auto", metadata={
+        "help": "dpo, kto, sft+dpo, rm+grpo, rm+ppo, or auto (picked from the data at hand; the report says why)"})
+    resume: bool = field(default=False, metadata={
+        "help": "continue the newest unfinished run from its last checkpoint instead of starting a new one"})
     # ---- data
     min_pairs: int = field(default=16, metadata={"help": "fewest new preference pairs worth a run; fewer stops cleanly"})
+    min_thumbs: int = field(default=32, metadata={"help": "fewest new thumbs for KTO when pairs are too few"})
+    min_corrections: int = field(default=8, metadata={"help": "fewest corrections for auto to add an SFT stage"})
+    min_prompts: int = field(default=16, metadata={"help": "fewest logged prompts for GRPO/PPO"})
+    max_prompts: int = field(default=256, metadata={"help": "most logged prompts GRPO/PPO train on (newest first)"})
     holdout_fraction: float = field(default=0.2, metadata={"help": "share of prompts held out for evaluation (newest first)"})
     near_duplicate_threshold: float = field(
         default=0.8, metadata={"help": "prompts at least this similar (character trigram Jaccard) count as one"}
     )
+    # ---- curation (trainer/curation.py)
+    max_user_share: float = field(default=0.2, metadata={"help": "no user in more than this share of a dataset"})
+    agreement_floor: float = field(default=0.4, metadata={
+        "help": "Krippendorff's alpha under which a run is blocked (with enough items judged by 2+ people)"})
+    dispute_mode: str = field(default="drop", metadata={"help": "drop or downweight items people disagree on"})
+    replay_share: float = field(default=0.2, metadata={
+        "help": "share of the policy's training rows drawn from data earlier runs trained on (against forgetting)"})
+    # ---- reward model (trainer/reward.py)
+    reward_model: str = field(default="auto", metadata={
+        "help": "train a reward model: auto (when there are min_pairs pairs), always (rm+ recipes), or never"})
+    reward_learning_rate: float = field(default=1e-4, metadata={"help": "reward model learning rate"})
+    reward_epochs: float = field(default=1.0, metadata={"help": "reward model epochs"})
+    auto_rl_accuracy: float = field(default=0.75, metadata={
+        "help": "auto picks rm+grpo when the reward model's held-out accuracy reaches this and unrated prompts abound"})
+    # ---- KTO, SFT, GRPO, PPO stages
+    desirable_weight: float = field(default=1.0, metadata={"help": "KTO weight of thumbs up"})
+    undesirable_weight: float = field(default=1.0, metadata={"help": "KTO weight of thumbs down"})
+    sft_learning_rate: float = field(default=1e-4, metadata={"help": "SFT learning rate (sft+dpo)"})
+    sft_epochs: float = field(default=1.0, metadata={"help": "SFT epochs over the corrections"})
+    num_generations: int = field(default=4, metadata={"help": "GRPO answers sampled per prompt"})
+    max_completion_length: int = field(default=64, metadata={"help": "GRPO/PPO most tokens per sampled answer"})
+    rl_max_steps: int = field(default=-1, metadata={"help": "GRPO/PPO steps; -1: one pass over the prompts"})
+    kl_coef: float = field(default=0.05, metadata={"help": "GRPO beta / PPO per-token KL weight"})
+    plugin_reward_weight: float = field(default=1.0, metadata={
+        "help": "weight of the plugins' reward functions (a guardrail violation costs reward) beside the reward model"})
+    # ---- hardware
+    load_in_4bit: bool = field(default=False, metadata={
+        "help": "QLoRA: load the base model in 4 bits with bitsandbytes (CUDA only; pip install bitsandbytes)"})
     # ---- LoRA
     lora_r: int = field(default=16, metadata={"help": "LoRA rank for a new adapter"})
     lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha"})
@@ -44,12 +89,24 @@ class NightlyConfig(DPOConfig):
     logging_steps: float = 1
     # On by default in TRL; for a 135M model it quadruples step time for memory we don't need.
     gradient_checkpointing: bool = False
-    save_strategy: str = "no"
+    # Checkpoints let `--resume` continue a killed run; LoRA checkpoints are small.
+    save_strategy: str = "steps"
+    save_steps: float = 25
+    save_total_limit: int | None = 2
     report_to: list[str] | str | None = "none"
     bf16: bool | None = None  # set from the device in __post_init__: bf16 on CUDA, fp32 on CPU
 
     def __post_init__(self) -> None:
         import torch
+
+        if self.recipe not in RECIPES:
+            raise ValueError(f"--recipe must be one of {', '.join(RECIPES)}, not {self.recipe!r}")
+        if self.dispute_mode not in ("drop", "downweight"):
+            raise ValueError(f"--dispute_mode must be drop or downweight, not {self.dispute_mode!r}")
+        if self.reward_model not in ("auto", "always", "never"):
+            raise ValueError(f"--reward_model must be auto, always or never, not {self.reward_model!r}")
+        if self.load_in_4bit and not torch.cuda.is_available():
+            raise ValueError("--load_in_4bit (QLoRA) needs a CUDA GPU and bitsandbytes; this machine has no GPU")
 
         if self.bf16 is None:
             self.bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
@@ -66,3 +123,16 @@ def lora_config(config, task_type: str, **extra):  # noqa: ANN001, ANN201 - any 
 
     return LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
                       target_modules=list(config.lora_target_modules), task_type=task_type, **extra)
+
+
+def training_arguments(config: TrainingArguments) -> dict:
+    """The plain TrainingArguments fields of any config: what every stage shares."""
+    return {f.name: getattr(config, f.name) for f in fields(TrainingArguments) if f.init}
+
+
+def derive(config: TrainingArguments, target: type, **overrides):  # noqa: ANN201 - an instance of target
+    """A stage's config (KTOConfig, SFTConfig, GRPOConfig, RewardConfig, PPOConfig) sharing
+    `config`'s devices, precision, logging and reporting, with the stage's own knobs."""
+    own = {f.name for f in fields(target) if f.init}
+    shared = {k: v for k, v in training_arguments(config).items() if k in own}
+    return target(**{**shared, **overrides})

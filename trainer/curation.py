@@ -3,7 +3,7 @@
 
 Order in `curate` (each step sees the previous one's output):
   scrub personal data -> agreement (floor check, disputes dropped or down-weighted)
-  -> duplicates -> per-user cap -> golden-set guard -> replay of earlier rows -> golden-set guard.
+  -> duplicates -> per-user cap -> golden prompts dropped -> replay of earlier rows -> golden again.
 Agreement comes before de-duplication because two people's identical judgments of one item
 are exact duplicates, and they are exactly what agreement is measured on.
 
@@ -168,7 +168,12 @@ def default_output_check(settings: Any = None) -> Any:
 
 
 def _as_text_check(check: Any) -> Callable[[str], str | None]:
-    """A text -> text function; None means the check refuses the text outright."""
+    """A text -> text function; None means the check refuses the text outright.
+
+    `check` is one `OutputCheck`, the plugin manager's `Plugins` (all its output checks, in
+    order, as on the chat path), or already a text -> text callable."""
+    if hasattr(check, "output_checks"):
+        return _all_of([_as_text_check(one) for one in check.output_checks])
     if not hasattr(check, "check_output"):
         return check
     from plugins.protocols import TurnContext
@@ -180,6 +185,17 @@ def _as_text_check(check: Any) -> Callable[[str], str | None]:
         if verdict.action == "refuse":
             return None
         return verdict.text if verdict.action == "fix" and verdict.text is not None else text
+
+    return run
+
+
+def _all_of(checks: list[Callable[[str], str | None]]) -> Callable[[str], str | None]:
+    def run(text: str) -> str | None:
+        for check in checks:
+            text = check(text)
+            if text is None:
+                return None
+        return text
 
     return run
 
@@ -230,8 +246,12 @@ def _scrub_value(value: Any, fix: Callable[[str], str]) -> Any:
 
 def cap_per_user(rows: Sequence[Row], max_share: float) -> tuple[list[Row], StepReport]:
     """Drop the oldest rows of whoever is in more than `max_share` of the rows until nobody is
-    (a row with several users counts for each). Deterministic: the user furthest over goes
+    (a row with several users counts for each). With fewer than 1/max_share people the cap is
+    an even share (1/people): three reviewers can't all be under 20%, and dropping everything
+    would be no protection. Deterministic: the user furthest over goes
     first (lowest id on ties), and among equally old rows the earliest listed."""
+    people = {user for row in rows for user in row.user_ids}
+    max_share = max(max_share, 1 / len(people)) if people else max_share
     kept = [True] * len(rows)
     counts: Counter[int] = Counter()
     oldest_first: dict[int, list[int]] = defaultdict(list)
@@ -438,17 +458,25 @@ def golden_set(path: Path | str | None = None) -> list[GoldenItem]:
 
 def assert_no_golden(rows: Sequence[Row], golden: Sequence[GoldenItem]) -> None:
     """Raise `GoldenLeak` if any golden prompt is a user message in any training row."""
-    prompts = {normalize(item.prompt): item.prompt for item in golden}
-    leaks = []
-    for row in rows:
-        data = row.data
-        messages = data.get("prompt") or data.get("messages") or []
-        texts = {row.prompt_text, *(m.get("content", "") for m in messages if m.get("role") == "user")}
-        leaks += [prompts[normalize(t)] for t in texts if normalize(t) in prompts]
+    leaks = [prompt for row in rows for prompt in _golden_prompts_in(row, golden)]
     if leaks:
         shown = "; ".join(sorted(set(leaks))[:5])
         raise GoldenLeak(f"{len(leaks)} training row(s) contain golden-set prompts, which are for evaluation "
                          f"only: {shown}. Remove them from the training data or from the golden set.")
+
+
+def _golden_prompts_in(row: Row, golden: Sequence[GoldenItem]) -> list[str]:
+    prompts = {normalize(item.prompt): item.prompt for item in golden}
+    messages = row.data.get("prompt") or row.data.get("messages") or []
+    texts = {row.prompt_text, *(m.get("content", "") for m in messages if m.get("role") == "user")}
+    return [prompts[normalize(t)] for t in texts if normalize(t) in prompts]
+
+
+def drop_golden(rows: Sequence[Row], golden: Sequence[GoldenItem]) -> tuple[list[Row], StepReport]:
+    """Rows that ask a golden prompt are removed: users do ask "What is the capital of France?",
+    and that must neither block the night's run nor let the golden set be trained on."""
+    kept = [row for row in rows if not _golden_prompts_in(row, golden)]
+    return kept, StepReport("golden", len(rows) - len(kept))
 
 
 # --- all together ------------------------------------------------------------------------------
@@ -456,7 +484,7 @@ def assert_no_golden(rows: Sequence[Row], golden: Sequence[GoldenItem]) -> None:
 def curate(rows: Sequence[Row], config: CurationConfig | None = None, earlier_rows: Sequence[Row] = (),
            check: Any = None) -> tuple[list[Row], CurationReport]:
     """The steps in order (see the module docstring); raises `CurationBlocked` when agreement
-    is under the floor on enough shared items, `GoldenLeak` when a golden prompt would be trained on."""
+    is under the floor on enough shared items. Rows asking a golden prompt are dropped and counted."""
     config = config or CurationConfig()
     report = CurationReport(rows_in=len(rows))
     current = list(rows)
@@ -475,9 +503,10 @@ def curate(rows: Sequence[Row], config: CurationConfig | None = None, earlier_ro
     step(drop_duplicates(current, config.near_threshold))
     step(cap_per_user(current, config.max_user_share))
     golden = golden_set(config.golden_path)
-    assert_no_golden(current, golden)
+    step(drop_golden(current, golden))
     if config.replay_share:
         step(add_replay(current, earlier_rows, config.replay_share, config.seed))
-        assert_no_golden(current, golden)
+        kept, golden_report = drop_golden(current, golden)
+        step((kept, replace(golden_report, name="golden_in_replay")))
     report.rows_out = len(current)
     return current, report

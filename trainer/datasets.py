@@ -82,8 +82,26 @@ def split_rows(rows: Sequence[Row], holdout_fraction: float, threshold: float) -
     return Split(train, held_out)
 
 
+def split_kinds(rows_by_kind: dict[str, Sequence[Row]], holdout_fraction: float, threshold: float,
+                unlabelled: Sequence[str] = ("prompts",)) -> dict[str, Split]:
+    """One split for every kind of data at once, so a prompt held out for one kind (pairs) is
+    not trained on through another (thumbs, corrections, logged prompts). The held-out groups
+    are chosen on the labelled kinds; `unlabelled` kinds follow whatever side their group is on."""
+    labelled = [row for kind, rows in rows_by_kind.items() if kind not in unlabelled for row in rows]
+    everything = [row for rows in rows_by_kind.values() for row in rows]
+    groups = dict(zip(map(id, everything), prompt_groups([r.prompt_text for r in everything], threshold)))
+    chosen = split_rows(labelled, holdout_fraction, threshold)
+    held_groups = {groups[id(row)] for row in chosen.held_out}
+    splits = {}
+    for kind, rows in rows_by_kind.items():
+        held = [row for row in rows if groups[id(row)] in held_groups]
+        splits[kind] = Split([row for row in rows if groups[id(row)] not in held_groups], held)
+    return splits
+
+
 def to_dataset(rows: Sequence[Row]) -> Dataset:
-    return Dataset.from_list([row.data for row in rows])
+    # Curation's dispute weights ride in data["weight"]; TRL's trainers take no weights.
+    return Dataset.from_list([{k: v for k, v in row.data.items() if k != "weight"} for row in rows])
 
 
 def load_split(session: Session, kind: str, holdout_fraction: float, threshold: float) -> Split:

@@ -1,8 +1,17 @@
 """The nightly job: feedback in, a candidate (or failed_gate) release out.
 
-`main(config, environment)` is what `tuneloop train`, the scheduler and the tests call.
-Nothing partial is ever visible: the release row appears only once its adapter, checksum
-and report are written, in the state the gate decided.
+`main(config, environment)` is what `tuneloop train`, the scheduler and the tests call:
+
+1. take the run lease (two runs never overlap), then open a run or, with `--resume`, reopen
+   the newest interrupted one;
+2. prepare the data (`trainer.data`: every feedback kind, curated, split, saved with the run);
+3. train a reward model when the recipe needs one or the pairs allow it (`trainer.reward`);
+4. pick the recipe (`trainer.recipes`) and train its stages, each resumable from checkpoints;
+5. evaluate the candidate against the active release, gate it, write the report;
+6. only then create the release row, in the state the gate decided.
+
+Nothing partial is ever visible: the release row appears only once its adapter, checksum,
+reward model and report are all written.
 """
 
 from __future__ import annotations
@@ -14,6 +23,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 from sqlmodel import Session, col, select
 
@@ -22,14 +32,20 @@ from feedback.artifacts import directory_checksum
 from feedback.db import make_engine, session_scope
 from feedback.migrate import upgrade
 from feedback.models import Release, ReleaseState, RunStatus, TrainingRun, utcnow
-from trainer import dpo, report
-from trainer.config import NightlyConfig
-from trainer.datasets import load_split
-from trainer.evaluate import win_rate
+from trainer import report
+from trainer.config import NightlyConfig, derive
+from trainer.curation import CurationBlocked, golden_set
+from trainer.data import TrainingData, prepare
+from trainer.evaluate import evaluate_release
 from trainer.gate import GateThresholds, check
+from trainer.implicit import pair_accuracy
 from trainer.judges import load_judge
+from trainer.policy import StageOutcome
+from trainer.recipes import Choice, choose, wants_reward_model
+from trainer.reward import METRICS_FILE, RewardConfig, RewardModel, train_reward_model
 
 log = logging.getLogger("tuneloop.trainer")
+REWARD_JUDGE = "reward model"
 
 
 @dataclass
@@ -42,6 +58,11 @@ class Environment:
     system_prompt: str = "You are a helpful, concise assistant."
     gate: GateThresholds = field(default_factory=GateThresholds)
     device: str = "auto"
+    output_check: Any = None  # the plugins' output check: scrubs training data, counts violations
+    reward_functions: list = field(default_factory=list)  # the plugins' reward functions (GRPO, PPO)
+
+    def __post_init__(self) -> None:
+        self.data_dir = Path(self.data_dir)
 
 
 @dataclass
@@ -52,6 +73,17 @@ class RunResult:
     release: str | None = None
     state: ReleaseState | None = None
     report: dict = field(default_factory=dict)
+
+
+@dataclass
+class _Run:
+    """One run's row, folder and starting point."""
+
+    id: int
+    folder: Path
+    since: datetime | None
+    active: Release
+    resumed: bool = False
 
 
 JOB = "nightly-train"  # the lease that keeps two runs from overlapping
@@ -70,86 +102,222 @@ def main(config: NightlyConfig, environment: Environment) -> RunResult:
 
 
 def _main(config: NightlyConfig, environment: Environment, database) -> RunResult:  # noqa: ANN001
-    with session_scope(database) as session:
-        active = crud.active_release(session)
-        if active is None:
-            return RunResult(RunStatus.skipped, "no active release to train on: start the service once first")
-        run = TrainingRun(recipe="dpo", base_release_id=active.id, config=_config_summary(config))
-        session.add(run)
-        session.flush()
-        since = _last_success(session)
-        split = load_split(session, "dpo", config.holdout_fraction, config.near_duplicate_threshold)
     with _captured_log() as captured:
+        with session_scope(database) as session:
+            active = crud.active_release(session)
+            if active is None:
+                return RunResult(RunStatus.skipped, "no active release to train on: start the service once first")
+            run = _open_run(session, config, environment, active)
         try:
-            return _run(config, environment, database, run, active, split, since, captured)
+            return _run(config, environment, database, run, captured)
+        except CurationBlocked as blocked:
+            log.warning("%s", blocked)
+            _finish(database, run.id, RunStatus.skipped, {"message": str(blocked)}, {}, captured.getvalue())
+            return RunResult(RunStatus.skipped, str(blocked), run.id)
         except Exception as error:
             log.exception("training run %s failed", run.id)
             _finish(database, run.id, RunStatus.failed, {"error": str(error)}, {}, captured.getvalue())
             raise
 
 
-def _run(config, environment, database, run, active, split, since, captured) -> RunResult:  # noqa: ANN001
-    new_pairs = sum(1 for row in split.train + split.held_out if since is None or row.created_at > since)
-    counts = {**split.counts(), "new_pairs": new_pairs}
-    if new_pairs < config.min_pairs or not split.train:
-        message = (f"too little new data: {new_pairs} new preference pairs"
-                   f"{' since ' + since.isoformat(timespec='minutes') if since else ''}, need at least {config.min_pairs}")
-        log.info(message)
-        _finish(database, run.id, RunStatus.skipped, {"message": message}, counts, captured.getvalue())
-        return RunResult(RunStatus.skipped, message, run.id)
+def _open_run(session: Session, config: NightlyConfig, environment: Environment, active: Release) -> _Run:
+    """Reopen the newest interrupted run for `--resume`, else start one. We hold the lease, so
+    any other run still marked running was interrupted: it is marked failed unless resumed."""
+    runs = environment.data_dir / "runs"
+    interrupted = session.exec(select(TrainingRun).where(TrainingRun.status == RunStatus.running)
+                               .order_by(col(TrainingRun.id).desc())).all()
+    resumable = next((r for r in interrupted if config.resume and (runs / str(r.id) / "data.json").is_file()), None)
+    for stale in interrupted:
+        if stale is not resumable:
+            stale.status, stale.finished_at = RunStatus.failed, utcnow()
+            stale.metrics = {**stale.metrics, "error": "interrupted (the process stopped without finishing)"}
+            session.add(stale)
+    if resumable is not None:
+        log.info("resuming training run %s from its last checkpoint", resumable.id)
+        base = session.get(Release, resumable.base_release_id) or active
+        return _Run(resumable.id, runs / str(resumable.id), None, base, resumed=True)
+    if config.resume:
+        log.info("nothing to resume (no interrupted run with saved data): starting a new run")
+    run = TrainingRun(recipe=config.recipe, base_release_id=active.id, config=_config_summary(config))
+    session.add(run)
+    session.flush()
+    return _Run(run.id, runs / str(run.id), _last_success(session), active)
+
+
+def _run(config: NightlyConfig, environment: Environment, database, run: _Run, captured) -> RunResult:  # noqa: ANN001
+    config.resume = run.resumed  # stages continue from checkpoints only within a reopened run
+    data = _data(config, environment, database, run)
+    counts = data.counts()
+    first = choose(config, data)
+    if first.recipe is None:
+        log.info(first.reason)
+        _finish(database, run.id, RunStatus.skipped, {"message": first.reason}, counts, captured.getvalue())
+        shutil.rmtree(run.folder, ignore_errors=True)
+        return RunResult(RunStatus.skipped, first.reason, run.id)
+
+    reward = None
+    if wants_reward_model(first.recipe, config, data):
+        reward = _reward_stage(config, environment, data, run.folder / "reward")
+    choice = choose(config, data, reward["pair_accuracy"] if reward else None) if config.recipe == "auto" else first
+    log.info("recipe %s: %s", choice.recipe, choice.reason)
+    _set_recipe(database, run.id, choice.recipe)
+    stages = _train_recipe(choice, config, environment, data, run)
 
     name = f"r{run.id}-{datetime.now(timezone.utc):%Y%m%d-%H%M}"
     folder = environment.data_dir / "releases" / name
-    config.output_dir = str(environment.data_dir / "runs" / str(run.id))
-    log.info("training %s on %d pairs (%d held out) on top of %s", name, len(split.train), len(split.held_out), active.name)
-    outcome = dpo.train(config, environment.model_path, active.adapter_path, split.train, split.held_out,
-                        folder / "adapter")
-    checksum = directory_checksum(outcome.adapter_dir)
-
-    evaluation = {"pair_accuracy": outcome.pair_accuracy, "win_rate": None, "eval_metrics": outcome.eval_metrics}
-    if config.judge:
-        prompts = _held_out_prompts(split.held_out, config.eval_prompts, environment.system_prompt)
-        if prompts:
-            result = win_rate(environment.model_path, str(outcome.adapter_dir), active.adapter_path, prompts,
-                              load_judge(config.judge), config.judge, max_tokens=config.eval_max_tokens,
-                              seed=config.seed_eval, device=environment.device)
-            evaluation["win_rate"] = result.as_dict()
-    rate = evaluation["win_rate"]["rate"] if evaluation["win_rate"] else None
-    gate = check(environment.gate, outcome.pair_accuracy, rate)
+    adapter_dir = _copy(stages[-1].adapter_dir, folder / "adapter")
+    if reward:
+        _copy(run.folder / "reward", folder / "reward")
+    checksum = directory_checksum(adapter_dir)
+    evaluation, metrics = _evaluate(config, environment, data, run, adapter_dir, folder, reward)
+    gate = check(environment.gate, metrics)
     state = ReleaseState.candidate if gate["passed"] else ReleaseState.failed_gate
     log.info("%s", gate["summary"])
 
     body = {
-        "release": name, "run_id": run.id, "recipe": "dpo", "base_release": active.name,
-        "created_at": utcnow().isoformat(timespec="seconds"), "data": counts, "gate": gate,
-        "evaluation": evaluation, "checksum": checksum,
-        "training": {"history": outcome.history, "summary": _training_summary(outcome.history, config)},
+        "release": name, "run_id": run.id, "recipe": choice.recipe, "recipe_reason": choice.reason,
+        "base_release": run.active.name, "created_at": utcnow().isoformat(timespec="seconds"),
+        "data": {**counts, **{f"replay_{k}": v["replayed"] for k, v in data.replay.items()}},
+        "curation": data.curation, "gate": gate, "evaluation": evaluation, "checksum": checksum,
+        "reward_model": reward,
+        "training": {"stages": {s.name: {"history": s.history, "summary": _summary(s, config)} for s in stages}},
     }
     report.write(body, folder)
     with session_scope(database) as session:
-        release = Release(name=name, base_model=active.base_model, adapter_path=str(outcome.adapter_dir.resolve()),
+        release = Release(name=name, base_model=run.active.base_model, adapter_path=str(adapter_dir.resolve()),
                           checksum=checksum, state=state, training_run_id=run.id, report=body)
         session.add(release)
         session.flush()
         crud.audit(session, None, "release.create", f"release:{name}", {"state": state.value, "run_id": run.id})
-    _finish(database, run.id, RunStatus.succeeded, {"gate": gate, **evaluation}, counts, captured.getvalue())
-    shutil.rmtree(config.output_dir, ignore_errors=True)  # checkpoints are not needed once the adapter is saved
+    _finish(database, run.id, RunStatus.succeeded, {"gate": gate, **metrics}, counts, captured.getvalue())
+    shutil.rmtree(run.folder, ignore_errors=True)  # checkpoints and saved data are not needed once released
     return RunResult(RunStatus.succeeded, gate["summary"], run.id, name, state, body)
 
 
-def _held_out_prompts(rows, limit: int, system_prompt: str) -> list[list[dict]]:  # noqa: ANN001
+def _data(config: NightlyConfig, environment: Environment, database, run: _Run) -> TrainingData:  # noqa: ANN001
+    if run.resumed:
+        return TrainingData.load(run.folder)
+    with session_scope(database) as session:
+        data = prepare(session, config, run.since, environment.output_check)
+    for kind, summary in data.curation.items():
+        log.info("curation of %s: %s", kind, "; ".join(summary["lines"]))
+    data.save(run.folder)
+    return data
+
+
+# ---------------------------------------------------------------- stages
+
+
+def _reward_stage(config: NightlyConfig, environment: Environment, data: TrainingData, out_dir: Path) -> dict:
+    """Train (or, resuming, reuse) the reward model; returns its metrics (reward.json)."""
+    import json
+
+    if (out_dir / METRICS_FILE).is_file():
+        return json.loads((out_dir / METRICS_FILE).read_text(encoding="utf-8"))
+    args = derive(config, RewardConfig, output_dir=str(out_dir.parent / "reward-checkpoints"),
+                  learning_rate=config.reward_learning_rate, num_train_epochs=config.reward_epochs,
+                  max_length=config.max_length, lora_r=config.lora_r, lora_alpha=config.lora_alpha,
+                  lora_dropout=config.lora_dropout, lora_target_modules=list(config.lora_target_modules),
+                  save_strategy="no")
+    log.info("training the reward model on %d pairs", len(data.train("dpo")))
+    result = train_reward_model(environment.model_path, data.train("dpo"), data.held_out("dpo"),
+                                data.held_out("kto"), args, out_dir)
+    return {**result.metrics, "history": result.history}
+
+
+def _train_recipe(choice: Choice, config: NightlyConfig, environment: Environment, data: TrainingData,
+                  run: _Run) -> list[StageOutcome]:
+    from trainer import dpo, grpo, kto, ppo, sft
+    from trainer.rewards import reward_functions, weighted_sum
+
+    model, start, folder = environment.model_path, run.active.adapter_path, run.folder
+    replay = config.replay_share
+
+    def policy(kind: str) -> list:
+        return data.policy_rows(kind, replay, config.seed)
+
+    if choice.recipe == "dpo":
+        return [dpo.train(config, model, start, policy("dpo"), data.held_out("dpo"), folder / "dpo")]
+    if choice.recipe == "kto":
+        return [kto.train(config, model, start, policy("kto"), data.held_out("kto"), folder / "kto")]
+    if choice.recipe == "sft+dpo":
+        tuned = sft.train(config, model, start, policy("sft"), data.held_out("sft"), folder / "sft")
+        return [tuned, dpo.train(config, model, tuned.adapter_dir, policy("dpo"), data.held_out("dpo"), folder / "dpo")]
+    judge = RewardModel.load(model, folder / "reward", device=_torch_device(environment.device))
+    functions, weights = reward_functions(judge, environment.reward_functions, config.plugin_reward_weight)
+    prompts = data.train("prompts")
+    if choice.recipe == "rm+grpo":
+        return [grpo.train(config, model, start, prompts, functions, weights, folder / "grpo")]
+    return [ppo.train(config, model, start, prompts, weighted_sum(functions, weights), folder / "ppo")]
+
+
+# ---------------------------------------------------------------- evaluation
+
+
+def _evaluate(config: NightlyConfig, environment: Environment, data: TrainingData, run: _Run, adapter_dir: Path,
+              folder: Path, reward: dict | None) -> tuple[dict, dict]:
+    """The report's evaluation section and the figures the gate checks."""
+    device = _torch_device(environment.device)
+    implicit = pair_accuracy(environment.model_path, adapter_dir, run.active.adapter_path, data.held_out("dpo"),
+                             device=device)
+    judges = {}
+    if config.judge:
+        judges[config.judge] = load_judge(config.judge)
+    if reward:
+        judges[REWARD_JUDGE] = RewardModel.load(environment.model_path, folder / "reward", device=device).judge
+    prompts = _held_out_prompts(data, config.eval_prompts, environment.system_prompt)
+    result = evaluate_release(environment.model_path, str(adapter_dir), run.active.adapter_path, prompts,
+                              golden_set(), judges, output_check=environment.output_check,
+                              system_prompt=environment.system_prompt, max_tokens=config.eval_max_tokens,
+                              seed=config.seed_eval, device=environment.device).as_dict()
+    evaluation = {**result, "pair_accuracy": implicit,
+                  "reward_pair_accuracy": reward["pair_accuracy"] if reward else None}
+    return evaluation, _gate_metrics(evaluation)
+
+
+def _gate_metrics(evaluation: dict) -> dict:
+    primary = evaluation.get("win_rates", {}).get(evaluation.get("primary_judge") or "")
+    golden, violations = evaluation.get("golden") or {}, evaluation.get("violations") or {}
+    return {
+        "pair_accuracy": evaluation["pair_accuracy"],
+        "reward_pair_accuracy": evaluation["reward_pair_accuracy"],
+        "win_rate": primary["rate"] if primary and primary.get("n") else None,
+        "golden_drop": golden.get("rouge_l_drop"),
+        "violation_increase": violations.get("increase"),
+        "length_drift": (evaluation.get("length") or {}).get("drift"),
+        "kl": (evaluation.get("kl") or {}).get("per_token"),
+    }
+
+
+def _held_out_prompts(data: TrainingData, limit: int, system_prompt: str) -> list[list[dict]]:
+    """Distinct held-out prompts, pairs' first (the judged kind), as chat messages with a system turn."""
     seen: set[str] = set()
     prompts = []
-    for row in rows:
-        messages = row.data["prompt"]
-        key = repr(messages)
-        if key in seen:
-            continue
-        seen.add(key)
-        if messages[0]["role"] != "system":
-            messages = [{"role": "system", "content": system_prompt}, *messages]
-        prompts.append(messages)
+    for kind in ("dpo", "kto", "sft", "prompts"):
+        for row in data.held_out(kind):
+            messages = row.data.get("prompt") or row.data["messages"][:-1]
+            if repr(messages) in seen:
+                continue
+            seen.add(repr(messages))
+            if messages[0]["role"] != "system":
+                messages = [{"role": "system", "content": system_prompt}, *messages]
+            prompts.append(messages)
     return prompts[:limit]
+
+
+# ---------------------------------------------------------------- bookkeeping
+
+
+def _copy(source: Path, target: Path) -> Path:
+    shutil.rmtree(target, ignore_errors=True)
+    shutil.copytree(source, target)
+    return target
+
+
+def _torch_device(device: str) -> str:
+    import torch
+
+    return ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
 
 
 def _last_success(session: Session) -> datetime | None:
@@ -158,25 +326,37 @@ def _last_success(session: Session) -> datetime | None:
     return run.started_at if run else None
 
 
+def _set_recipe(database, run_id: int, recipe: str) -> None:  # noqa: ANN001
+    with session_scope(database) as session:
+        run = session.get(TrainingRun, run_id)
+        run.recipe = recipe
+        session.add(run)
+
+
 def _finish(database, run_id: int, status: RunStatus, metrics: dict, counts: dict, log_text: str) -> None:  # noqa: ANN001
     with session_scope(database) as session:
         run = session.get(TrainingRun, run_id)
         run.status, run.metrics, run.data_counts = status, metrics, counts
-        run.log, run.finished_at = log_text, utcnow()
+        run.log, run.finished_at = run.log + log_text, utcnow()
         session.add(run)
 
 
 def _config_summary(config: NightlyConfig) -> dict:
-    keys = ("learning_rate", "beta", "num_train_epochs", "per_device_train_batch_size", "gradient_accumulation_steps",
-            "max_steps", "lora_r", "lora_alpha", "lora_target_modules", "min_pairs", "holdout_fraction", "judge",
+    keys = ("recipe", "learning_rate", "beta", "num_train_epochs", "per_device_train_batch_size",
+            "gradient_accumulation_steps", "max_steps", "lora_r", "lora_alpha", "lora_target_modules", "min_pairs",
+            "min_thumbs", "holdout_fraction", "replay_share", "max_user_share", "agreement_floor", "judge",
             "eval_prompts", "loss_type", "seed")
     return {key: getattr(config, key) for key in keys}
 
 
-def _training_summary(history: list[dict], config: NightlyConfig) -> dict:
-    losses = [round(h["loss"], 4) for h in history if "loss" in h]
-    return {"steps": len(losses), "first loss": losses[0] if losses else None, "last loss": losses[-1] if losses else None,
-            "learning rate": config.learning_rate, "beta": config.beta, "epochs": config.num_train_epochs}
+def _summary(stage: StageOutcome, config: NightlyConfig) -> dict:
+    losses = [round(h["loss"], 4) for h in stage.history if "loss" in h]
+    summary = {"steps": len(losses), "first loss": losses[0] if losses else None,
+               "last loss": losses[-1] if losses else None}
+    rewards = [h["reward"] for h in stage.history if "reward" in h] or [h["score"] for h in stage.history if "score" in h]
+    if rewards:
+        summary |= {"first reward": round(rewards[0], 4), "last reward": round(rewards[-1], 4)}
+    return summary | {k: v for k, v in stage.metrics.items() if k in ("pair_accuracy", "eval_loss")}
 
 
 @contextmanager

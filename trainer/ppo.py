@@ -10,7 +10,7 @@ The recipe is the published one (Ziegler et al. 2019; Ouyang et al. 2022; TRL's 
 3. **KL penalty**: every response token also pays ``-kl_coef * (logp_policy - logp_ref)``.
    The reference is the same model with the adapter disabled (``model.disable_adapter()``),
    so no second copy of the weights is kept. When the model also carries a frozen adapter
-   named "ref" (``trainer.dpo.load_policy`` continuing from an active release), that
+   named "ref" (the nightly run's PPO stage continuing from an active release), that
    adapter is the reference instead, so the KL anchor is what users get today.
 4. **Values and GAE**: a value head (``nn.Linear(hidden, 1)`` on the last hidden states)
    estimates the return of each state; GAE turns rewards and values into advantages.
@@ -503,3 +503,33 @@ class PPOTrainer:
         self.model.save_pretrained(folder, selected_adapters=[active] if isinstance(active, str) else None)
         self.value_head.save(folder)
         return folder
+
+
+# --------------------------------------------------------------------------- the nightly stage
+
+
+def train(config, model_path: str, start_adapter: str | Path | None, prompts: Sequence,  # noqa: ANN001
+          reward_fn: RewardFn, stage_dir: Path):  # noqa: ANN201 - a trainer.policy.StageOutcome
+    """PPO as a stage of the nightly run (`--recipe rm+ppo`), from a `trainer.config.NightlyConfig`.
+
+    The policy continues from `start_adapter`, and a frozen copy of it named "ref" is the KL
+    reference. Prompts are the logged prompts' last user messages. A resumed run starts this
+    stage over: unlike TRL's trainers, this one keeps no optimizer checkpoints.
+    """
+    from trainer.config import derive
+    from trainer.policy import StageOutcome, load_policy, tokenizer_for
+
+    if done := StageOutcome.finished(stage_dir):
+        return done
+    model = load_policy(model_path, start_adapter, config)
+    if start_adapter:
+        model.load_adapter(str(start_adapter), adapter_name=REFERENCE_ADAPTER, is_trainable=False)
+        model.set_adapter("default")
+    steps = next((s for s in (config.rl_max_steps, config.max_steps) if s > 0), -1)
+    args = derive(config, PPOConfig, output_dir=str(stage_dir / "checkpoints"), max_steps=steps,
+                  response_length=config.max_completion_length, kl_coef=config.kl_coef, save_strategy="no")
+    trainer = PPOTrainer(model, tokenizer_for(model_path), reward_fn, args)
+    history = trainer.train([row.prompt_text for row in prompts])
+    outcome = StageOutcome("ppo", trainer.save(stage_dir / "adapter"), history, {})
+    outcome.save()
+    return outcome

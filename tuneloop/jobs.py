@@ -7,14 +7,30 @@ from trainer.nightly import Environment
 from tuneloop.settings import EMBEDDED_MODEL, Settings
 
 
+def gate_thresholds(settings: Settings) -> GateThresholds:
+    return GateThresholds(
+        min_pair_accuracy=settings.gate_min_pair_accuracy,
+        min_win_rate=settings.gate_min_win_rate,
+        min_reward_pair_accuracy=settings.gate_min_reward_pair_accuracy,
+        max_golden_drop=settings.gate_max_golden_drop,
+        max_violation_increase=settings.gate_max_violation_increase,
+        max_length_drift=settings.gate_max_length_drift,
+        max_kl=settings.gate_max_kl,
+    )
+
+
 def training_environment(settings: Settings) -> Environment:
+    from plugins.manager import load_plugins
     from serving.weights import resolve_model
 
+    plugins = load_plugins(settings)  # their output checks scrub data and count violations; rewards for RL
     return Environment(
         database_url=settings.database_url,
         data_dir=settings.data_dir,
         model_path=resolve_model(settings.model, settings.models_dir, EMBEDDED_MODEL),
         system_prompt=settings.system_prompt,
-        gate=GateThresholds(settings.gate_min_pair_accuracy, settings.gate_min_win_rate),
+        gate=gate_thresholds(settings),
         device=settings.device,
+        output_check=plugins,
+        reward_functions=plugins.reward_functions,
     )

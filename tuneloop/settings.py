@@ -30,11 +30,22 @@ class Settings(BaseSettings):
     batch_wait_ms: float = Field(default=5.0, ge=0, description="how long the batcher waits for company")
 
     reload_interval: float = Field(default=0.5, gt=0, description="seconds between checks for a new release")
+    review_scoring: bool = Field(default=True, description="score live answers with the active release's reward "
+                                                           "model, least sure first in the reviewers' queue")
 
     # The nightly job and its gate.
     nightly_at: str | None = Field(default=None, pattern=r"^([01]\d|2[0-3]):[0-5]\d$", description="HH:MM local time")
-    gate_min_pair_accuracy: float = Field(default=0.55, ge=0, le=1)
-    gate_min_win_rate: float = Field(default=0.5, ge=0, le=1.01)
+    # Gate thresholds (trainer/gate.py explains each default). A minimum above 1 or a maximum
+    # of 0 makes that check fail every run, which is how an operator forces manual review.
+    gate_min_pair_accuracy: float = Field(default=0.55, ge=0, le=1, description="DPO implicit reward, held out")
+    gate_min_win_rate: float = Field(default=0.5, ge=0, le=1.01, description="primary judge against the active")
+    gate_min_reward_pair_accuracy: float = Field(default=0.55, ge=0, le=1.01,
+                                                 description="reward model's held-out pair accuracy")
+    gate_max_golden_drop: float = Field(default=0.05, ge=0, le=1, description="golden-set ROUGE-L F drop")
+    gate_max_violation_increase: float = Field(default=0.02, ge=0, le=1,
+                                               description="rise in the share of answers guardrails act on")
+    gate_max_length_drift: float = Field(default=0.5, ge=0, description="|candidate/active mean words - 1|")
+    gate_max_kl: float = Field(default=1.0, ge=0, description="KL(candidate || active), nats per answer token")
     judge: str | None = Field(default=None, description="module:function judging candidate against active")
 
     host: str = "127.0.0.1"

@@ -1,0 +1,187 @@
+"""Every recipe end to end on the tiny model: real TRL trainers (and our PPO), a real store,
+the release row and report checked; `auto`'s choice from the data; resume after a kill."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from sqlmodel import Session, select
+
+from feedback import crud
+from feedback.artifacts import directory_checksum
+from feedback.db import make_engine, session_scope
+from feedback.export import Row
+from feedback.migrate import upgrade
+from feedback.models import Release, ReleaseState, RunStatus, TrainingRun
+from tests.feedback_seed import seed
+from tests.releases import make_adapter
+from trainer.config import NightlyConfig
+from trainer.data import TrainingData
+from trainer.datasets import Split
+from trainer.gate import GateThresholds
+from trainer.nightly import Environment, main
+from trainer.recipes import choose
+
+FAST = dict(max_steps=2, per_device_train_batch_size=4, per_device_eval_batch_size=4, min_pairs=8, min_thumbs=8,
+            min_prompts=4, eval_prompts=3, eval_max_tokens=6, num_generations=2, max_completion_length=6,
+            rl_max_steps=2, replay_share=0.0, disable_tqdm=True, save_steps=1)
+OPEN_GATE = GateThresholds.open()
+
+
+@pytest.fixture
+def store(tmp_path: Path, tiny_model: Path):
+    """A SQLite store whose active release carries a (random) adapter, so training continues it."""
+    url = f"sqlite:///{tmp_path / 'store.db'}"
+    database = make_engine(url)
+    upgrade(database)
+    adapter = make_adapter(tiny_model, tmp_path / "active-adapter")
+    with session_scope(database) as session:
+        base = crud.ensure_base_release(session, "tiny")
+        base.state = ReleaseState.retired
+        session.add(Release(name="active", base_model="tiny", adapter_path=str(adapter),
+                            checksum=directory_checksum(adapter), state=ReleaseState.active))
+    return database, url, adapter
+
+
+def environment(url: str, tmp_path: Path, tiny_model: Path) -> Environment:
+    return Environment(url, tmp_path / "var", str(tiny_model), gate=OPEN_GATE, device="cpu")
+
+
+def changed(before: Path, after: Path) -> bool:
+    old, new = load_file(before / "adapter_model.safetensors"), load_file(after / "adapter_model.safetensors")
+    assert old.keys() == new.keys()
+    return any(not torch.equal(old[k], new[k]) for k in old)
+
+
+DATA = {  # what each recipe trains on
+    "dpo": dict(pairs=12),
+    "kto": dict(thumbs=12),
+    "sft+dpo": dict(pairs=10, corrections=8),
+    "rm+grpo": dict(pairs=12, unrated=6),
+    "rm+ppo": dict(pairs=12, unrated=6),
+}
+
+
+@pytest.mark.parametrize("recipe", list(DATA))
+def test_each_recipe_trains_a_release(recipe, store, tmp_path, tiny_model):
+    database, url, active_adapter = store
+    seed(database, **DATA[recipe])
+    result = main(NightlyConfig(recipe=recipe, **FAST), environment(url, tmp_path, tiny_model))
+
+    assert result.status == RunStatus.succeeded, result.message
+    assert result.state == ReleaseState.candidate and result.report["recipe"] == recipe
+    with Session(database) as session:
+        release = session.exec(select(Release).where(Release.name == result.release)).one()
+        run = session.get(TrainingRun, result.run_id)
+    assert release.state == ReleaseState.candidate and release.training_run_id == run.id
+    assert run.status == RunStatus.succeeded and run.recipe == recipe
+    adapter = Path(release.adapter_path)
+    assert release.checksum == directory_checksum(adapter)
+    assert changed(active_adapter, adapter), "training left the adapter's parameters as they were"
+    stages = result.report["training"]["stages"]
+    assert list(stages) == recipe.replace("rm+", "").split("+")
+    if recipe.startswith("rm+"):
+        assert (adapter.parent / "reward" / "reward.json").is_file()
+        assert result.report["reward_model"]["counts"]["train_pairs"] > 0
+    assert not (tmp_path / "var" / "runs" / str(run.id)).exists()  # checkpoints go once released
+
+
+def crafted(pairs: int = 0, thumbs: int = 0, corrections: int = 0, prompts: int = 0) -> TrainingData:
+    when = datetime(2026, 11, 20, tzinfo=timezone.utc)
+
+    def rows(n: int, source: str) -> list[Row]:
+        return [Row({}, source, f"{source} question number {i}", when) for i in range(n)]
+
+    splits = {"dpo": Split(rows(pairs, "comparison"), []), "kto": Split(rows(thumbs, "thumb"), []),
+              "sft": Split(rows(corrections, "correction"), []), "prompts": Split(rows(prompts, "prompt"), [])}
+    return TrainingData(splits, since=None)
+
+
+def test_auto_picks_from_the_data_and_says_why():
+    config = NightlyConfig(min_pairs=16, min_thumbs=32, min_corrections=8, min_prompts=16)
+    assert choose(config, crafted(pairs=20)).recipe == "dpo"
+    sft = choose(config, crafted(pairs=20, corrections=9))
+    assert sft.recipe == "sft+dpo" and "9 new corrections" in sft.reason
+    assert choose(config, crafted(pairs=20, corrections=3)).recipe == "dpo"
+    kto = choose(config, crafted(pairs=5, thumbs=40))
+    assert kto.recipe == "kto" and "40 new thumbs" in kto.reason
+    nothing = choose(config, crafted(pairs=5, thumbs=5))
+    assert nothing.recipe is None and "too little new data" in nothing.reason
+    # GRPO only once the reward model has proved itself and most prompts carry no feedback.
+    many = crafted(pairs=20, prompts=100)
+    assert choose(config, many, reward_accuracy=0.6).recipe == "dpo"
+    grpo = choose(config, many, reward_accuracy=0.8)
+    assert grpo.recipe == "rm+grpo" and "0.80" in grpo.reason
+    # A recipe asked for that the data cannot feed stops with the reason.
+    asked = choose(NightlyConfig(recipe="kto", min_thumbs=32), crafted(pairs=50, thumbs=3))
+    assert asked.recipe is None and "kto needs at least 32 new thumbs" in asked.reason
+
+
+def test_a_bad_recipe_name_is_refused_with_the_choices():
+    with pytest.raises(ValueError, match="dpo, kto, sft\\+dpo"):
+        NightlyConfig(recipe="ppo-please")
+
+
+def test_too_little_data_for_the_recipe_stops_cleanly(store, tmp_path, tiny_model):
+    database, url, _ = store
+    seed(database, pairs=3)
+    result = main(NightlyConfig(recipe="dpo", **FAST), environment(url, tmp_path, tiny_model))
+    assert result.status == RunStatus.skipped and "needs at least 8 new preference pairs" in result.message
+    with Session(database) as session:
+        assert session.exec(select(Release).where(Release.state == ReleaseState.candidate)).first() is None
+
+
+RUN_IN_CHILD = """
+import sys
+from trainer.config import NightlyConfig
+from trainer.gate import GateThresholds
+from trainer.nightly import Environment, main
+config = NightlyConfig(**{fast})
+result = main(config, Environment({url!r}, {var!r}, {model!r}, gate=GateThresholds.open(), device="cpu"))
+print("RESULT", result.status.value, result.message)
+"""
+
+
+def test_a_killed_run_resumes_from_its_last_checkpoint(store, tmp_path, tiny_model):
+    database, url, _ = store
+    seed(database, pairs=16)
+    var = tmp_path / "var"
+    fast = {**FAST, "recipe": "dpo", "max_steps": 400, "save_steps": 2, "reward_model": "never"}
+    script = RUN_IN_CHILD.format(fast=fast, url=url, var=str(var), model=str(tiny_model))
+    child = subprocess.Popen([sys.executable, "-c", script], env={**os.environ, "HF_HUB_OFFLINE": "1"},
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        checkpoints = var / "runs" / "1" / "dpo" / "checkpoints"
+        deadline = time.monotonic() + 120
+        while not any(checkpoints.glob("checkpoint-*")) and time.monotonic() < deadline and child.poll() is None:
+            time.sleep(0.2)
+        assert any(checkpoints.glob("checkpoint-*")), child.stdout.read().decode()[-3000:] if child.poll() else ""
+        time.sleep(1.0)  # let it go on past the checkpoint, then kill it hard mid-step
+    finally:
+        if child.poll() is None:
+            os.killpg(child.pid, signal.SIGKILL)
+        child.wait()
+    saved = max(int(p.name.split("-")[1]) for p in checkpoints.glob("checkpoint-*"))
+    with Session(database) as session:
+        assert session.get(TrainingRun, 1).status == RunStatus.running  # killed: nobody marked it
+        assert session.exec(select(Release).where(Release.state == ReleaseState.candidate)).first() is None
+
+    resumed = main(NightlyConfig(**{**fast, "max_steps": saved + 2, "resume": True}),
+                   environment(url, tmp_path, tiny_model))
+    assert resumed.status == RunStatus.succeeded and resumed.run_id == 1, resumed.message
+    with Session(database) as session:
+        run = session.get(TrainingRun, 1)
+    assert "resuming training run 1" in run.log
+    assert f"resuming stage dpo from checkpoint-{saved}" in run.log  # not from step 1
+    history = resumed.report["training"]["stages"]["dpo"]["history"]
+    assert max(entry["step"] for entry in history if "loss" in entry) == saved + 2
+    assert resumed.report["data"]["pairs_train"] > 0

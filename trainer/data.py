@@ -1,0 +1,127 @@
+"""What a night's run trains and evaluates on: every feedback kind, curated, split, with replay.
+
+1. Every kind is read from the store (`feedback.export`): preference pairs, thumbs,
+   corrections, and logged prompts (for GRPO and PPO, which sample their own answers).
+2. Each kind is curated (`trainer.curation`): personal data scrubbed, disputes, duplicates,
+   the per-user cap, golden prompts; the report counts what each step removed.
+3. All kinds are split at once by prompt group and time (`trainer.datasets.split_kinds`).
+4. The policy trains on what is new since the last successful run, plus a replay share of
+   older rows (the adapter it continues from learned those; replay keeps it from forgetting).
+   The reward model is trained afresh each night, so it takes every training pair.
+
+The prepared data is saved in the run's folder, so `--resume` trains on exactly the same rows.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from sqlmodel import Session
+
+from feedback.export import BUILDERS, Row
+from trainer.config import NightlyConfig
+from trainer.curation import CurationConfig, StepReport, add_replay, curate
+from trainer.datasets import Split, split_kinds
+
+KINDS = ("dpo", "kto", "sft", "prompts")  # pairs, thumbs, corrections, logged prompts
+NAMES = {"dpo": "pairs", "kto": "thumbs", "sft": "corrections", "prompts": "prompts"}
+SAVED = "data.json"
+
+
+@dataclass
+class TrainingData:
+    splits: dict[str, Split]
+    since: datetime | None  # the last successful run's start: rows after it are new
+    curation: dict[str, dict] = field(default_factory=dict)  # per kind: in, out, removed per step, lines
+    replay: dict[str, dict] = field(default_factory=dict)  # per kind: new rows and replayed rows
+
+    def train(self, kind: str) -> list[Row]:
+        return self.splits[kind].train
+
+    def held_out(self, kind: str) -> list[Row]:
+        return self.splits[kind].held_out
+
+    def new(self, kind: str) -> list[Row]:
+        return [row for row in self.train(kind) if self.since is None or row.created_at > self.since]
+
+    def policy_rows(self, kind: str, share: float, seed: int = 0) -> list[Row]:
+        """New training rows plus `share` of replayed older ones (see the module docstring)."""
+        new = self.new(kind)
+        fresh = set(map(id, new))
+        older = [row for row in self.train(kind) if id(row) not in fresh]
+        rows, report = add_replay(new, older, share, seed) if share and new else (new, StepReport("replay", 0))
+        self.replay[NAMES[kind]] = {"new": len(new), "replayed": report.changed}
+        return rows
+
+    def counts(self) -> dict[str, int]:
+        counts = {}
+        for kind in KINDS:
+            name = NAMES[kind]
+            counts[f"{name}_train"] = len(self.train(kind))
+            counts[f"{name}_held_out"] = len(self.held_out(kind))
+            counts[f"{name}_new"] = len(self.new(kind))
+        counts["train"], counts["held_out"] = counts["pairs_train"], counts["pairs_held_out"]  # as in reports so far
+        counts["new_pairs"] = counts["pairs_new"]
+        return counts
+
+    # ---- saved with the run, for --resume
+
+    def save(self, folder: Path) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        body = {"since": self.since.isoformat() if self.since else None, "curation": self.curation,
+                "splits": {kind: {"train": [_row_json(r) for r in split.train],
+                                  "held_out": [_row_json(r) for r in split.held_out]}
+                           for kind, split in self.splits.items()}}
+        (folder / SAVED).write_text(json.dumps(body, ensure_ascii=False), encoding="utf-8")
+
+    @classmethod
+    def load(cls, folder: Path) -> TrainingData:
+        body = json.loads((folder / SAVED).read_text(encoding="utf-8"))
+        splits = {kind: Split([_row(r) for r in halves["train"]], [_row(r) for r in halves["held_out"]])
+                  for kind, halves in body["splits"].items()}
+        since = datetime.fromisoformat(body["since"]) if body["since"] else None
+        return cls(splits, since, body["curation"])
+
+
+def curation_config(config: NightlyConfig) -> CurationConfig:
+    # Replay is added per recipe stage (policy_rows), after the split, not inside curate.
+    return CurationConfig(near_threshold=max(config.near_duplicate_threshold, 0.9), max_user_share=config.max_user_share,
+                          agreement_floor=config.agreement_floor, dispute_mode=config.dispute_mode,
+                          replay_share=0.0, seed=config.seed)
+
+
+def prepare(session: Session, config: NightlyConfig, since: datetime | None, check: Any = None) -> TrainingData:
+    """Read, curate and split every kind (raises `CurationBlocked` when reviewers agree too little)."""
+    curated, reports = {}, {}
+    for kind in KINDS:
+        rows = BUILDERS[kind](session) if kind != "prompts" else BUILDERS[kind](session, limit=config.max_prompts)
+        curated[kind], report = curate(rows, curation_config(config), check=check)
+        reports[NAMES[kind]] = {"rows_in": report.rows_in, "rows_out": report.rows_out,
+                                "removed": report.removed(), "lines": report.lines(),
+                                "agreement": _agreement(report)}
+    splits = split_kinds(curated, config.holdout_fraction, config.near_duplicate_threshold)
+    return TrainingData(splits, since, reports)
+
+
+def _agreement(report) -> dict | None:  # noqa: ANN001
+    if report.agreement is None or not report.agreement.by_kind:
+        return None
+    return {kind: {"alpha": k.alpha, "kappa": k.kappa, "items": k.items, "raters": k.raters}
+            for kind, k in report.agreement.by_kind.items()} | {"disputes": len(report.agreement.disputes)}
+
+
+def _row_json(row: Row) -> dict:
+    body = asdict(row)
+    body["created_at"] = row.created_at.isoformat()
+    body["response_ids"] = [str(i) for i in row.response_ids]
+    return body
+
+
+def _row(body: dict) -> Row:
+    return Row(body["data"], body["source"], body["prompt_text"], datetime.fromisoformat(body["created_at"]),
+               body["user_ids"], [uuid.UUID(i) for i in body["response_ids"]])

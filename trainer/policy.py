@@ -1,0 +1,99 @@
+"""What every policy stage shares: loading the LoRA policy, checkpoints for resume, the outcome.
+
+A stage (SFT, DPO, KTO, GRPO, PPO) trains the adapter it is given (the active release's, or
+the previous stage's) in its own folder under the run. TRL's trainers make a frozen copy of
+that starting adapter, named "ref", as the KL anchor, so the reference is what users get
+today rather than the bare base model. A finished stage writes `stage.json` beside its
+adapter; a resumed run skips finished stages and continues a stage from its last checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from peft import PeftModel, get_peft_model
+from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers.trainer_utils import get_last_checkpoint
+
+from trainer.config import NightlyConfig, lora_config
+
+log = logging.getLogger("tuneloop.trainer")
+DONE = "stage.json"
+
+
+@dataclass
+class StageOutcome:
+    name: str
+    adapter_dir: Path
+    history: list[dict] = field(default_factory=list)  # the trainer's log: loss, rewards, ... per step
+    metrics: dict = field(default_factory=dict)  # held-out metrics the stage measured itself
+
+    @property
+    def pair_accuracy(self) -> float | None:
+        """Held-out share of pairs where the stage's implicit reward prefers the chosen answer."""
+        return self.metrics.get("pair_accuracy")
+
+    def save(self) -> None:
+        body = {**asdict(self), "adapter_dir": str(self.adapter_dir)}
+        (self.adapter_dir.parent / DONE).write_text(json.dumps(body, default=str), encoding="utf-8")
+
+    @classmethod
+    def finished(cls, stage_dir: Path) -> StageOutcome | None:
+        """The outcome of a stage that already finished in `stage_dir` (resume), else None."""
+        path = stage_dir / DONE
+        if not path.is_file():
+            return None
+        body = json.loads(path.read_text(encoding="utf-8"))
+        return cls(body["name"], Path(body["adapter_dir"]), body["history"], body["metrics"])
+
+
+def tokenizer_for(model_path: str):  # noqa: ANN201
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_base(model_path: str, config: NightlyConfig):  # noqa: ANN201
+    """The base causal LM: bf16 on a GPU that has it, fp32 on CPU, 4-bit for QLoRA."""
+    dtype = torch.bfloat16 if config.bf16 else torch.float32
+    if not config.load_in_4bit:
+        return AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype)
+    from peft import prepare_model_for_kbit_training
+    from transformers import BitsAndBytesConfig
+
+    quantization = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                                      bnb_4bit_compute_dtype=dtype)
+    base = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype, quantization_config=quantization)
+    return prepare_model_for_kbit_training(base, use_gradient_checkpointing=bool(config.gradient_checkpointing))
+
+
+def load_policy(model_path: str, start_adapter: str | Path | None, config: NightlyConfig) -> PeftModel:
+    """The trainable policy: `start_adapter` continued, or a new LoRA adapter on the base."""
+    base = load_base(model_path, config)
+    if start_adapter:
+        return PeftModel.from_pretrained(base, str(start_adapter), is_trainable=True)
+    return get_peft_model(base, lora_config(config, "CAUSAL_LM"))
+
+
+def train_resumably(trainer, output_dir: Path, resume: bool) -> None:  # noqa: ANN001
+    """`trainer.train()`, from the stage's last checkpoint when resuming and one exists."""
+    checkpoint = get_last_checkpoint(str(output_dir)) if resume and output_dir.is_dir() else None
+    if checkpoint:
+        log.info("resuming stage %s from %s", output_dir.parent.name, Path(checkpoint).name)
+    trainer.train(resume_from_checkpoint=checkpoint)
+
+
+def finish(name: str, trainer, stage_dir: Path, metrics: dict | None = None) -> StageOutcome:  # noqa: ANN001
+    """Save the trained adapter as `stage_dir/adapter` and mark the stage done."""
+    adapter_dir = stage_dir / "adapter"
+    adapter_dir.mkdir(parents=True, exist_ok=True)
+    trainer.model.save_pretrained(adapter_dir, selected_adapters=["default"])
+    history = [dict(entry) for entry in trainer.state.log_history]
+    outcome = StageOutcome(name, adapter_dir, history, metrics or {})
+    outcome.save()
+    return outcome

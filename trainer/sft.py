@@ -1,0 +1,42 @@
+"""SFT on reviewers' corrections with TRL's SFTTrainer: the better answer, word for word."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from datasets import Dataset
+from trl import SFTConfig, SFTTrainer
+
+from feedback.export import Row
+from trainer.config import NightlyConfig, derive
+from trainer.policy import StageOutcome, finish, load_policy, tokenizer_for, train_resumably
+
+
+def as_prompt_completion(rows: Sequence[Row]) -> Dataset:
+    """Conversational prompt/completion rows, so the loss falls on the corrected answer only
+    (SmolLM2's chat template has no generation markers for `assistant_only_loss`)."""
+    return Dataset.from_list([{"prompt": row.data["messages"][:-1], "completion": row.data["messages"][-1:]}
+                              for row in rows])
+
+
+def sft_config(config: NightlyConfig, output_dir: Path) -> SFTConfig:
+    return derive(config, SFTConfig, output_dir=str(output_dir), learning_rate=config.sft_learning_rate,
+                  num_train_epochs=config.sft_epochs, max_length=config.max_length, completion_only_loss=True)
+
+
+def train(config: NightlyConfig, model_path: str, start_adapter: str | Path | None,
+          train_rows: Sequence[Row], held_out: Sequence[Row], stage_dir: Path) -> StageOutcome:
+    if done := StageOutcome.finished(stage_dir):
+        return done
+    args = sft_config(config, stage_dir / "checkpoints")
+    trainer = SFTTrainer(
+        model=load_policy(model_path, start_adapter, config),
+        args=args,
+        train_dataset=as_prompt_completion(train_rows),
+        eval_dataset=as_prompt_completion(held_out) if held_out else None,
+        processing_class=tokenizer_for(model_path),
+    )
+    train_resumably(trainer, Path(args.output_dir), config.resume)
+    metrics = trainer.evaluate() if held_out else {}
+    return finish("sft", trainer, stage_dir, metrics)
