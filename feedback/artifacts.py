@@ -1,9 +1,14 @@
-"""Checksums of trained artifacts, so serving can prove it loads exactly what was approved."""
+"""Trained artifacts: checksums, so serving can prove it loads exactly what was approved, and
+where each release keeps its files."""
 
 from __future__ import annotations
 
 import hashlib
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from feedback.models import Release
 
 
 def directory_checksum(folder: Path | str) -> str:
@@ -20,3 +25,14 @@ def directory_checksum(folder: Path | str) -> str:
                 digest.update(block)
         digest.update(b"\0")
     return digest.hexdigest()
+
+
+REWARD_FOLDER = "reward"  # beside a release's adapter folder: <release folder>/reward
+
+
+def reward_dir_for(release: Release) -> Path | None:
+    """Where a release's reward model lives (adapter files and reward.json): the folder
+    `reward` beside the release's adapter. None for a release without an adapter (base)."""
+    if not release.adapter_path:
+        return None
+    return Path(release.adapter_path).parent / REWARD_FOLDER

@@ -7,7 +7,8 @@ import uuid
 from datetime import datetime, timezone
 from typing import Any, Optional
 
-from sqlalchemy import JSON, CheckConstraint, Column, DateTime, Enum, ForeignKey, Integer, Text, UniqueConstraint, Uuid
+from sqlalchemy import (JSON, CheckConstraint, Column, DateTime, Enum, ForeignKey, Index, Integer, Text,
+                        UniqueConstraint, Uuid)
 from sqlmodel import Field, SQLModel
 
 
@@ -151,6 +152,17 @@ class Response(SQLModel, table=True):
     # What each plugin decided about this answer.
     trace: dict = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
     created_at: datetime = _when()
+    # How unsure the reward model of the release that scored it is whether users would like
+    # this answer, in (0, 1]; None until scored. Reviewers see the least sure answers first.
+    review_uncertainty: float | None = None
+    review_scorer_release_id: int | None = Field(default=None, foreign_key="releases.id")
+
+
+# The reviewers' queue order (feedback.review): most uncertain first, unscored last, newest
+# first. "IS NULL" as the first key puts unscored last in the same way on SQLite (where NULL
+# sorts lowest) and PostgreSQL (highest), so one index serves both without NULLS LAST.
+Index("ix_responses_review_order", Response.review_uncertainty.is_(None), Response.review_uncertainty.desc(),
+      Response.created_at.desc())
 
 
 class Rating(SQLModel, table=True):

@@ -1,21 +1,35 @@
 """The reviewers' queue: what a reviewer should judge next.
 
-A/B pairs come first (a comparison says more than a thumb), then single answers; within
-each, newest first. A reviewer never gets an item they have already judged.
+A/B pairs come first (a comparison says more than a thumb), newest first. Then single
+answers, the ones the active release's reward model is least sure about first
+(`Response.review_uncertainty`, written by serving's review scorer), answers it has not
+scored last, newest first among equals. A reviewer never gets an item they have already
+judged. `queue` is the order; `next_task` is its head, what Slack and the API hand out.
 """
 
 from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Literal
 
+from sqlalchemy import exists, or_
+from sqlalchemy.orm import aliased
 from sqlmodel import Session, col, select
 
 from feedback import crud
-from feedback.models import Comparison, Correction, Message, MessageRole, Rating, Response, User
+from feedback.models import (
+    Comparison,
+    Correction,
+    Message,
+    MessageRole,
+    Rating,
+    Response,
+    User,
+)
 
-LOOK_BACK = 500  # answers considered per call; older ones wait for a quieter queue
+LOOK_BACK = 500  # answers searched for pairs per call; older pairs wait for a quieter queue
 
 
 @dataclass
@@ -25,20 +39,55 @@ class ReviewTask:
     history: list[tuple[str, str]]  # (role, text) before the prompt
     responses: list[Response]  # one to rate, or the pair to compare
 
+    @property
+    def uncertainty(self) -> float | None:
+        """The reward model's doubt about the task: of a pair, its less certain answer."""
+        scored = [r.review_uncertainty for r in self.responses if r.review_uncertainty is not None]
+        return max(scored) if scored else None
+
+    @property
+    def created_at(self) -> datetime:
+        return max(r.created_at for r in self.responses)
+
 
 def next_task(session: Session, reviewer: User) -> ReviewTask | None:
+    tasks = queue(session, reviewer, 1)
+    return tasks[0] if tasks else None
+
+
+def queue(session: Session, reviewer: User, limit: int) -> list[ReviewTask]:
+    """The reviewer's next `limit` tasks, in the order they are handed out."""
+    pairs = _pairs(session, reviewer)[:limit]
+    singles = _singles(session, reviewer, limit - len(pairs)) if len(pairs) < limit else []
+    return [_task(session, "compare", pair) for pair in pairs] + [_task(session, "rate", [r]) for r in singles]
+
+
+def _pairs(session: Session, reviewer: User) -> list[list[Response]]:
     recent = session.exec(select(Response).order_by(col(Response.created_at).desc()).limit(LOOK_BACK)).all()
     by_prompt: dict[int, list[Response]] = {}
     for response in recent:
         by_prompt.setdefault(response.prompt_message_id, []).append(response)
     judged = _judged_by(session, reviewer, [r.id for r in recent])
-    for responses in by_prompt.values():
-        if len(responses) == 2 and not {r.id for r in responses} & judged:
-            return _task(session, "compare", sorted(responses, key=lambda r: r.trace.get("index", 0)))
-    for response in recent:
-        if len(by_prompt[response.prompt_message_id]) == 1 and response.id not in judged:
-            return _task(session, "rate", [response])
-    return None
+    return [sorted(responses, key=lambda r: r.trace.get("index", 0)) for responses in by_prompt.values()
+            if len(responses) == 2 and not {r.id for r in responses} & judged]
+
+
+def _singles(session: Session, reviewer: User, limit: int) -> list[Response]:
+    """Sole answers to their prompt that the reviewer has not judged, in review
+    order; the ORDER BY is the index `ix_responses_review_order` key for key."""
+    other = aliased(Response)
+    query = (
+        select(Response)
+        .where(~exists().where(other.prompt_message_id == Response.prompt_message_id, other.id != Response.id))
+        .where(~exists().where(Rating.response_id == Response.id, Rating.user_id == reviewer.id))
+        .where(~exists().where(Correction.response_id == Response.id, Correction.user_id == reviewer.id))
+        .where(~exists().where(Comparison.user_id == reviewer.id, or_(Comparison.response_a_id == Response.id,
+                                                                      Comparison.response_b_id == Response.id)))
+        .order_by(col(Response.review_uncertainty).is_(None), col(Response.review_uncertainty).desc(),
+                  col(Response.created_at).desc())
+        .limit(limit)
+    )
+    return list(session.exec(query).all())
 
 
 def _judged_by(session: Session, reviewer: User, ids: list[uuid.UUID]) -> set[uuid.UUID]:

@@ -20,6 +20,7 @@ from feedback import crud
 from feedback.db import make_engine, session_scope
 from feedback.ingest import RatingWriter
 from feedback.migrate import upgrade
+from feedback.review_router import router as review_router
 from feedback.router import router as feedback_router
 from plugins.manager import Plugins, load_plugins
 from plugins.turns import PluginHooks
@@ -59,6 +60,25 @@ def _nightly(settings: Settings):  # noqa: ANN202
     scheduler = NightlyScheduler(parse_hhmm(settings.nightly_at), [sys.executable, "-m", "tuneloop.cli", "train"])
     scheduler.start()
     return scheduler
+
+
+def _review_scorer(settings: Settings, database):
+    """Score live answers with the active release's reward model (the reviewers' queue order)."""
+    if not settings.review_scoring:
+        return None
+    from serving.review_scores import ReviewScorer
+    from serving.transformers_engine import pick_device
+    from serving.weights import resolve_model
+
+    def load(release, folder):
+        from trainer.reward import RewardModel
+
+        base = resolve_model(release.base_model, settings.models_dir, EMBEDDED_MODEL)
+        return RewardModel.load(base, folder, device=pick_device(settings.device))
+
+    scorer = ReviewScorer(database, load)
+    scorer.start()
+    return scorer
 
 
 def _feedback_notifier(plugins: Plugins):  # noqa: ANN202
@@ -129,6 +149,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
         app.state.notify_feedback = _feedback_notifier(app.state.plugins)
         app.state.ratings = RatingWriter(database, notify=app.state.notify_feedback)
         app.state.ratings.start()
+        app.state.review_scorer = _review_scorer(settings, database)
         slack = await _start_slack(app, settings, database)
         nightly = _nightly(settings)
         # Everything loaded so far (torch, transformers, the model) lives as long as the
@@ -144,6 +165,8 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
             if slack:
                 await slack.stop()
             following.cancel()
+            if app.state.review_scorer:
+                await asyncio.to_thread(app.state.review_scorer.stop)
             await asyncio.to_thread(app.state.ratings.close)  # acknowledged means stored
             await model.close()
             database.dispose()
@@ -155,7 +178,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     app.add_middleware(CORSMiddleware, allow_origins=["*"], allow_methods=["*"], allow_headers=["*"],
                        expose_headers=[RESPONSE_ID_HEADER])
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
-    for router in (openai_router, feedback_router, widget_router, releases_router, pages_router):
+    for router in (openai_router, feedback_router, review_router, widget_router, releases_router, pages_router):
         app.include_router(router)
     _mount_slack(app, settings)
 
