@@ -185,3 +185,24 @@ def test_a_killed_run_resumes_from_its_last_checkpoint(store, tmp_path, tiny_mod
     history = resumed.report["training"]["stages"]["dpo"]["history"]
     assert max(entry["step"] for entry in history if "loss" in entry) == saved + 2
     assert resumed.report["data"]["pairs_train"] > 0
+
+
+def test_two_processes_train_one_release(store, tmp_path, tiny_model):
+    """Under torchrun (as under `accelerate launch`): both processes train, the main one releases."""
+    database, url, active_adapter = store
+    seed(database, pairs=12)
+    fast = {**FAST, "recipe": "dpo", "reward_model": "always"}
+    script = tmp_path / "run.py"
+    script.write_text(RUN_IN_CHILD.format(fast=fast, url=url, var=str(tmp_path / "var"), model=str(tiny_model)))
+    launched = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", str(script)],
+                              env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"},
+                              capture_output=True, text=True, timeout=300)
+    results = sorted(line for line in launched.stdout.splitlines() if line.startswith("RESULT"))
+    assert launched.returncode == 0 and len(results) == 2, launched.stderr[-3000:]
+    assert any(line.startswith("RESULT succeeded Gate passed") for line in results), results  # the main one
+    assert any(line.startswith("RESULT succeeded process 1 of 2: trained") for line in results), results
+    with Session(database) as session:
+        (release,) = session.exec(select(Release).where(Release.state == ReleaseState.candidate)).all()
+        (run,) = session.exec(select(TrainingRun)).all()
+    assert run.status == RunStatus.succeeded and changed(active_adapter, Path(release.adapter_path))
+    assert (Path(release.adapter_path).parent / "reward" / "reward.json").is_file()

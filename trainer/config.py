@@ -111,7 +111,10 @@ class NightlyConfig(DPOConfig):
         if self.bf16 is None:
             self.bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
         if not torch.cuda.is_available():
-            self.dataloader_pin_memory = False  # nothing to pin for
+            self.dataloader_pin_memory = False
+            # A CPU process group (gloo) under torchrun / accelerate launch; without it each
+            # process would think itself alone.
+            self.use_cpu = True  # nothing to pin for
         if self.output_dir is None:
             self.output_dir = "var/runs/pending"  # the nightly job points it at its run folder
         super().__post_init__()

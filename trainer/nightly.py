@@ -28,11 +28,11 @@ from typing import Any
 from sqlmodel import Session, col, select
 
 from feedback import crud, locks
-from feedback.artifacts import directory_checksum
+from feedback.artifacts import REWARD_FOLDER, directory_checksum
 from feedback.db import make_engine, session_scope
 from feedback.migrate import upgrade
 from feedback.models import Release, ReleaseState, RunStatus, TrainingRun, utcnow
-from trainer import report
+from trainer import distributed, report
 from trainer.config import NightlyConfig, derive
 from trainer.curation import CurationBlocked, golden_set
 from trainer.data import TrainingData, prepare
@@ -77,31 +77,42 @@ class RunResult:
 
 @dataclass
 class _Run:
-    """One run's row, folder and starting point."""
+    """One run's row, folder and starting point (plain values: it is sent to the other processes)."""
 
     id: int
     folder: Path
     since: datetime | None
-    active: Release
+    active_name: str
+    active_adapter: str | None
+    base_model: str
     resumed: bool = False
+
+    @classmethod
+    def of(cls, run_id: int, folder: Path, since: datetime | None, active: Release, resumed: bool = False) -> _Run:
+        return cls(run_id, folder, since, active.name, active.adapter_path, active.base_model, resumed)
 
 
 JOB = "nightly-train"  # the lease that keeps two runs from overlapping
 
 
 def main(config: NightlyConfig, environment: Environment) -> RunResult:
+    """Run the job. Under `accelerate launch` (or torchrun) every process calls this: the main
+    one takes the lease, prepares the data, evaluates and releases; all of them train."""
+    processes = distributed.processes()
+    if not processes.is_main_process:
+        return _follow(config, environment, processes)
     database = make_engine(environment.database_url)
     upgrade(database)
     try:
-        with locks.held(database, JOB):
-            return _main(config, environment, database)
+        with locks.held(database, JOB), distributed.leading(processes) as lead:
+            return _main(config, environment, database, lead)
     except locks.LockHeld as busy:
         message = f"another training run is in progress ({busy}); this one did not start"
         log.info(message)
         return RunResult(RunStatus.skipped, message)
 
 
-def _main(config: NightlyConfig, environment: Environment, database) -> RunResult:  # noqa: ANN001
+def _main(config: NightlyConfig, environment: Environment, database, lead) -> RunResult:  # noqa: ANN001
     with _captured_log() as captured:
         with session_scope(database) as session:
             active = crud.active_release(session)
@@ -109,7 +120,7 @@ def _main(config: NightlyConfig, environment: Environment, database) -> RunResul
                 return RunResult(RunStatus.skipped, "no active release to train on: start the service once first")
             run = _open_run(session, config, environment, active)
         try:
-            return _run(config, environment, database, run, captured)
+            return _run(config, environment, database, run, captured, lead)
         except CurationBlocked as blocked:
             log.warning("%s", blocked)
             _finish(database, run.id, RunStatus.skipped, {"message": str(blocked)}, {}, captured.getvalue())
@@ -118,6 +129,22 @@ def _main(config: NightlyConfig, environment: Environment, database) -> RunResul
             log.exception("training run %s failed", run.id)
             _finish(database, run.id, RunStatus.failed, {"error": str(error)}, {}, captured.getvalue())
             raise
+
+
+def _follow(config: NightlyConfig, environment: Environment, processes) -> RunResult:  # noqa: ANN001
+    """Another process's part under a distributed launch: train what the main process prepared."""
+    run = distributed.receive(processes)
+    if run is None:
+        return RunResult(RunStatus.skipped, "the main process started no run")
+    config.resume = run.resumed
+    data = TrainingData.load(run.folder)
+    first = choose(config, data)
+    if wants_reward_model(first.recipe, config, data):
+        _reward_stage(config, environment, data, run.folder / "reward")
+    choice = distributed.receive(processes)
+    _train_recipe(choice, config, environment, data, run)
+    where = f"process {processes.process_index} of {processes.num_processes}"
+    return RunResult(RunStatus.succeeded, f"{where}: trained; the main process evaluates and releases", run.id)
 
 
 def _open_run(session: Session, config: NightlyConfig, environment: Environment, active: Release) -> _Run:
@@ -135,20 +162,21 @@ def _open_run(session: Session, config: NightlyConfig, environment: Environment,
     if resumable is not None:
         log.info("resuming training run %s from its last checkpoint", resumable.id)
         base = session.get(Release, resumable.base_release_id) or active
-        return _Run(resumable.id, runs / str(resumable.id), None, base, resumed=True)
+        return _Run.of(resumable.id, runs / str(resumable.id), None, base, resumed=True)
     if config.resume:
         log.info("nothing to resume (no interrupted run with saved data): starting a new run")
     run = TrainingRun(recipe=config.recipe, base_release_id=active.id, config=_config_summary(config))
     session.add(run)
     session.flush()
-    return _Run(run.id, runs / str(run.id), _last_success(session), active)
+    return _Run.of(run.id, runs / str(run.id), _last_success(session), active)
 
 
-def _run(config: NightlyConfig, environment: Environment, database, run: _Run, captured) -> RunResult:  # noqa: ANN001
+def _run(config: NightlyConfig, environment: Environment, database, run: _Run, captured, lead) -> RunResult:  # noqa: ANN001
     config.resume = run.resumed  # stages continue from checkpoints only within a reopened run
     data = _data(config, environment, database, run)
     counts = data.counts()
     first = choose(config, data)
+    lead.send(run if first.recipe else None)
     if first.recipe is None:
         log.info(first.reason)
         _finish(database, run.id, RunStatus.skipped, {"message": first.reason}, counts, captured.getvalue())
@@ -159,6 +187,7 @@ def _run(config: NightlyConfig, environment: Environment, database, run: _Run, c
     if wants_reward_model(first.recipe, config, data):
         reward = _reward_stage(config, environment, data, run.folder / "reward")
     choice = choose(config, data, reward["pair_accuracy"] if reward else None) if config.recipe == "auto" else first
+    lead.send(choice)
     log.info("recipe %s: %s", choice.recipe, choice.reason)
     _set_recipe(database, run.id, choice.recipe)
     stages = _train_recipe(choice, config, environment, data, run)
@@ -167,7 +196,7 @@ def _run(config: NightlyConfig, environment: Environment, database, run: _Run, c
     folder = environment.data_dir / "releases" / name
     adapter_dir = _copy(stages[-1].adapter_dir, folder / "adapter")
     if reward:
-        _copy(run.folder / "reward", folder / "reward")
+        _copy(run.folder / "reward", folder / REWARD_FOLDER)  # where feedback.artifacts.reward_dir_for looks
     checksum = directory_checksum(adapter_dir)
     evaluation, metrics = _evaluate(config, environment, data, run, adapter_dir, folder, reward)
     gate = check(environment.gate, metrics)
@@ -176,7 +205,7 @@ def _run(config: NightlyConfig, environment: Environment, database, run: _Run, c
 
     body = {
         "release": name, "run_id": run.id, "recipe": choice.recipe, "recipe_reason": choice.reason,
-        "base_release": run.active.name, "created_at": utcnow().isoformat(timespec="seconds"),
+        "base_release": run.active_name, "created_at": utcnow().isoformat(timespec="seconds"),
         "data": {**counts, **{f"replay_{k}": v["replayed"] for k, v in data.replay.items()}},
         "curation": data.curation, "gate": gate, "evaluation": evaluation, "checksum": checksum,
         "reward_model": reward,
@@ -184,7 +213,7 @@ def _run(config: NightlyConfig, environment: Environment, database, run: _Run, c
     }
     report.write(body, folder)
     with session_scope(database) as session:
-        release = Release(name=name, base_model=run.active.base_model, adapter_path=str(adapter_dir.resolve()),
+        release = Release(name=name, base_model=run.base_model, adapter_path=str(adapter_dir.resolve()),
                           checksum=checksum, state=state, training_run_id=run.id, report=body)
         session.add(release)
         session.flush()
@@ -230,7 +259,7 @@ def _train_recipe(choice: Choice, config: NightlyConfig, environment: Environmen
     from trainer import dpo, grpo, kto, ppo, sft
     from trainer.rewards import reward_functions, weighted_sum
 
-    model, start, folder = environment.model_path, run.active.adapter_path, run.folder
+    model, start, folder = environment.model_path, run.active_adapter, run.folder
     replay = config.replay_share
 
     def policy(kind: str) -> list:
@@ -258,15 +287,15 @@ def _evaluate(config: NightlyConfig, environment: Environment, data: TrainingDat
               folder: Path, reward: dict | None) -> tuple[dict, dict]:
     """The report's evaluation section and the figures the gate checks."""
     device = _torch_device(environment.device)
-    implicit = pair_accuracy(environment.model_path, adapter_dir, run.active.adapter_path, data.held_out("dpo"),
+    implicit = pair_accuracy(environment.model_path, adapter_dir, run.active_adapter, data.held_out("dpo"),
                              device=device)
     judges = {}
     if config.judge:
         judges[config.judge] = load_judge(config.judge)
     if reward:
-        judges[REWARD_JUDGE] = RewardModel.load(environment.model_path, folder / "reward", device=device).judge
+        judges[REWARD_JUDGE] = RewardModel.load(environment.model_path, folder / REWARD_FOLDER, device=device).judge
     prompts = _held_out_prompts(data, config.eval_prompts, environment.system_prompt)
-    result = evaluate_release(environment.model_path, str(adapter_dir), run.active.adapter_path, prompts,
+    result = evaluate_release(environment.model_path, str(adapter_dir), run.active_adapter, prompts,
                               golden_set(), judges, output_check=environment.output_check,
                               system_prompt=environment.system_prompt, max_tokens=config.eval_max_tokens,
                               seed=config.seed_eval, device=environment.device).as_dict()

@@ -19,6 +19,7 @@ from peft import PeftModel, get_peft_model
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from transformers.trainer_utils import get_last_checkpoint
 
+from trainer import distributed
 from trainer.config import NightlyConfig, lora_config
 
 log = logging.getLogger("tuneloop.trainer")
@@ -89,11 +90,13 @@ def train_resumably(trainer, output_dir: Path, resume: bool) -> None:  # noqa: A
 
 
 def finish(name: str, trainer, stage_dir: Path, metrics: dict | None = None) -> StageOutcome:  # noqa: ANN001
-    """Save the trained adapter as `stage_dir/adapter` and mark the stage done."""
+    """Save the trained adapter as `stage_dir/adapter` and mark the stage done (the main
+    process writes; under a distributed launch the others wait until it has)."""
     adapter_dir = stage_dir / "adapter"
-    adapter_dir.mkdir(parents=True, exist_ok=True)
-    trainer.model.save_pretrained(adapter_dir, selected_adapters=["default"])
-    history = [dict(entry) for entry in trainer.state.log_history]
-    outcome = StageOutcome(name, adapter_dir, history, metrics or {})
-    outcome.save()
+    outcome = StageOutcome(name, adapter_dir, [dict(entry) for entry in trainer.state.log_history], metrics or {})
+    if distributed.is_main(trainer):
+        adapter_dir.mkdir(parents=True, exist_ok=True)
+        trainer.model.save_pretrained(adapter_dir, selected_adapters=["default"])
+        outcome.save()
+    distributed.wait(trainer)
     return outcome

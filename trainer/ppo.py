@@ -517,10 +517,14 @@ def train(config, model_path: str, start_adapter: str | Path | None, prompts: Se
     stage over: unlike TRL's trainers, this one keeps no optimizer checkpoints.
     """
     from trainer.config import derive
+    from trainer.distributed import processes
     from trainer.policy import StageOutcome, load_policy, tokenizer_for
 
     if done := StageOutcome.finished(stage_dir):
         return done
+    if processes().num_processes > 1:
+        raise ValueError("rm+ppo trains in one process (this PPO trainer is not distributed); "
+                         "launch it without accelerate, or use rm+grpo, which TRL distributes")
     model = load_policy(model_path, start_adapter, config)
     if start_adapter:
         model.load_adapter(str(start_adapter), adapter_name=REFERENCE_ADAPTER, is_trainable=False)

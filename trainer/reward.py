@@ -75,6 +75,9 @@ class RewardConfig(TrlRewardConfig):
             self.bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
         if not torch.cuda.is_available():
             self.dataloader_pin_memory = False
+            # A CPU process group (gloo) under torchrun / accelerate launch; without it each
+            # process would think itself alone.
+            self.use_cpu = True
         if self.output_dir is None:
             self.output_dir = "var/runs/pending-reward"
         super().__post_init__()
@@ -305,9 +308,11 @@ def train_reward_model(model_path: str | Path, train_pairs: Sequence[Row | Mappi
         "max_length": config.max_length,
         "base_model": str(model_path),
     }
-    out_dir.mkdir(parents=True, exist_ok=True)
-    trainer.model.save_pretrained(out_dir)
-    (out_dir / METRICS_FILE).write_text(json.dumps(metrics, indent=2), encoding="utf-8")
+    if trainer.is_world_process_zero():  # one writer under a distributed launch
+        out_dir.mkdir(parents=True, exist_ok=True)
+        trainer.model.save_pretrained(out_dir)
+        (out_dir / METRICS_FILE).write_text(json.dumps(metrics, indent=2), encoding="utf-8")
+    trainer.accelerator.wait_for_everyone()
     history = [entry for entry in trainer.state.log_history if "loss" in entry or "eval_loss" in entry]
     return RewardResult(out_dir, metrics, history)
 
