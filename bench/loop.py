@@ -56,7 +56,12 @@ def parse_args() -> argparse.Namespace:
     data.add_argument("--threads", type=int, default=0, help="torch threads in the service (0: torch's default)")
     data.add_argument("--train-threads", type=int, default=0, help="torch threads for the nightly job (0: default)")
     data.add_argument("--reuse", type=Path, metavar="DIR", help="skip the users: train on DIR's collected feedback")
-    dpo = parser.add_argument_group("DPO (trainer.config.NightlyConfig)")
+    dpo = parser.add_argument_group("training (trainer.config.NightlyConfig)")
+    dpo.add_argument("--recipe", default="dpo", help="dpo, kto, sft+dpo, rm+grpo, rm+ppo or auto")
+    dpo.add_argument("--reward-model", default="auto", help="auto, always or never (the reward model's judge and accuracy)")
+    dpo.add_argument("--rl-steps", type=int, default=60, help="GRPO/PPO steps")
+    dpo.add_argument("--num-generations", type=int, default=4, help="GRPO answers per prompt")
+    dpo.add_argument("--kl-coef", type=float, default=0.05, help="GRPO beta / PPO KL weight")
     dpo.add_argument("--learning-rate", type=float, default=1e-4)
     dpo.add_argument("--epochs", type=float, default=2.0)
     dpo.add_argument("--beta", type=float, default=0.1)
@@ -121,7 +126,8 @@ def nightly_config(args: argparse.Namespace):  # noqa: ANN201
         lora_r=args.lora_r, lora_alpha=args.lora_alpha or 2 * args.lora_r,
         per_device_train_batch_size=args.batch_size, gradient_accumulation_steps=args.grad_accum,
         max_steps=args.max_steps, min_pairs=args.min_pairs, holdout_fraction=args.holdout_fraction,
-        seed=args.seed,
+        seed=args.seed, recipe=args.recipe, reward_model=args.reward_model, rl_max_steps=args.rl_steps,
+        num_generations=args.num_generations, kl_coef=args.kl_coef, max_completion_length=args.max_tokens,
     )
 
 
@@ -129,9 +135,14 @@ def train(out: Path, model: str, args: argparse.Namespace):  # noqa: ANN201
     from trainer.gate import GateThresholds
     from trainer.nightly import Environment, main
 
+    from plugins.manager import load_plugins
+    from tuneloop.settings import Settings
+
+    # As `tuneloop train` does: the plugins' output checks and reward functions.
+    plugins = load_plugins(Settings(data_dir=out))
     # The bench measures rather than gates: a candidate is written whatever its figures.
     environment = Environment(f"sqlite:///{out / 'tuneloop.db'}", out, model, gate=GateThresholds.open(),
-                              device="cpu")
+                              device="cpu", output_check=plugins, reward_functions=plugins.reward_functions)
     started = time.perf_counter()
     result = main(nightly_config(args), environment)
     return result, time.perf_counter() - started
@@ -179,11 +190,17 @@ def report(out: Path, feedback: dict, verdicts: dict, result, seconds: float, ar
         return
     body = result.report
     data, evaluation = body["data"], body["evaluation"]
-    summary = body["training"]["summary"]
+    print(f"recipe {body['recipe']}: {body['recipe_reason']}")
     print(f"pairs: {data['train']} trained, {data['held_out']} held out ({data['new_pairs']} new); "
-          f"{summary['steps']} steps, loss {summary['first loss']:.3f} -> {summary['last loss']:.3f}")
+          f"{data['prompts_train']} logged prompts")
+    for name, stage in body["training"]["stages"].items():
+        print(f"  {name}: " + ", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}"
+                                        for k, v in stage["summary"].items()))
     accuracy = evaluation["pair_accuracy"]
-    print(f"held-out pair accuracy: {accuracy:.3f}" if accuracy is not None else "held-out pair accuracy: n/a")
+    print(f"held-out pair accuracy (implicit reward): {accuracy:.3f}" if accuracy is not None
+          else "held-out pair accuracy: n/a")
+    if body.get("reward_model"):
+        print(f"reward model held-out pair accuracy: {body['reward_model']['pair_accuracy']:.3f}")
     win = evaluation["win_rate"]
     if win:
         met = "met" if win["rate"] >= TARGET_WIN_RATE else "NOT met"
@@ -191,7 +208,7 @@ def report(out: Path, feedback: dict, verdicts: dict, result, seconds: float, ar
               f"[95% CI {win['low']:.3f}-{win['high']:.3f}] = {win['wins']} wins, {win['ties']} ties, "
               f"{win['losses']} losses (target >= {TARGET_WIN_RATE:g}: {met})")
         png = out / "win_rate.png"
-        plot(win, accuracy, png, f"{result.release}: lr {args.learning_rate:g}, epochs {args.epochs:g}, "
+        plot(win, accuracy, png, f"{result.release} ({body['recipe']}): lr {args.learning_rate:g}, epochs {args.epochs:g}, "
                                  f"beta {args.beta:g}, r {args.lora_r}")
         print(f"plot: {png}")
     print(f"report: {out / 'releases' / result.release / 'report.html'}")

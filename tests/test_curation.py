@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import random
 import uuid
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from fractions import Fraction
 
@@ -325,3 +326,14 @@ def test_curate_counts_what_each_step_removed_and_the_split_does_not_leak():
         for trained in split.train:
             assert jaccard(trigrams(held.prompt_text), trigrams(trained.prompt_text)) < 0.8
             assert normalize(held.prompt_text) != normalize(trained.prompt_text)
+
+
+def test_down_weighted_rows_train_in_proportion_to_their_weight():
+    from trainer.data import weighted
+
+    rows = [thumb(f"sure {i}", "a", True, user=i) for i in range(50)]
+    disputed = [replace(thumb(f"disputed {i}", "a", True, user=i), data={"weight": 0.25}) for i in range(400)]
+    kept = weighted(rows + disputed, seed=1)
+    assert all(row in kept for row in rows)  # weight 1: always trained on
+    assert 70 <= sum(row in kept for row in disputed) <= 130  # about a quarter of 400
+    assert kept == weighted(rows + disputed, seed=1)  # reproducible

@@ -15,6 +15,7 @@ The prepared data is saved in the run's folder, so `--resume` trains on exactly 
 from __future__ import annotations
 
 import json
+import random
 import uuid
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
@@ -56,7 +57,7 @@ class TrainingData:
         older = [row for row in self.train(kind) if id(row) not in fresh]
         rows, report = add_replay(new, older, share, seed) if share and new else (new, StepReport("replay", 0))
         self.replay[NAMES[kind]] = {"new": len(new), "replayed": report.changed}
-        return rows
+        return weighted(rows, seed)
 
     def counts(self) -> dict[str, int]:
         counts = {}
@@ -86,6 +87,14 @@ class TrainingData:
                   for kind, halves in body["splits"].items()}
         since = datetime.fromisoformat(body["since"]) if body["since"] else None
         return cls(splits, since, body["curation"])
+
+
+def weighted(rows: list[Row], seed: int = 0) -> list[Row]:
+    """Curation's down-weighted rows (disputed items, `data["weight"]` < 1) kept with that
+    probability, reproducibly: TRL's trainers take no per-example weights, and sampling gives
+    each row its weight in expectation."""
+    draw = random.Random(seed)
+    return [row for row in rows if draw.random() < row.data.get("weight", 1.0)]
 
 
 def curation_config(config: NightlyConfig) -> CurationConfig:
