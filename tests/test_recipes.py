@@ -206,3 +206,17 @@ def test_two_processes_train_one_release(store, tmp_path, tiny_model):
         (run,) = session.exec(select(TrainingRun)).all()
     assert run.status == RunStatus.succeeded and changed(active_adapter, Path(release.adapter_path))
     assert (Path(release.adapter_path).parent / "reward" / "reward.json").is_file()
+
+
+def test_feedback_counts_as_new_until_a_release_that_learned_it_goes_live(store, tmp_path, tiny_model):
+    from feedback import releases
+
+    database, url, _ = store
+    seed(database, pairs=12)
+    fast = NightlyConfig(**{**FAST, "recipe": "dpo", "reward_model": "never"})
+    first = main(fast, environment(url, tmp_path, tiny_model))
+    assert first.status == RunStatus.succeeded and first.report["data"]["pairs_new"] == first.report["data"]["pairs_train"]
+    with session_scope(database) as session:
+        releases.approve(session, first.release, None)  # the candidate goes live: what it learned is no longer new
+    again = main(NightlyConfig(**{**FAST, "recipe": "dpo", "reward_model": "never"}), environment(url, tmp_path, tiny_model))
+    assert again.status == RunStatus.skipped and "0 new pairs" in again.message

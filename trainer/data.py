@@ -5,7 +5,7 @@
 2. Each kind is curated (`trainer.curation`): personal data scrubbed, disputes, duplicates,
    the per-user cap, golden prompts; the report counts what each step removed.
 3. All kinds are split at once by prompt group and time (`trainer.datasets.split_kinds`).
-4. The policy trains on what is new since the last successful run, plus a replay share of
+4. The policy trains on what is new since the active release's data was read, plus a replay share of
    older rows (the adapter it continues from learned those; replay keeps it from forgetting).
    The reward model is trained afresh each night, so it takes every training pair.
 
@@ -37,7 +37,7 @@ SAVED = "data.json"
 @dataclass
 class TrainingData:
     splits: dict[str, Split]
-    since: datetime | None  # the last successful run's start: rows after it are new
+    since: datetime | None  # when the active release's own run read its data: rows after it are new
     curation: dict[str, dict] = field(default_factory=dict)  # per kind: in, out, removed per step, lines
     replay: dict[str, dict] = field(default_factory=dict)  # per kind: new rows and replayed rows
 

@@ -168,7 +168,7 @@ def _open_run(session: Session, config: NightlyConfig, environment: Environment,
     run = TrainingRun(recipe=config.recipe, base_release_id=active.id, config=_config_summary(config))
     session.add(run)
     session.flush()
-    return _Run.of(run.id, runs / str(run.id), _last_success(session), active)
+    return _Run.of(run.id, runs / str(run.id), _learned_until(session, active), active)
 
 
 def _run(config: NightlyConfig, environment: Environment, database, run: _Run, captured, lead) -> RunResult:  # noqa: ANN001
@@ -349,9 +349,10 @@ def _torch_device(device: str) -> str:
     return ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
 
 
-def _last_success(session: Session) -> datetime | None:
-    query = select(TrainingRun).where(TrainingRun.status == RunStatus.succeeded).order_by(col(TrainingRun.id).desc())
-    run = session.exec(query).first()
+def _learned_until(session: Session, active: Release) -> datetime | None:
+    """When the data the active release learned from was read: feedback after it is new. A
+    candidate that was never approved taught serving nothing, so its data stays new."""
+    run = session.get(TrainingRun, active.training_run_id) if active.training_run_id else None
     return run.started_at if run else None
 
 
