@@ -22,6 +22,7 @@ from feedback.db import make_engine, session_scope
 from feedback.export import Row
 from feedback.migrate import upgrade
 from feedback.models import Release, ReleaseState, RunStatus, TrainingRun
+from tests.conftest import free_port
 from tests.feedback_seed import seed
 from tests.releases import make_adapter
 from trainer.config import NightlyConfig
@@ -194,7 +195,8 @@ def test_two_processes_train_one_release(store, tmp_path, tiny_model):
     fast = {**FAST, "recipe": "dpo", "reward_model": "always"}
     script = tmp_path / "run.py"
     script.write_text(RUN_IN_CHILD.format(fast=fast, url=url, var=str(tmp_path / "var"), model=str(tiny_model)))
-    launched = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", str(script)],
+    launched = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                               "--master_port", str(free_port()), str(script)],
                               env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"},
                               capture_output=True, text=True, timeout=300)
     results = sorted(line for line in launched.stdout.splitlines() if line.startswith("RESULT"))
