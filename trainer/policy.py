@@ -24,6 +24,7 @@ from trainer.config import NightlyConfig, lora_config
 
 log = logging.getLogger("tuneloop.trainer")
 DONE = "stage.json"
+REFERENCE = "ref"  # the adapter name TRL's trainers give their frozen copy of the starting adapter
 
 
 @dataclass
@@ -94,9 +95,11 @@ def finish(name: str, trainer, stage_dir: Path, metrics: dict | None = None) -> 
     process writes; under a distributed launch the others wait until it has)."""
     adapter_dir = stage_dir / "adapter"
     outcome = StageOutcome(name, adapter_dir, [dict(entry) for entry in trainer.state.log_history], metrics or {})
+    if REFERENCE in getattr(trainer.model, "peft_config", {}):
+        trainer.model.delete_adapter(REFERENCE)  # TRL's frozen copy of the start: not part of the release
+    # save_model, not save_pretrained: it gathers sharded weights (ZeRO-3, FSDP) and writes once.
+    trainer.save_model(str(adapter_dir))
     if distributed.is_main(trainer):
-        adapter_dir.mkdir(parents=True, exist_ok=True)
-        trainer.model.save_pretrained(adapter_dir, selected_adapters=["default"])
         outcome.save()
     distributed.wait(trainer)
     return outcome

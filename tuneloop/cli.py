@@ -113,22 +113,74 @@ def model_prepare() -> None:
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []})
 def train(ctx: typer.Context) -> None:
-    """Train a candidate release from stored feedback (DPO on a LoRA adapter). `tuneloop train --help` lists
-    every knob: tuneloop's first, then TRL's DPOConfig and transformers' TrainingArguments."""
+    """Train a candidate release from stored feedback on a LoRA adapter (--recipe auto, dpo, kto, sft+dpo,
+    rm+grpo or rm+ppo; --resume continues a killed run). `tuneloop train --help` lists every knob: tuneloop's
+    first, then TRL's DPOConfig and transformers' TrainingArguments."""
     from transformers import HfArgumentParser
 
     from trainer.config import NightlyConfig
     from trainer.nightly import main
+    from trainer.tune import apply_tuned, explicit_flags
     from tuneloop.jobs import training_environment
 
     parser = HfArgumentParser(NightlyConfig, prog="tuneloop train", description=train.__doc__)
     (config,) = parser.parse_args_into_dataclasses(args=ctx.args)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = get_settings()
+    tuned = apply_tuned(config, settings.data_dir, explicit_flags(ctx.args))  # defaults < tune/best.json < flags
+    if tuned:
+        logging.getLogger("tuneloop.trainer").info("from tune/best.json: %s", ", ".join(tuned))
     config.judge = config.judge or settings.judge
     result = main(config, training_environment(settings))
     typer.echo(f"{result.status.value}: {result.message}" + (f" -> release {result.release} ({result.state.value})"
                                                               if result.release else ""))
+    if result.status.value == "failed":
+        raise typer.Exit(1)
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def tune(
+    ctx: typer.Context,
+    trials: int = typer.Option(20, help="trials in this run (0: until --timeout)"),
+    timeout: float = typer.Option(None, help="seconds; no trial starts after it (the running one finishes)"),
+    seed: int = typer.Option(0, help="the sampler's seed"),
+    storage: str = typer.Option(None, help="Optuna RDB URL (e.g. sqlite:///var/tune.db) to keep and resume the study"),
+    study_name: str = typer.Option("tuneloop-dpo", help="the study's name in --storage"),
+    search_learning_rate: str = typer.Option("1e-5,5e-4", help="LOW,HIGH (log scale)"),
+    search_beta: str = typer.Option("0.02,0.5", help="LOW,HIGH"),
+    search_lora_r: str = typer.Option("4,8,16,32", help="ranks to try (alpha keeps the alpha/r ratio)"),
+    search_target_layers: str = typer.Option("attention,attention+mlp", help="LoRA targets to try"),
+    search_epochs: str = typer.Option("1,3", help="LOW,HIGH"),
+) -> None:
+    """Search learning rate, beta, LoRA rank and targets, and epochs for `tuneloop train` (Optuna) on the stored
+    feedback; the best go to DATA_DIR/tune/best.json, which `tuneloop train` starts from. Any other
+    `tuneloop train` flag (e.g. --max_steps 50) fixes that knob for every trial."""
+    import datasets
+    from transformers import HfArgumentParser
+    from transformers.utils import logging as hf_logging
+
+    from trainer.config import NightlyConfig
+    from trainer.tune import TuneConfig, main, parse_search
+    from tuneloop.jobs import training_environment
+
+    parser = HfArgumentParser(NightlyConfig, prog="tuneloop tune")
+    (training,) = parser.parse_args_into_dataclasses(args=ctx.args)
+    try:
+        config = TuneConfig(
+            trials=trials or None, timeout=timeout, seed=seed, storage=storage, study_name=study_name,
+            learning_rate=parse_search(search_learning_rate, float), beta=parse_search(search_beta, float),
+            lora_r=parse_search(search_lora_r, int), target_layers=parse_search(search_target_layers, str),
+            epochs=parse_search(search_epochs, int), training=training,
+        )
+    except (TypeError, ValueError) as error:
+        raise typer.BadParameter(str(error)) from error
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    datasets.disable_progress_bars()  # one bar: Optuna's, over the trials
+    hf_logging.disable_progress_bar()
+    result = main(config, training_environment(get_settings()))
+    typer.echo(f"{result.status.value}: {result.message}")
+    if result.best_path:
+        typer.echo(f"wrote {result.best_path} and {result.plot_path}")
     if result.status.value == "failed":
         raise typer.Exit(1)
 
