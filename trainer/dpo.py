@@ -10,22 +10,16 @@ from trl import DPOTrainer
 from feedback.export import Row
 from trainer.config import NightlyConfig
 from trainer.datasets import to_dataset
-from trainer.policy import StageOutcome, finish, load_policy, tokenizer_for, train_resumably
+from trainer.policy import StageOutcome, run_stage
+
+
+def _with_pair_accuracy(metrics: dict) -> dict:
+    # TRL's held-out figure: the implicit reward (against the stage's start) prefers the chosen answer.
+    return {"pair_accuracy": metrics.get("eval_rewards/accuracies"), **metrics}
 
 
 def train(config: NightlyConfig, model_path: str, start_adapter: str | Path | None,
           train_rows: Sequence[Row], held_out: Sequence[Row], stage_dir: Path) -> StageOutcome:
-    """Train the adapter on `train_rows`; the held-out pair accuracy is TRL's implicit-reward one."""
-    if done := StageOutcome.finished(stage_dir):
-        return done
     config.output_dir = str(stage_dir / "checkpoints")
-    trainer = DPOTrainer(
-        model=load_policy(model_path, start_adapter, config),
-        args=config,
-        train_dataset=to_dataset(train_rows),
-        eval_dataset=to_dataset(held_out) if held_out else None,
-        processing_class=tokenizer_for(model_path),
-    )
-    train_resumably(trainer, Path(config.output_dir), config.resume)
-    metrics = trainer.evaluate() if held_out else {}
-    return finish("dpo", trainer, stage_dir, {"pair_accuracy": metrics.get("eval_rewards/accuracies"), **metrics})
+    return run_stage("dpo", DPOTrainer, config, config, model_path, start_adapter, to_dataset(train_rows),
+                     to_dataset(held_out) if held_out else None, stage_dir, _with_pair_accuracy)

@@ -17,8 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -29,6 +28,7 @@ from serving.engine import GenerationRequest, SamplingParams, generate
 from serving.transformers_engine import TransformersEngine
 from trainer.curation import GoldenItem
 from trainer.judges import Judge, words
+from trainer.logprobs import device_of, encode, next_token_logprobs, pad, token_batches, using
 
 CANDIDATE, ACTIVE = "candidate", "active"
 EXAMPLES = 5  # held-out answers shown side by side in the report
@@ -257,74 +257,19 @@ def kl_to_active(model: Any, tokenizer: Any, prompts: Sequence[list[dict]], answ
     """
     import torch
 
-    rows = [_encode(tokenizer, messages, answer) for messages, answer in zip(prompts, answers, strict=True)]
+    rows = [encode(tokenizer, messages, answer) for messages, answer in zip(prompts, answers, strict=True)]
     rows = sorted((row for row in rows if row[1] < len(row[0])), key=lambda row: len(row[0]))
     total, tokens = 0.0, 0
     with torch.inference_mode():
-        for batch in _token_batches(rows, max_batch_tokens):
-            ids, mask, targets = _pad(batch, tokenizer.pad_token_id or 0, _device(model))
-            with _policy(model, candidate):
-                ours = _log_probs(model, ids, mask, targets)
-            with _policy(model, active):
-                theirs = _log_probs(model, ids, mask, targets)
+        for batch in token_batches(rows, max_batch_tokens):
+            ids, mask, targets = pad(batch, tokenizer.pad_token_id or 0, device_of(model))
+            with using(model, candidate):
+                ours = next_token_logprobs(model, ids, mask, targets)
+            with using(model, active):
+                theirs = next_token_logprobs(model, ids, mask, targets)
             total += float((ours.exp() * (ours - theirs)).sum())
             tokens += ours.shape[0]
     return {"per_token": total / tokens if tokens else None, "tokens": tokens}
-
-
-def _encode(tokenizer: Any, messages: list[dict], answer: str) -> tuple[list[int], int]:
-    """Token ids of prompt + answer, and where the answer starts (the serving engine's templating)."""
-    prompt = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-    answer_ids = tokenizer(answer, add_special_tokens=False)["input_ids"]
-    return prompt_ids + answer_ids, len(prompt_ids)
-
-
-def _token_batches(rows: list, max_tokens: int) -> Iterator[list]:
-    """Rows (sorted by length) in batches whose padded size stays under `max_tokens`."""
-    batch: list = []
-    for row in rows:
-        if batch and (len(batch) + 1) * len(row[0]) > max_tokens:
-            yield batch
-            batch = []
-        batch.append(row)
-    if batch:
-        yield batch
-
-
-def _pad(batch: list, pad_id: int, device: Any) -> tuple:
-    """input ids, attention mask, and a mask of the positions whose next token is an answer token."""
-    import torch
-
-    width = max(len(ids) for ids, _ in batch)
-    ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-    attention = torch.zeros((len(batch), width), dtype=torch.long)
-    targets = torch.zeros((len(batch), width), dtype=torch.bool)
-    for i, (row, start) in enumerate(batch):
-        ids[i, :len(row)] = torch.tensor(row)
-        attention[i, :len(row)] = 1
-        targets[i, start - 1:len(row) - 1] = True  # position p predicts token p + 1
-    return ids.to(device), attention.to(device), targets.to(device)
-
-
-def _log_probs(model: Any, ids: Any, mask: Any, targets: Any) -> Any:
-    """Next-token log-probabilities (float32) at the target positions only: (tokens, vocabulary)."""
-    logits = model(input_ids=ids, attention_mask=mask).logits
-    return logits[targets].float().log_softmax(-1)
-
-
-@contextmanager
-def _policy(model: Any, adapter: str | None) -> Iterator[None]:
-    if adapter is None:
-        with model.disable_adapter():
-            yield
-    else:
-        model.set_adapter(adapter)
-        yield
-
-
-def _device(model: Any) -> Any:
-    return next(model.parameters()).device
 
 
 # ------------------------------------------------------------------ topics

@@ -18,32 +18,23 @@ from tqdm.auto import tqdm
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from feedback.export import Row
+from trainer.logprobs import device_of, encode, next_token_logprobs, pad, using
 
 CANDIDATE, ACTIVE = "candidate", "active"
 
 
-def _encode(tokenizer, prompt: list[dict], answer: list[dict]) -> tuple[list[int], int]:  # noqa: ANN001
-    """Token ids of prompt + answer, and where the answer starts."""
-    prompt_ids = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=True, return_dict=False)
-    full_ids = tokenizer.apply_chat_template(prompt + answer, tokenize=True, return_dict=False)
-    return list(full_ids), len(prompt_ids)
+def _text(answer: list[dict]) -> str:
+    return answer[-1]["content"]  # TRL's conversational answer: one assistant message
 
 
-@torch.no_grad()
-def _answer_logprobs(model, batch: list[tuple[list[int], int]], pad_id: int) -> torch.Tensor:  # noqa: ANN001
-    width = max(len(ids) for ids, _ in batch)
-    input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-    attention = torch.zeros((len(batch), width), dtype=torch.long)
-    answer = torch.zeros((len(batch), width), dtype=torch.bool)
-    for row, (ids, start) in enumerate(batch):
-        input_ids[row, : len(ids)] = torch.tensor(ids)
-        attention[row, : len(ids)] = 1
-        answer[row, start : len(ids)] = True
-    device = next(model.parameters()).device
-    logits = model(input_ids=input_ids.to(device), attention_mask=attention.to(device)).logits.float()
-    logprobs = torch.log_softmax(logits[:, :-1], dim=-1)
-    picked = logprobs.gather(-1, input_ids[:, 1:].to(device).unsqueeze(-1)).squeeze(-1)
-    return (picked * answer[:, 1:].to(device)).sum(-1).cpu()
+def _answer_logprob_sums(model, batch: list[tuple[list[int], int]], pad_id: int) -> torch.Tensor:  # noqa: ANN001
+    """log π(answer | prompt) per row: the sum of its answer tokens' log-probabilities."""
+    ids, mask, targets = pad(batch, pad_id, device_of(model))
+    logprobs = next_token_logprobs(model, ids, mask, targets)  # (answer tokens, vocabulary)
+    following = torch.roll(ids, -1, dims=1)[targets]  # position p predicts token p + 1
+    picked = logprobs.gather(1, following.unsqueeze(1)).squeeze(1)
+    rows = targets.nonzero()[:, 0]
+    return torch.zeros(len(batch), device=picked.device).index_add_(0, rows, picked).cpu()
 
 
 def pair_accuracy(model_path: str, candidate: str | Path, active: str | Path | None, pairs: Sequence[Row],
@@ -58,19 +49,16 @@ def pair_accuracy(model_path: str, candidate: str | Path, active: str | Path | N
                                       str(candidate), adapter_name=CANDIDATE).to(device).eval()
     if active:
         model.load_adapter(str(active), adapter_name=ACTIVE)
-    encoded = [(_encode(tokenizer, p.data["prompt"], p.data["chosen"]), _encode(tokenizer, p.data["prompt"], p.data["rejected"]))
-               for p in pairs]
+    encoded = [(encode(tokenizer, p.data["prompt"], _text(p.data["chosen"])),
+                encode(tokenizer, p.data["prompt"], _text(p.data["rejected"]))) for p in pairs]
     margins = []
-    for at in tqdm(range(0, len(encoded), batch_size), desc="Implicit reward on held-out pairs", unit="batch"):
-        batch = [seq for pair in encoded[at : at + batch_size] for seq in pair]
-        model.set_adapter(CANDIDATE)
-        ours = _answer_logprobs(model, batch, pad_id)
-        if active:
-            model.set_adapter(ACTIVE)
-            theirs = _answer_logprobs(model, batch, pad_id)
-        else:
-            with model.disable_adapter():
-                theirs = _answer_logprobs(model, batch, pad_id)
-        reward = ours - theirs
-        margins += (reward[0::2] - reward[1::2]).tolist()
+    with torch.inference_mode():
+        for at in tqdm(range(0, len(encoded), batch_size), desc="Implicit reward on held-out pairs", unit="batch"):
+            batch = [seq for pair in encoded[at : at + batch_size] for seq in pair]
+            with using(model, CANDIDATE):
+                ours = _answer_logprob_sums(model, batch, pad_id)
+            with using(model, ACTIVE if active else None):
+                theirs = _answer_logprob_sums(model, batch, pad_id)
+            reward = ours - theirs
+            margins += (reward[0::2] - reward[1::2]).tolist()
     return sum(m > 0 for m in margins) / len(margins)

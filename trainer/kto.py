@@ -10,7 +10,7 @@ from trl import KTOConfig, KTOTrainer
 from feedback.export import Row
 from trainer.config import NightlyConfig, derive
 from trainer.datasets import to_dataset
-from trainer.policy import StageOutcome, finish, load_policy, tokenizer_for, train_resumably
+from trainer.policy import StageOutcome, run_stage
 
 
 def kto_config(config: NightlyConfig, output_dir: Path) -> KTOConfig:
@@ -25,16 +25,6 @@ def kto_config(config: NightlyConfig, output_dir: Path) -> KTOConfig:
 
 def train(config: NightlyConfig, model_path: str, start_adapter: str | Path | None,
           train_rows: Sequence[Row], held_out: Sequence[Row], stage_dir: Path) -> StageOutcome:
-    if done := StageOutcome.finished(stage_dir):
-        return done
-    args = kto_config(config, stage_dir / "checkpoints")
-    trainer = KTOTrainer(
-        model=load_policy(model_path, start_adapter, config),
-        args=args,
-        train_dataset=to_dataset(train_rows),
-        eval_dataset=to_dataset(held_out) if len(held_out) >= 2 else None,
-        processing_class=tokenizer_for(model_path),
-    )
-    train_resumably(trainer, Path(args.output_dir), config.resume)
-    metrics = trainer.evaluate() if len(held_out) >= 2 else {}
-    return finish("kto", trainer, stage_dir, metrics)
+    held = to_dataset(held_out) if len(held_out) >= 2 else None  # KTO's KL term needs two rows a batch
+    return run_stage("kto", KTOTrainer, kto_config(config, stage_dir / "checkpoints"), config, model_path,
+                     start_adapter, to_dataset(train_rows), held, stage_dir)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -80,6 +81,21 @@ def load_policy(model_path: str, start_adapter: str | Path | None, config: Night
     if start_adapter:
         return PeftModel.from_pretrained(base, str(start_adapter), is_trainable=True)
     return get_peft_model(base, lora_config(config, "CAUSAL_LM"))
+
+
+def run_stage(name: str, trainer_class: type, args, config: NightlyConfig, model_path: str,  # noqa: ANN001
+              start_adapter: str | Path | None, train_dataset, eval_dataset, stage_dir: Path,  # noqa: ANN001
+              summarize: Callable[[dict], dict] = dict) -> StageOutcome:
+    """A TRL trainer's stage: train the adapter from `start_adapter` (from the last checkpoint
+    when resuming), evaluate on `eval_dataset` if any, save. A finished stage is not run again."""
+    if done := StageOutcome.finished(stage_dir):
+        return done
+    trainer = trainer_class(model=load_policy(model_path, start_adapter, config), args=args,
+                            train_dataset=train_dataset, eval_dataset=eval_dataset,
+                            processing_class=tokenizer_for(model_path))
+    train_resumably(trainer, Path(args.output_dir), config.resume)
+    metrics = trainer.evaluate() if eval_dataset is not None else {}
+    return finish(name, trainer, stage_dir, summarize(metrics))
 
 
 def train_resumably(trainer, output_dir: Path, resume: bool) -> None:  # noqa: ANN001

@@ -10,7 +10,7 @@ from trl import SFTConfig, SFTTrainer
 
 from feedback.export import Row
 from trainer.config import NightlyConfig, derive
-from trainer.policy import StageOutcome, finish, load_policy, tokenizer_for, train_resumably
+from trainer.policy import StageOutcome, run_stage
 
 
 def as_prompt_completion(rows: Sequence[Row]) -> Dataset:
@@ -27,16 +27,6 @@ def sft_config(config: NightlyConfig, output_dir: Path) -> SFTConfig:
 
 def train(config: NightlyConfig, model_path: str, start_adapter: str | Path | None,
           train_rows: Sequence[Row], held_out: Sequence[Row], stage_dir: Path) -> StageOutcome:
-    if done := StageOutcome.finished(stage_dir):
-        return done
-    args = sft_config(config, stage_dir / "checkpoints")
-    trainer = SFTTrainer(
-        model=load_policy(model_path, start_adapter, config),
-        args=args,
-        train_dataset=as_prompt_completion(train_rows),
-        eval_dataset=as_prompt_completion(held_out) if held_out else None,
-        processing_class=tokenizer_for(model_path),
-    )
-    train_resumably(trainer, Path(args.output_dir), config.resume)
-    metrics = trainer.evaluate() if held_out else {}
-    return finish("sft", trainer, stage_dir, metrics)
+    return run_stage("sft", SFTTrainer, sft_config(config, stage_dir / "checkpoints"), config, model_path,
+                     start_adapter, as_prompt_completion(train_rows),
+                     as_prompt_completion(held_out) if held_out else None, stage_dir)
