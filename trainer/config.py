@@ -108,16 +108,22 @@ class NightlyConfig(DPOConfig):
         if self.load_in_4bit and not torch.cuda.is_available():
             raise ValueError("--load_in_4bit (QLoRA) needs a CUDA GPU and bitsandbytes; this machine has no GPU")
 
-        if self.bf16 is None:
-            self.bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-        if not torch.cuda.is_available():
-            self.dataloader_pin_memory = False
-            # A CPU process group (gloo) under torchrun / accelerate launch; without it each
-            # process would think itself alone.
-            self.use_cpu = True  # nothing to pin for
+        device_defaults(self)
         if self.output_dir is None:
             self.output_dir = "var/runs/pending"  # the nightly job points it at its run folder
         super().__post_init__()
+
+
+def device_defaults(config) -> None:  # noqa: ANN001 - NightlyConfig, RewardConfig
+    """bf16 on a GPU that has it, fp32 on CPU; on CPU nothing to pin, and a CPU process group
+    (gloo) under torchrun / accelerate launch, without which each process thinks itself alone."""
+    import torch
+
+    if config.bf16 is None:
+        config.bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    if not torch.cuda.is_available():
+        config.dataloader_pin_memory = False
+        config.use_cpu = True
 
 
 def lora_config(config, task_type: str, **extra):  # noqa: ANN001, ANN201 - any of our configs with lora_* fields

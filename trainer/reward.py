@@ -27,7 +27,7 @@ from typing import Any
 from trl import RewardConfig as TrlRewardConfig
 
 from feedback.export import Row
-from trainer.config import lora_config
+from trainer.config import device_defaults, lora_config
 
 METRICS_FILE = "reward.json"  # written next to the adapter files in out_dir
 Messages = list[dict[str, str]]
@@ -69,15 +69,7 @@ class RewardConfig(TrlRewardConfig):
     bf16: bool | None = None  # set from the device in __post_init__: bf16 on CUDA, fp32 on CPU
 
     def __post_init__(self) -> None:
-        import torch
-
-        if self.bf16 is None:
-            self.bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-        if not torch.cuda.is_available():
-            self.dataloader_pin_memory = False
-            # A CPU process group (gloo) under torchrun / accelerate launch; without it each
-            # process would think itself alone.
-            self.use_cpu = True
+        device_defaults(self)
         if self.output_dir is None:
             self.output_dir = "var/runs/pending-reward"
         super().__post_init__()
