@@ -12,9 +12,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from datasets import Dataset
-from sqlmodel import Session
 
-from feedback.export import BUILDERS, Row
+from feedback.export import Row
 
 
 def normalize(prompt: str) -> str:
@@ -103,6 +102,3 @@ def to_dataset(rows: Sequence[Row]) -> Dataset:
     # Curation's dispute weights ride in data["weight"]; TRL's trainers take no weights.
     return Dataset.from_list([{k: v for k, v in row.data.items() if k != "weight"} for row in rows])
 
-
-def load_split(session: Session, kind: str, holdout_fraction: float, threshold: float) -> Split:
-    return split_rows(BUILDERS[kind](session), holdout_fraction, threshold)

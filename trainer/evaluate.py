@@ -111,13 +111,6 @@ def judge_answers(prompts: Sequence[str], ours: Sequence[str], theirs: Sequence[
     return WinRate(wins, ties, losses, low, high, judge_name, examples), outcomes
 
 
-def win_rate(model_path: str, candidate_path: str, active_path: str | None, prompts: Sequence[list[dict]],
-             judge: Judge, judge_name: str, *, max_tokens: int, seed: int = 0, device: str = "auto") -> WinRate:
-    """How often the judge prefers the candidate's answer; each pair is shown in random order."""
-    ours, theirs, _ = asyncio.run(_compare(model_path, candidate_path, active_path, prompts, max_tokens, device))
-    return judge_answers(_user_texts(prompts), ours, theirs, judge, judge_name, seed)[0]
-
-
 def _user_texts(prompts: Sequence[list[dict]]) -> list[str]:
     return [messages[-1]["content"] for messages in prompts]
 
