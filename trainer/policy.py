@@ -62,7 +62,7 @@ def tokenizer_for(model_path: str):  # noqa: ANN201
 
 
 def load_base(model_path: str, config: NightlyConfig):  # noqa: ANN201
-    """The base causal LM: bf16 on a GPU that has it, fp32 on CPU, 4-bit for QLoRA."""
+    """The base causal LM: bf16 where the hardware computes in it, else fp32; 4-bit for QLoRA."""
     dtype = torch.bfloat16 if config.bf16 else torch.float32
     if not config.load_in_4bit:
         return AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype)

@@ -66,7 +66,7 @@ class RewardConfig(TrlRewardConfig):
     activation_checkpointing: bool | None = False
     save_strategy: str = "no"
     report_to: list[str] | str | None = "none"
-    bf16: bool | None = None  # set from the device in __post_init__: bf16 on CUDA, fp32 on CPU
+    bf16: bool | None = None  # set from the device in __post_init__: see config.device_defaults
 
     def __post_init__(self) -> None:
         device_defaults(self)
@@ -263,7 +263,9 @@ def train_reward_model(model_path: str | Path, train_pairs: Sequence[Row | Mappi
     out_dir = Path(out_dir)
     set_seed(config.seed)  # before the model: the new score head is drawn at random
     model, tokenizer = _load_base(model_path, torch.bfloat16 if config.bf16 else torch.float32)
-    # The head is new: train it in full and save it with the adapter.
+    # The head is new: train it in full and save it with the adapter, with fp32 master weights
+    # (in bf16 small updates round away; autocast still computes it in bf16).
+    model.score.float()
     model = get_peft_model(model, lora_config(config, "SEQ_CLS", modules_to_save=["score"]))
     trainer = RewardTrainer(
         model=model,
