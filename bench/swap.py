@@ -228,7 +228,9 @@ def main() -> None:
     model = model_path(args.model)
     OUT.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix="swap-", dir=OUT))
-    adapters = [make_adapter(Path(model), tmp / f"adapter-r{i}", seed=i) for i in range(1, args.rounds + 1)]
+    # Gentle random adapters: a strong one turns the real model's answers to noise that can end at
+    # once, and a round needs its 8 streams still running when the approval lands.
+    adapters = [make_adapter(Path(model), tmp / f"adapter-r{i}", seed=i, alpha=4) for i in range(1, args.rounds + 1)]
     settings = {"RELOAD_INTERVAL": args.reload_interval}
     if args.batch_wait_ms is not None:
         settings["BATCH_WAIT_MS"] = args.batch_wait_ms

@@ -1,11 +1,5 @@
-"""Per-row control of one batched `model.generate` call.
-
-transformers' `generate` samples a whole batch with one temperature and streams only
-batch size 1. Its continuous batching (`generate_batch`) would fit, but measured on
-this 2-core CPU it gave 16 tokens/s for 8 requests against 56 for a padded batch
-through `generate`, so we batch through `generate` and add the per-request parts here:
-sampling settings, stop strings, token caps, cancellation and streaming, each per row.
-"""
+"""What each row of a running batch asks for: its own sampling settings, stop strings,
+token cap and streamed text (serving/decode.py runs the batch itself)."""
 
 from __future__ import annotations
 
@@ -13,8 +7,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
-from transformers import LogitsProcessor, StoppingCriteria
-from transformers.generation.streamers import BaseStreamer
+from transformers import LogitsProcessor
 
 from serving.engine import Completion, SamplingParams, StreamEvent
 
@@ -73,54 +66,13 @@ def _top_p(scores: torch.Tensor, top_p: torch.Tensor) -> torch.Tensor:
     return scores.masked_fill(drop, float("-inf"))
 
 
-@dataclass
-class BatchControl:
-    """Lets a running batch pause (every row stops, unfinished ones go on in the next batch)."""
+class RowOutput:
+    """Turns each new token of a row into streamed text, and decides when the row is finished."""
 
-    newcomers_waiting: Callable[[], bool]
-    pause_after: int  # steps a batch makes before it may pause, so every batch makes progress
-    each_step: Callable[[], None] | None = None  # work that fits between two steps (adapter loads)
-    steps: int = 0
-    paused: bool = False
+    def __init__(self, decode: Callable[[list[int]], str], eos_ids: set[int]):
+        self.decode, self.eos_ids = decode, eos_ids
 
-
-class RowStopping(StoppingCriteria):
-    """Tells `generate` which rows are finished (the streamer decides when they are), or
-    that the whole batch pauses."""
-
-    def __init__(self, rows: Sequence[RowState], control: BatchControl):
-        self.rows, self.control = rows, control
-
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs) -> torch.BoolTensor:
-        for row in self.rows:
-            if not row.done and row.is_cancelled():
-                row.finish_reason = "cancelled"
-        self.control.steps += 1
-        if self.control.each_step is not None:
-            self.control.each_step()
-        if self.control.steps >= self.control.pause_after and self.control.newcomers_waiting():
-            self.control.paused = True
-            return torch.ones(len(self.rows), dtype=torch.bool, device=input_ids.device)
-        return torch.tensor([row.done for row in self.rows], device=input_ids.device)
-
-
-class RowStreamer(BaseStreamer):
-    """Receives each step's tokens for the whole batch and streams every row's text."""
-
-    def __init__(self, rows: Sequence[RowState], decode: Callable[[list[int]], str], eos_ids: set[int],
-                 control: BatchControl):
-        self.rows, self.decode, self.eos_ids, self.control = rows, decode, eos_ids, control
-        self.seen_prompt = False
-
-    def put(self, value: torch.Tensor) -> None:
-        if not self.seen_prompt:  # the first call hands over the prompts
-            self.seen_prompt = True
-            return
-        for row, token in zip(self.rows, value.reshape(-1).tolist()):
-            if not row.done:
-                self._advance(row, token)
-
-    def _advance(self, row: RowState, token: int) -> None:
+    def advance(self, row: RowState, token: int) -> None:
         if token in self.eos_ids:
             self._finish(row, "stop")
             return
@@ -145,14 +97,6 @@ class RowStreamer(BaseStreamer):
     def _finish(self, row: RowState, reason: str) -> None:
         row.finish_reason = reason
         row.emit(StreamEvent(completion=completion_of(row)))
-
-    def end(self) -> None:
-        if self.control.paused:  # unfinished rows go on in the next batch
-            return
-        for row in self.rows:
-            if not row.done:  # generate hit its overall cap
-                self._send(row, self.decode(row.token_ids))
-                self._finish(row, "length")
 
 
 def completion_of(row: RowState) -> Completion:

@@ -1,16 +1,16 @@
 """The in-process engine: transformers + PEFT on one worker thread that batches requests.
 
-Requests wait in a queue; the worker takes the first, waits `batch_wait_ms` for company
-(up to `max_batch_size`), and runs them as one `generate` call. Adapter loads and unloads
-go through the same queue. Once the model carries adapters, a load runs between two
-decode steps of the running batch (no running row uses the new name); the first load,
-which wraps the plain model, and unloads wait for the batch to pause or end.
+Requests wait in a queue. The worker keeps one running batch (serving/decode.py) and
+decodes it a step at a time; between two steps it admits whoever is waiting (up to
+`max_batch_size`: prefilled on their own and stacked onto the batch's KV cache), drops
+the rows that finished or whose client left, and runs adapter loads and unloads. So a
+newcomer's first token waits for one step, not for the longest answer in flight, and
+an adapter is loaded while the batch keeps going. An idle engine waits `batch_wait_ms`
+after the first request for company, so a burst shares one prefill.
 
-A batch does not make newcomers wait for its longest answer: once it has made
-`pause_after` tokens and a request that would fit (or an adapter load) is waiting, it
-pauses; the next batch takes the newcomers and the paused requests, which go on from
-their prompt plus what they have generated (one prefill again, paid only when someone
-is waiting). This is continuous batching at a coarse grain, on plain `generate`.
+Each row names its adapter (PEFT's mixed-batch `adapter_names`), so rows of several
+releases share a batch, and loading a new adapter changes no running row. An unload
+waits until no running row uses the adapter.
 """
 
 from __future__ import annotations
@@ -26,10 +26,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, LogitsProcessorList
-from transformers import StoppingCriteriaList
+from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
-from serving.batching import BatchControl, RowSampling, RowState, RowStopping, RowStreamer
+from serving.batching import RowOutput, RowSampling, RowState
+from serving.decode import RunningBatch
 from serving.engine import BASE_ADAPTER, EngineError, GenerationRequest, StreamEvent
 
 log = logging.getLogger(__name__)
@@ -53,12 +53,12 @@ class _Job:
 
 @dataclass
 class _Control:
-    """Work for the model between batches, such as loading an adapter."""
+    """Work on the model between two decode steps, such as loading an adapter."""
 
     action: Callable[[], Any]
     done: Callable[[BaseException | None], None]
-    # Safe between two decode steps of a running batch, so no pause is needed for it.
-    between_steps: bool = False
+    # An adapter that no running row may be using when the action runs (an unload's).
+    needs_unused: str | None = None
 
 
 class TransformersEngine:
@@ -69,7 +69,6 @@ class TransformersEngine:
         device: str = "auto",
         max_batch_size: int = 8,
         batch_wait_ms: float = 5.0,
-        pause_after: int = 16,
         model_name: str | None = None,
         threads: int | None = None,
     ):
@@ -77,7 +76,6 @@ class TransformersEngine:
         self.device = pick_device(device)
         self.max_batch_size = max_batch_size
         self.batch_wait = batch_wait_ms / 1000
-        self.pause_after = pause_after  # tokens a batch makes before it may pause for newcomers
         self.threads = threads  # on a CPU shared with other work, fewer threads than cores can be faster
         dtype = torch.bfloat16 if self.device == "cuda" else torch.float32
         self.tokenizer = AutoTokenizer.from_pretrained(model_path)
@@ -86,11 +84,13 @@ class TransformersEngine:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype).to(self.device).eval()
         self.eos_ids = _eos_ids(self.model.generation_config, self.tokenizer)
+        self._output = RowOutput(self._decode, self.eos_ids)
         self._queue: queue.Queue[_Job | _Control | None] = queue.Queue()
-        self._backlog: deque[_Job] = deque()  # accepted jobs waiting for room in a batch (worker only)
+        self._backlog: deque[_Job] = deque()  # accepted jobs waiting for room in the batch (worker only)
+        self._controls: list[_Control] = []  # accepted adapter work waiting for its moment (worker only)
         self._stopping = False
         self._worker: threading.Thread | None = None
-        self.batch_sizes: list[int] = []  # how many requests each generate call served
+        self.batch_sizes: list[int] = []  # the running batch's size each time requests joined it
 
     # ------------------------------------------------------------ lifecycle
 
@@ -129,16 +129,16 @@ class TransformersEngine:
     # ------------------------------------------------------------ adapters
 
     async def load_adapter(self, name: str, path: str) -> None:
-        await self._control(lambda: self._load_adapter(name, path), between_steps=True)
+        await self._control(lambda: self._load_adapter(name, path))
 
     async def unload_adapter(self, name: str) -> None:
-        await self._control(lambda: self._unload_adapter(name))
+        await self._control(lambda: self._unload_adapter(name), needs_unused=name)
 
     def adapters(self) -> set[str]:
         config = getattr(self.model, "peft_config", None)
         return set(config) if config else set()
 
-    async def _control(self, action: Callable[[], Any], between_steps: bool = False) -> None:
+    async def _control(self, action: Callable[[], Any], needs_unused: str | None = None) -> None:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[None] = loop.create_future()
 
@@ -148,7 +148,7 @@ class TransformersEngine:
             else:
                 loop.call_soon_threadsafe(future.set_exception, error)
 
-        self._queue.put(_Control(action, done, between_steps))
+        self._queue.put(_Control(action, done, needs_unused))
         await future
 
     def _load_adapter(self, name: str, path: str) -> None:
@@ -175,23 +175,35 @@ class TransformersEngine:
         torch.set_grad_enabled(False)
         if self.threads:
             torch.set_num_threads(self.threads)
-        carried: list[_Job] = []  # requests paused mid-answer, to go on in the next batch
+        running: list[_Job] = []  # the batch's rows, in the order of its cache
+        batch = RunningBatch(self.device)
         while True:
-            self._accept_waiting()  # adapter loads run here, between batches, even when batches are full
-            if not carried and not self._backlog:
-                if self._stopping:
+            self._accept_waiting()
+            self._run_controls(running)
+            if not running and not self._backlog:
+                if self._stopping and not self._controls:
                     return
                 self._accept(self._queue.get())  # nothing to do: sleep until something arrives
                 continue
-            jobs = carried + self._from_backlog(self.max_batch_size - len(carried))
-            jobs += self._gather(len(jobs))
-            carried = self._run_batch(jobs)
+            try:
+                if self._backlog and len(running) < self.max_batch_size:
+                    self._admit(batch, running)
+                if running:
+                    self._step(batch, running)
+            except BaseException as error:  # a failed forward fails its batch, never the worker
+                log.exception("generation failed for a batch of %d", len(running))
+                for job in running:
+                    job.emit(error)
+                running.clear()
+                batch = RunningBatch(self.device)
+                continue
+            self._drop_finished(batch, running)
 
     def _accept(self, item: _Job | _Control | None) -> None:
         if item is None:
             self._stopping = True  # finish what was accepted, then stop
         elif isinstance(item, _Control):
-            self._run_control(item)
+            self._controls.append(item)
         else:
             self._backlog.append(item)
 
@@ -202,114 +214,80 @@ class TransformersEngine:
             except queue.Empty:
                 return
 
-    def _from_backlog(self, room: int) -> list[_Job]:
-        return [self._backlog.popleft() for _ in range(min(room, len(self._backlog)))]
+    def _run_controls(self, running: list[_Job]) -> None:
+        """Adapter work, between two steps: a load changes no running row (each names its
+        adapter), and an unload waits until no running row uses its adapter."""
+        in_use = {job.request.adapter for job in running}
+        waiting = []
+        for control in self._controls:
+            if control.needs_unused is not None and control.needs_unused in in_use:
+                waiting.append(control)
+                continue
+            try:
+                control.action()
+            except BaseException as error:  # reported to the caller, never kills the worker
+                control.done(error)
+            else:
+                control.done(None)
+        self._controls = waiting
 
-    def _gather(self, size: int) -> list[_Job]:
-        """More jobs for a batch of `size`, waiting up to batch_wait for them to arrive."""
-        more: list[_Job] = []
+    def _gather(self, size: int) -> None:
+        """Wait up to batch_wait for more requests to arrive, until `size` are in the backlog."""
         deadline = time.monotonic() + self.batch_wait
-        while size + len(more) < self.max_batch_size and not self._stopping:
+        while len(self._backlog) < size and not self._stopping:
             timeout = deadline - time.monotonic()
             try:
                 item = self._queue.get(timeout=timeout) if timeout > 0 else self._queue.get_nowait()
             except queue.Empty:
-                break
+                return
             self._accept(item)
-            more += self._from_backlog(self.max_batch_size - size - len(more))
-        return more
 
-    def _newcomers_waiting(self, running: int) -> bool:
-        """Worth pausing the batch for: an adapter to load or unload, or a request that would fit."""
-        waiting = list(self._queue.queue)  # a peek; the queue's own lock is not needed to look
-        if any(not isinstance(item, _Job) for item in waiting):
-            return True
-        return running < self.max_batch_size and bool(waiting or self._backlog)
-
-    def _between_steps(self) -> None:
-        if any(isinstance(item, _Control) and item.between_steps for item in list(self._queue.queue)):
-            self._controls_between_steps()
-
-    def _controls_between_steps(self) -> None:
-        """Run the adapter loads waiting, between two decode steps of a running batch.
-
-        Safe only on a model that is already a PeftModel whose batch names each row's adapter:
-        loading adds LoRA weights under a new name that no running row uses, and the KV cache
-        of the running rows stays valid. (Wrapping a plain model would change the rows
-        running on it, so the first adapter still waits for a pause.) Everything else taken
-        from the queue keeps its order: jobs join the backlog, other controls go back in line.
-        """
-        others: list = []
-        while True:
-            try:
-                item = self._queue.get_nowait()
-            except queue.Empty:
-                break
-            if isinstance(item, _Control) and item.between_steps:
-                self._run_control(item)
-            elif isinstance(item, _Job):
-                self._backlog.append(item)
-            else:
-                others.append(item)
-        for item in others:  # unloads and the stop signal wait for the batch's end, as before
-            self._queue.put(item)
-
-    def _run_control(self, control: _Control) -> None:
-        try:
-            control.action()
-        except BaseException as error:  # reported to the caller, never kills the worker
-            control.done(error)
-        else:
-            control.done(None)
-
-    def _run_batch(self, jobs: list[_Job]) -> list[_Job]:
-        """Run a batch; return the jobs it paused (unfinished) to make room for newcomers."""
-        self.batch_sizes.append(len(jobs))
-        try:
-            self._generate(jobs)
-        except BaseException as error:
-            log.exception("generation failed for a batch of %d", len(jobs))
-            for job in jobs:
-                job.emit(error)
-            return []
-        return [job for job in jobs if not job.row.done]
-
-    def _generate(self, jobs: list[_Job]) -> None:
+    def _admit(self, batch: RunningBatch, running: list[_Job]) -> None:
+        """Prefill waiting requests together and add them to the batch; each gets its first token."""
+        if not running:  # an idle engine waits a moment for company, so a burst shares its prefill
+            self._gather(self.max_batch_size)
+        room = self.max_batch_size - len(running)
+        jobs = [self._backlog.popleft() for _ in range(min(room, len(self._backlog)))]
+        jobs = [job for job in jobs if not self._refused(job)]
+        if not jobs:
+            return
         for job in jobs:
-            if job.row is None:
-                prompt = self._prompt(job.request.messages)
-                ids = self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
-                job.row = RowState(job.request.params, len(ids), job.emit, job.cancelled.is_set, prompt_ids=ids)
-        rows = [job.row for job in jobs]
-        # A paused request goes on from where it stopped: its prompt and what it has said so far.
-        inputs = self.tokenizer.pad({"input_ids": [row.prompt_ids + row.token_ids for row in rows]},
-                                    padding=True, return_tensors="pt").to(self.device)
-        adapter_kwargs = self._adapter_kwargs(jobs)
-        control = BatchControl(lambda: self._newcomers_waiting(sum(not r.done for r in rows)), self.pause_after,
-                               # a PeftModel whose rows are named by adapter: loads need no pause
-                               each_step=self._between_steps if adapter_kwargs else None)
-        config = GenerationConfig(
-            do_sample=True,  # RowSampling has already applied each row's own settings
-            temperature=1.0,
-            top_p=1.0,
-            top_k=0,
-            max_new_tokens=max(row.params.max_tokens - len(row.token_ids) for row in rows) + 1,
-            pad_token_id=self.tokenizer.pad_token_id,
-            eos_token_id=sorted(self.eos_ids),
-        )
-        self.model.generate(
-            **inputs,
-            generation_config=config,
-            logits_processor=LogitsProcessorList([RowSampling(rows)]),
-            stopping_criteria=StoppingCriteriaList([RowStopping(rows, control)]),
-            streamer=RowStreamer(rows, self._decode, self.eos_ids, control),
-            **adapter_kwargs,
-        )
+            ids = self.tokenizer(self._prompt(job.request.messages), add_special_tokens=False)["input_ids"]
+            job.row = RowState(job.request.params, len(ids), job.emit, job.cancelled.is_set, prompt_ids=ids)
+        running += jobs  # before the forward: a failure is reported to them too
+        logits = batch.join(self.model, [job.row.prompt_ids for job in jobs], self.tokenizer.pad_token_id,
+                            **self._adapter_kwargs(jobs))
+        self.batch_sizes.append(len(running))
+        self._advance(jobs, logits)
+
+    def _refused(self, job: _Job) -> bool:
+        if job.request.adapter and job.request.adapter not in self.adapters():
+            job.emit(EngineError(f"adapter {job.request.adapter!r} is not loaded"))
+            return True
+        return False
+
+    def _step(self, batch: RunningBatch, running: list[_Job]) -> None:
+        tokens = torch.tensor([job.row.token_ids[-1] for job in running])
+        logits = batch.step(self.model, tokens, **self._adapter_kwargs(running))
+        self._advance(running, logits)
+
+    def _advance(self, jobs: list[_Job], logits: torch.Tensor) -> None:
+        """Sample each row's next token with its own settings, and stream it."""
+        scores = RowSampling([job.row for job in jobs])(None, logits.float())
+        tokens = torch.multinomial(scores.softmax(dim=-1), num_samples=1).view(-1).tolist()
+        for job, token in zip(jobs, tokens):
+            self._output.advance(job.row, token)
+
+    def _drop_finished(self, batch: RunningBatch, running: list[_Job]) -> None:
+        for job in running:
+            if not job.row.done and job.row.is_cancelled():
+                job.row.finish_reason = "cancelled"  # the client has gone: nobody to tell
+        keep = [i for i, job in enumerate(running) if not job.row.done]
+        batch.keep(keep)
+        running[:] = [running[i] for i in keep]
 
     def _adapter_kwargs(self, jobs: list[_Job]) -> dict[str, Any]:
-        if not self.adapters():
-            if any(job.request.adapter for job in jobs):
-                raise EngineError("an adapter was asked for, but none is loaded")
+        if not self.adapters():  # a plain model (requests for adapters were refused at admission)
             return {}
         return {"adapter_names": [job.request.adapter or BASE_ADAPTER for job in jobs]}
 

@@ -13,14 +13,15 @@ from feedback.db import session_scope
 from feedback.models import Release, ReleaseState, Role
 
 
-def make_adapter(model_dir: Path, out: Path, seed: int = 1) -> Path:
-    """A LoRA adapter with random weights (not PEFT's zero init), so it changes answers."""
+def make_adapter(model_dir: Path, out: Path, seed: int = 1, alpha: int = 64) -> Path:
+    """A LoRA adapter with random weights (not PEFT's zero init), so it changes answers;
+    a smaller `alpha` changes them less (a real model then still speaks, and runs on)."""
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
     torch.manual_seed(seed)
     base = AutoModelForCausalLM.from_pretrained(model_dir)
-    config = LoraConfig(r=8, lora_alpha=64, target_modules=["q_proj", "v_proj", "o_proj"], init_lora_weights=False)
+    config = LoraConfig(r=8, lora_alpha=alpha, target_modules=["q_proj", "v_proj", "o_proj"], init_lora_weights=False)
     get_peft_model(base, config).save_pretrained(out)
     return out
 
