@@ -1,7 +1,8 @@
 """Serving follows the database: load what is approved, verify it, route to it, unload the old.
 
 Every replica runs one of these against the shared database, so they all swap together.
-Polling keeps it to plain SQL that works the same on SQLite and PostgreSQL.
+Polling keeps it to plain SQL that works the same on SQLite and PostgreSQL; the replica
+that took an operator's action is woken at once rather than at its next poll.
 """
 
 from __future__ import annotations
@@ -32,14 +33,26 @@ class Reconciler:
     def __init__(self, engine: Engine, database: Database, live: LiveReleases, interval: float = 0.5):
         self.engine, self.database, self.live, self.interval = engine, database, live, interval
         self._refused: set[tuple[int, str | None]] = set()  # reported once, not at every poll
+        self._woken = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     async def run(self) -> None:
+        self._loop = asyncio.get_running_loop()
         while True:
+            self._woken.clear()
             try:
                 await self.reconcile()
             except Exception:  # a bad poll (database restarting, ...) must not stop the loop
                 log.exception("reconciling releases failed; trying again")
-            await asyncio.sleep(self.interval)
+            try:
+                await asyncio.wait_for(self._woken.wait(), self.interval)
+            except TimeoutError:
+                pass
+
+    def wake(self) -> None:
+        """Reconcile now, not at the next poll: a release changed here. Safe from any thread."""
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._woken.set)
 
     async def reconcile(self) -> None:
         active, canary, share = await asyncio.to_thread(self._desired)

@@ -16,7 +16,7 @@ import pytest
 from sqlmodel import Session, select
 
 from feedback.models import AuditLog, Release, ReleaseState, Response, RunStatus, TrainingRun
-from tests.conftest import free_port
+from tests.conftest import LiveServer, free_port
 from tests.releases import add_candidate, make_adapter, operator_token
 from trainer import simulate
 from trainer.config import NightlyConfig
@@ -158,6 +158,21 @@ def test_a_swap_under_concurrent_streams_fails_none(live_server, adapter):
     assert eventually(lambda: release_of(database, chat(live_server.url)) == "r-swap")
     # Once the old release's requests are done, nothing old stays loaded.
     assert eventually(lambda: live_server.app.state.engine.adapters() == {live.active.adapter})
+
+
+def test_the_service_that_takes_the_approval_follows_at_once(settings, tiny_engine, adapter):
+    from tuneloop.app import create_app
+
+    # A poll an hour apart: only the approval's own wake-up can make the swap.
+    with LiveServer(create_app(settings.model_copy(update={"reload_interval": 3600.0}), engine=tiny_engine)) as server:
+        database = server.app.state.database
+        assert release_of(database, chat(server.url)) == "base"
+        add_candidate(database, "r-now", adapter)
+        operator = {"Authorization": f"Bearer {operator_token(database)}"}
+        assert httpx.post(f"{server.url}/api/releases/r-now/approve", headers=operator).status_code == 200
+        assert eventually(lambda: release_of(database, chat(server.url)) == "r-now", timeout=20)
+        assert httpx.post(f"{server.url}/api/releases/rollback", headers=operator).status_code == 200
+        assert eventually(lambda: release_of(database, chat(server.url)) == "base", timeout=20)
 
 
 def test_a_second_service_process_on_the_same_database_follows(live_server, adapter, tiny_model, tmp_path):

@@ -6,10 +6,9 @@ import asyncio
 import gc
 import logging
 import sys
-
-import anyio
 from contextlib import asynccontextmanager
 
+import anyio
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
@@ -25,9 +24,9 @@ from feedback.router import router as feedback_router
 from plugins.manager import Plugins, load_plugins
 from plugins.turns import PluginHooks
 from serving.engine import Engine
-from serving.router import RESPONSE_ID_HEADER
 from serving.reconcile import Reconciler
 from serving.releases import LiveReleases
+from serving.router import RESPONSE_ID_HEADER
 from serving.router import router as openai_router
 from serving.service import ChatService
 from tuneloop.http import BodySizeLimit, install_error_handlers
@@ -143,6 +142,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
         await reconciler.reconcile()  # load the active release before the first request
         following = asyncio.create_task(reconciler.run(), name="tuneloop-reconciler")
         app.state.database, app.state.engine, app.state.live = database, model, live
+        app.state.reconciler = reconciler
         app.state.plugins = await asyncio.to_thread(load_plugins, settings)
         app.state.chat = ChatService(model, database, live, system_prompt=settings.system_prompt,
                                      hooks=PluginHooks(app.state.plugins))

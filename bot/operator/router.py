@@ -56,7 +56,7 @@ def summary(release: Release) -> ReleaseOut:
                       gate=(report.get("gate") or {}).get("summary"), win_rate=win.get("rate"))
 
 
-def _act(session: SessionDep, action) -> ReleaseOut:  # noqa: ANN001
+def _act(request: Request, session: SessionDep, action) -> ReleaseOut:  # noqa: ANN001
     try:
         release = action()
     except releases.ReleaseNotFound as error:
@@ -64,6 +64,9 @@ def _act(session: SessionDep, action) -> ReleaseOut:  # noqa: ANN001
     except releases.ReleaseError as error:
         raise HTTPException(409, str(error)) from error
     session.commit()
+    reconciler = getattr(request.app.state, "reconciler", None)
+    if reconciler is not None:  # this replica follows now; the others at their next poll
+        reconciler.wake()
     return summary(release)
 
 
@@ -108,21 +111,23 @@ def release_report(name: str, session: SessionDep) -> FileResponse:
 
 
 @router.post("/{name}/approve", response_model=ReleaseOut)
-def approve(name: str, session: SessionDep, user: Operator, body: ApproveIn | None = None) -> ReleaseOut:
+def approve(name: str, request: Request, session: SessionDep, user: Operator,
+            body: ApproveIn | None = None) -> ReleaseOut:
     canary = body.canary if body else None
-    return _act(session, lambda: releases.approve(session, name, user, canary=canary))
+    return _act(request, session, lambda: releases.approve(session, name, user, canary=canary))
 
 
 @router.post("/{name}/reject", response_model=ReleaseOut)
-def reject(name: str, session: SessionDep, user: Operator, body: ReasonIn | None = None) -> ReleaseOut:
-    return _act(session, lambda: releases.reject(session, name, user, reason=body.reason if body else ""))
+def reject(name: str, request: Request, session: SessionDep, user: Operator,
+           body: ReasonIn | None = None) -> ReleaseOut:
+    return _act(request, session, lambda: releases.reject(session, name, user, reason=body.reason if body else ""))
 
 
 @router.post("/promote", response_model=ReleaseOut)
-def promote(session: SessionDep, user: Operator) -> ReleaseOut:
-    return _act(session, lambda: releases.promote(session, user))
+def promote(request: Request, session: SessionDep, user: Operator) -> ReleaseOut:
+    return _act(request, session, lambda: releases.promote(session, user))
 
 
 @router.post("/rollback", response_model=ReleaseOut)
-def rollback(session: SessionDep, user: Operator, body: ReasonIn | None = None) -> ReleaseOut:
-    return _act(session, lambda: releases.rollback(session, user, reason=body.reason if body else ""))
+def rollback(request: Request, session: SessionDep, user: Operator, body: ReasonIn | None = None) -> ReleaseOut:
+    return _act(request, session, lambda: releases.rollback(session, user, reason=body.reason if body else ""))
