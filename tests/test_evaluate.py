@@ -89,9 +89,9 @@ def test_an_open_gate_passes_any_figure():
     assert not check(GateThresholds(0.0, 0.0), awful)["passed"]  # the first two alone open only their checks
 
 
-def test_the_older_positional_call_still_works():
+def test_the_first_two_thresholds_are_pair_accuracy_then_win_rate():
     assert GateThresholds(0.0, 0.0).min_win_rate == 0.0
-    result = check(GateThresholds(0.0, 1.01), 0.8, 0.9)
+    result = check(GateThresholds(0.0, 1.01), {"pair_accuracy": 0.8, "win_rate": 0.9})
     assert result["summary"].startswith("Gate failed: win rate against the active release 0.900 is below 1.01")
 
 

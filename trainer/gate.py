@@ -67,16 +67,13 @@ RULES = (
 )
 
 
-def check(thresholds: GateThresholds, metrics: Mapping[str, float | None] | float | None = None,
-          win_rate: float | None = None) -> dict:
+def check(thresholds: GateThresholds, metrics: Mapping[str, float | None]) -> dict:
     """Each check with its figure and threshold, and one line that says why it passed or failed.
 
     `metrics` has the keys of `RULES` (pair_accuracy, reward_pair_accuracy, win_rate,
     golden_drop, violation_increase, length_drift, kl); a missing key or None is "not
-    measured". The older form `check(thresholds, pair_accuracy, win_rate)` still works.
+    measured".
     """
-    if not isinstance(metrics, Mapping):
-        metrics = {"pair_accuracy": metrics, "win_rate": win_rate}
     checks = [_check(rule, metrics.get(rule.key), getattr(thresholds, rule.threshold_field)) for rule in RULES]
     return {"passed": all(c["passed"] for c in checks), "summary": summary(checks), "checks": checks}
 
