@@ -76,7 +76,8 @@ class RunningBatch:
         self.size += mask.shape[0]
 
 
-def _left_pad(prompts: Sequence[list[int]], pad_id: int, device: str | torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+def _left_pad(prompts: Sequence[list[int]], pad_id: int,
+              device: str | torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     width = max(len(ids) for ids in prompts)
     ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(prompts), width), dtype=torch.long)

@@ -404,7 +404,8 @@ def test_the_report_renders_a_body_missing_its_optional_parts():
 def test_an_earlier_report_shape_still_renders():
     win = {"wins": 3, "ties": 0, "losses": 1, "low": 0.3, "high": 0.95, "judge": "shorter", "n": 4, "rate": 0.75,
            "examples": [{"prompt": "hi", "candidate": "a", "active": "bb", "verdict": "a", "candidate_shown": "a"}]}
-    body = {"release": "r2", "gate": check(GateThresholds(), {"pair_accuracy": 0.6, "win_rate": 0.75}), "data": {"train": 4},
+    gate = check(GateThresholds(), {"pair_accuracy": 0.6, "win_rate": 0.75})
+    body = {"release": "r2", "gate": gate, "data": {"train": 4},
             "evaluation": {"pair_accuracy": 0.6, "win_rate": win},
             "training": {"history": [{"step": 1, "loss": 0.7}, {"step": 2, "loss": 0.6}], "summary": {"steps": 2}}}
     html = report.render_html(body)
