@@ -48,7 +48,7 @@ class _Job:
     request: GenerationRequest
     emit: Callable[[StreamEvent | BaseException], None]
     cancelled: threading.Event = field(default_factory=threading.Event)
-    row: RowState | None = None  # its progress, kept across batches when it is paused
+    row: RowState | None = None  # its progress, once it has joined the running batch
 
 
 @dataclass
@@ -248,15 +248,21 @@ class TransformersEngine:
             self._gather(self.max_batch_size)
         room = self.max_batch_size - len(running)
         jobs = [self._backlog.popleft() for _ in range(min(room, len(self._backlog)))]
-        jobs = [job for job in jobs if not self._refused(job)]
+        jobs = [job for job in jobs if not job.cancelled.is_set() and not self._refused(job)]
         if not jobs:
             return
-        for job in jobs:
-            ids = self.tokenizer(self._prompt(job.request.messages), add_special_tokens=False)["input_ids"]
-            job.row = RowState(job.request.params, len(ids), job.emit, job.cancelled.is_set, prompt_ids=ids)
-        running += jobs  # before the forward: a failure is reported to them too
-        logits = batch.join(self.model, [job.row.prompt_ids for job in jobs], self.tokenizer.pad_token_id,
-                            **self._adapter_kwargs(jobs))
+        try:
+            for job in jobs:
+                ids = self.tokenizer(self._prompt(job.request.messages), add_special_tokens=False)["input_ids"]
+                job.row = RowState(job.request.params, len(ids), job.emit, job.cancelled.is_set, prompt_ids=ids)
+            logits = batch.join(self.model, [job.row.prompt_ids for job in jobs], self.tokenizer.pad_token_id,
+                                **self._adapter_kwargs(jobs))
+        except Exception as error:  # a prompt that cannot be templated or run fails the newcomers only
+            log.exception("prefill failed for %d new requests", len(jobs))
+            for job in jobs:
+                job.emit(error)
+            return
+        running += jobs
         self.batch_sizes.append(len(running))
         self._advance(jobs, logits)
 

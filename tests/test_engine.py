@@ -214,3 +214,24 @@ def test_a_second_adapter_loads_between_steps_without_pausing_the_batch(tiny_mod
     assert loaded_while_running and batches == 1  # the two rows were admitted once and ran on
     assert adapters == {"release-1", "release-2"}
     assert all(c.text == solo.text for c in completions)  # the running rows were not disturbed
+
+
+def test_a_request_that_cannot_be_prefilled_fails_alone(tiny_engine):
+    from serving.engine import EngineError
+
+    async def scenario():
+        engine = await started(tiny_engine)
+        running = asyncio.create_task(generate(engine, GenerationRequest(PROMPT, greedy(60))))
+        while not engine.batch_sizes:
+            await asyncio.sleep(0.01)
+        bad = GenerationRequest([{"role": "user", "content": None}], greedy(4))  # the chat template rejects it
+        with pytest.raises(EngineError):
+            await asyncio.wait_for(generate(engine, bad), timeout=60)
+        answer = await running
+        after = await generate(engine, GenerationRequest(PROMPT, greedy(4)))
+        await engine.close()
+        return answer, after
+
+    answer, after = run(scenario())
+    assert answer.completion_tokens == 60 or answer.finish_reason == "stop"  # the running answer went on
+    assert after.completion_tokens <= 4  # and the engine still serves
