@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 from pathlib import Path
 
 import httpx
@@ -223,6 +224,8 @@ def test_feedback_listeners_hear_of_stored_feedback_and_their_errors_lose_nothin
     assert rated.status_code == 201 and len(stored) == 1
     assert tuneloop_digits.HEARD == [("rating", [response_id], {"thumb": "up"})]
     assert client.app.state.plugins.errors["ears"] == 1
+    # The service stopped: the listeners' thread went with it.
+    assert not [t for t in threading.enumerate() if t.name.startswith("tuneloop-feedback-listeners")]
 
 
 def test_check_outcomes_are_counted_per_release(settings, third_party):

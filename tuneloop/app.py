@@ -80,21 +80,28 @@ def _review_scorer(settings: Settings, database):
     return scorer
 
 
-def _feedback_notifier(plugins: Plugins):  # noqa: ANN202
+class _FeedbackNotifier:
     """Plugins hear of stored feedback on a thread of their own, so a slow listener never
     holds up the writers (or a listener that raises, the feedback: it is stored first)."""
-    if not plugins.feedback_listeners:
-        return None
-    from concurrent.futures import ThreadPoolExecutor
 
-    from plugins.protocols import FeedbackEvent
+    def __init__(self, plugins: Plugins) -> None:
+        from concurrent.futures import ThreadPoolExecutor
 
-    listeners = ThreadPoolExecutor(1, thread_name_prefix="tuneloop-feedback-listeners")
+        self.plugins = plugins
+        self.listeners = ThreadPoolExecutor(1, thread_name_prefix="tuneloop-feedback-listeners")
 
-    def notify(kind: str, response_ids: list[str], user_id: int, details: dict) -> None:
-        listeners.submit(plugins.notify_feedback, FeedbackEvent(kind, response_ids, user_id, details))
+    def __call__(self, kind: str, response_ids: list[str], user_id: int, details: dict) -> None:
+        from plugins.protocols import FeedbackEvent
 
-    return notify
+        self.listeners.submit(self.plugins.notify_feedback, FeedbackEvent(kind, response_ids, user_id, details))
+
+    def close(self) -> None:
+        """Tell the listeners what is still queued, then let their thread go."""
+        self.listeners.shutdown(wait=True)
+
+
+def _feedback_notifier(plugins: Plugins) -> _FeedbackNotifier | None:
+    return _FeedbackNotifier(plugins) if plugins.feedback_listeners else None
 
 
 def _mount_slack(app: FastAPI, settings: Settings) -> None:
@@ -168,6 +175,8 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
             if app.state.review_scorer:
                 await asyncio.to_thread(app.state.review_scorer.stop)
             await asyncio.to_thread(app.state.ratings.close)  # acknowledged means stored
+            if app.state.notify_feedback:  # after the writers: their last batch notifies too
+                await asyncio.to_thread(app.state.notify_feedback.close)
             await model.close()
             database.dispose()
 
