@@ -222,3 +222,19 @@ def test_feedback_counts_as_new_until_a_release_that_learned_it_goes_live(store,
         releases.approve(session, first.release, None)  # the candidate goes live: what it learned is no longer new
     again = main(NightlyConfig(**{**FAST, "recipe": "dpo", "reward_model": "never"}), environment(url, tmp_path, tiny_model))
     assert again.status == RunStatus.skipped and "0 new pairs" in again.message
+
+
+def test_a_stage_summary_reads_ppo_logs_and_averages_the_ends():
+    from trainer.nightly import _summary
+    from trainer.policy import StageOutcome
+
+    # PPO logs `policy_loss` and `score`; one step's score is noise, so the ends are means.
+    history = [{"step": i, "policy_loss": -0.01 * i, "score": -1.0 + i / 16} for i in range(32)]
+    summary = _summary(StageOutcome("ppo", Path("unused"), history), NightlyConfig())
+    assert summary["steps"] == 32
+    assert summary["first reward"] == pytest.approx(sum(-1.0 + i / 16 for i in range(8)) / 8, abs=1e-4)
+    assert summary["last reward"] == pytest.approx(sum(-1.0 + i / 16 for i in range(24, 32)) / 8, abs=1e-4)
+    assert summary["first loss"] == pytest.approx(-0.035, abs=1e-4)
+    dpo = _summary(StageOutcome("dpo", Path("unused"), [{"loss": 0.69}, {"loss": 0.5}, {"eval_loss": 0.6}]),
+                   NightlyConfig())
+    assert (dpo["steps"], dpo["first loss"], dpo["last loss"]) == (2, 0.69, 0.5)

@@ -380,13 +380,23 @@ def _config_summary(config: NightlyConfig) -> dict:
 
 
 def _summary(stage: StageOutcome, config: NightlyConfig) -> dict:
-    losses = [round(h["loss"], 4) for h in stage.history if "loss" in h]
-    summary = {"steps": len(losses), "first loss": losses[0] if losses else None,
-               "last loss": losses[-1] if losses else None}
+    """Steps, and loss and reward at the start and the end of the stage: each the mean of up to
+    8 logged steps, since one RL step's figure is mostly noise (PPO logs `policy_loss`)."""
+    steps = [h for h in stage.history if "loss" in h or "policy_loss" in h]
+    losses = [h.get("loss", h.get("policy_loss")) for h in steps]
     rewards = [h["reward"] for h in stage.history if "reward" in h] or [h["score"] for h in stage.history if "score" in h]
+    summary = {"steps": len(steps), "first loss": _end_mean(losses, first=True), "last loss": _end_mean(losses)}
     if rewards:
-        summary |= {"first reward": round(rewards[0], 4), "last reward": round(rewards[-1], 4)}
+        summary |= {"first reward": _end_mean(rewards, first=True), "last reward": _end_mean(rewards)}
     return summary | {k: v for k, v in stage.metrics.items() if k in ("pair_accuracy", "eval_loss")}
+
+
+def _end_mean(values: list[float], first: bool = False) -> float | None:
+    if not values:
+        return None
+    size = min(8, max(1, len(values) // 4))
+    end = values[:size] if first else values[-size:]
+    return round(sum(end) / len(end), 4)
 
 
 @contextmanager
