@@ -248,16 +248,13 @@ class TransformersEngine:
             self._gather(self.max_batch_size)
         room = self.max_batch_size - len(running)
         jobs = [self._backlog.popleft() for _ in range(min(room, len(self._backlog)))]
-        jobs = [job for job in jobs if not job.cancelled.is_set() and not self._refused(job)]
+        jobs = [job for job in jobs if not job.cancelled.is_set() and not self._refused(job) and self._tokenized(job)]
         if not jobs:
             return
         try:
-            for job in jobs:
-                ids = self.tokenizer(self._prompt(job.request.messages), add_special_tokens=False)["input_ids"]
-                job.row = RowState(job.request.params, len(ids), job.emit, job.cancelled.is_set, prompt_ids=ids)
             logits = batch.join(self.model, [job.row.prompt_ids for job in jobs], self.tokenizer.pad_token_id,
                                 **self._adapter_kwargs(jobs))
-        except Exception as error:  # a prompt that cannot be templated or run fails the newcomers only
+        except Exception as error:  # a prefill that fails fails the newcomers only, not the batch
             log.exception("prefill failed for %d new requests", len(jobs))
             for job in jobs:
                 job.emit(error)
@@ -265,6 +262,16 @@ class TransformersEngine:
         running += jobs
         self.batch_sizes.append(len(running))
         self._advance(jobs, logits)
+
+    def _tokenized(self, job: _Job) -> bool:
+        """Give the job its row; a prompt the chat template rejects fails that request alone."""
+        try:
+            ids = self.tokenizer(self._prompt(job.request.messages), add_special_tokens=False)["input_ids"]
+        except Exception as error:
+            job.emit(error)
+            return False
+        job.row = RowState(job.request.params, len(ids), job.emit, job.cancelled.is_set, prompt_ids=ids)
+        return True
 
     def _refused(self, job: _Job) -> bool:
         if job.request.adapter and job.request.adapter not in self.adapters():
