@@ -20,6 +20,7 @@ from feedback.db import session_scope
 from feedback.models import Channel, Message, MessageRole, Response, User
 from serving.engine import Completion, Engine, GenerationRequest, SamplingParams, StreamEvent
 from serving.hooks import Checked, NoHooks, TurnHooks
+from serving.pairs import draw_contrast
 from serving.releases import LiveReleases, ReleaseChoice
 
 
@@ -35,16 +36,22 @@ class Turn:
     positions: list[int] = field(default_factory=list)
     release: ReleaseChoice | None = None  # chosen when generation starts
     channel: str = "web"
-    kind: str = "sample"  # of an A/B pair: two samples, or a plugin's alternative such as "rag"
+    kind: str = "sample"  # of an A/B pair: two samples, a "contrast", or a plugin's alternative such as "rag"
     # Per answer: the messages it is generated from, and what its trace adds.
     answer_messages: list[list[dict[str, str]]] = field(default_factory=list)
     answer_traces: list[dict] = field(default_factory=list)
+    # Per answer: how much hotter than the turn's temperature it is sampled (a contrast's).
+    answer_heat: list[float] = field(default_factory=list)
     citation: str = ""  # appended to a single answer made with retrieved context
     refusal: str | None = None  # the input checks refused: this is the whole answer
     input_decisions: list[dict] = field(default_factory=list)
 
     def messages_for(self, index: int) -> list[dict[str, str]]:
         return self.answer_messages[index] if self.answer_messages else self.messages
+
+    def params_for(self, index: int, params: SamplingParams) -> SamplingParams:
+        heat = self.answer_heat[index] if self.answer_heat else 0.0
+        return replace(params, temperature=min(1.2, params.temperature + heat)) if heat else params
 
 
 @dataclass
@@ -68,13 +75,15 @@ TurnEvent = AnswerDelta | AnswerDone
 class ChatService:
     def __init__(
         self, engine: Engine, database: Database, live: LiveReleases, *, system_prompt: str,
-        hooks: TurnHooks | None = None,
+        hooks: TurnHooks | None = None, ab_strategy: str = "contrast",
     ):
         self.engine = engine
         self.database = database
         self.live = live
         self.system_prompt = system_prompt
         self.hooks = hooks or NoHooks()
+        self.ab_strategy = ab_strategy  # how an A/B pair's second answer differs (serving/pairs.py)
+        draw_contrast(ab_strategy)  # an unknown strategy fails here, at start-up
 
     # ------------------------------------------------------------ opening a turn
 
@@ -83,7 +92,8 @@ class ChatService:
 
         The input checks see it first (what they redact is never stored). Then the turn
         gets one answer, or two in random order: a plugin's alternative (such as retrieval)
-        on its share of turns, or, when `ab`, two samples.
+        on its share of turns, or, when `ab`, the answer a single turn would get beside a
+        contrast (serving/pairs.py).
         """
         return await asyncio.to_thread(self._open_turn, conversation_id, text, ab, channel)
 
@@ -103,13 +113,13 @@ class ChatService:
         return turn
 
     def _plan(self, turn: Turn, prompt: str, ab: bool) -> None:
-        """One answer, or a pair (an alternative's, or two samples) shown in random order."""
+        """One answer, or a pair (an alternative's, or the plain answer and a contrast) shown in random order."""
         pair = self.hooks.plan_pair(prompt, turn.messages)
         if pair is not None:
             turn.kind, turn.answer_messages = pair.kind, [turn.messages, pair.messages]
             turn.answer_traces = [{}, pair.trace]
         elif ab:
-            turn.answer_messages = [turn.messages, turn.messages]
+            self._plan_samples(turn)
         else:
             augmented = self.hooks.augment(prompt, turn.messages)
             if augmented is not None:
@@ -118,6 +128,16 @@ class ChatService:
             return
         turn.response_ids = [uuid.uuid4(), uuid.uuid4()]
         turn.positions = random.sample([0, 1], 2)
+
+    def _plan_samples(self, turn: Turn) -> None:
+        contrast = draw_contrast(self.ab_strategy)
+        if contrast is None:
+            turn.answer_messages = [turn.messages, turn.messages]
+            return
+        turn.kind = "contrast"
+        turn.answer_messages = [turn.messages, contrast.messages(turn.messages)]
+        turn.answer_traces = [{}, contrast.trace()]
+        turn.answer_heat = [0.0, contrast.heat]
 
     def _open_api_turn(self, user: User, messages: list[dict[str, str]], n: int) -> Turn:
         last = messages[-1]
@@ -158,7 +178,7 @@ class ChatService:
             return
         self.live.begin(turn.release)  # its adapter stays loaded until this turn is done
         try:
-            requests = [GenerationRequest(turn.messages_for(i), params, turn.release.adapter)
+            requests = [GenerationRequest(turn.messages_for(i), turn.params_for(i, params), turn.release.adapter)
                         for i in range(len(turn.response_ids))]
             guards = [_GuardedAnswer(self.hooks, turn) for _ in turn.response_ids]
             async for index, event in _merge([self.engine.stream(r) for r in requests]):
@@ -171,7 +191,8 @@ class ChatService:
                 checked = await guard.finish(event.completion.text + (turn.citation if turn.citation else ""))
                 completion = _checked_completion(event.completion, checked)
                 response = await asyncio.to_thread(
-                    self._store, turn, index, completion, params, started, index == continue_with, checked.decisions
+                    self._store, turn, index, completion, requests[index].params, started, index == continue_with,
+                    checked.decisions,
                 )
                 yield AnswerDone(index, response, guard.unshown(response.text))
         finally:

@@ -21,3 +21,55 @@ def test_a_prompt_that_was_never_answered_is_not_sent_again():
         message(MessageRole.user, "now"),
     ])
     assert [m["content"] for m in history] == ["first", "answer", "now"]
+
+
+def test_an_ab_turn_puts_the_plain_answer_beside_a_contrast_and_stores_only_the_users_words(database):
+    import asyncio
+
+    from feedback import crud
+    from feedback.db import session_scope
+    from feedback.models import Channel, Response
+    from serving.engine import SamplingParams
+    from serving.pairs import CONTRASTS
+    from serving.releases import LiveReleases, choice_of
+    from serving.service import ChatService
+    from tests.engines import ScriptedEngine
+
+    with session_scope(database) as session:
+        base = crud.ensure_base_release(session, "scripted")
+        user = crud.get_or_create_user(session, "web:contrast", "visitor")
+        conversation = crud.create_conversation(session, user, Channel.web).id
+        live = LiveReleases()
+        live.set(choice_of(base), None, 0.0)
+    engine = ScriptedEngine("An answer.")
+    chat = ChatService(engine, database, live, system_prompt="Be brief.")
+
+    async def turn():
+        opened = await chat.open_turn(conversation, "How do I boil an egg?", ab=True)
+        return await chat.answer(opened, SamplingParams(temperature=0.7, max_tokens=8))
+
+    plain, contrast = asyncio.run(turn())
+    asked = [request.messages[-1]["content"] for request in engine.requests]
+    assert asked[0] == "How do I boil an egg?"  # exactly what a single turn gets
+    name = contrast.trace["contrast"]
+    assert asked[1] == f"How do I boil an egg?\n\n{CONTRASTS[name]}"
+    assert [r.params.temperature for r in engine.requests] == [0.7, 1.0]
+    assert contrast.params["temperature"] == 1.0 and "contrast" not in plain.trace
+    assert plain.trace["pair_kind"] == contrast.trace["pair_kind"] == "contrast"
+    with session_scope(database) as session:
+        texts = [m.content for m in crud.conversation_messages(session, conversation)]
+        stored = session.get(Response, contrast.id)
+    assert CONTRASTS[name] not in " ".join(texts) and stored.trace["contrast_instruction"] == CONTRASTS[name]
+
+
+def test_the_samples_strategy_gives_two_plain_samples_and_an_unknown_one_is_refused(database):
+    import pytest
+
+    from serving.pairs import draw_contrast
+    from serving.releases import LiveReleases
+    from serving.service import ChatService
+    from tests.engines import ScriptedEngine
+
+    assert draw_contrast("samples") is None
+    with pytest.raises(ValueError, match="contrast, samples"):
+        ChatService(ScriptedEngine("x"), database, LiveReleases(), system_prompt="", ab_strategy="many")
