@@ -39,6 +39,8 @@ class Settings(BaseSettings):
     # of 0 makes that check fail every run, which is how an operator forces manual review.
     gate_min_pair_accuracy: float = Field(default=0.55, ge=0, le=1, description="DPO implicit reward, held out")
     gate_min_win_rate: float = Field(default=0.5, ge=0, le=1.01, description="primary judge against the active")
+    gate_win_rate_bound: Literal["lower", "point"] = Field(
+        default="lower", description="the win rate's 95% lower bound must reach the minimum, or the rate itself")
     gate_min_reward_pair_accuracy: float = Field(default=0.55, ge=0, le=1.01,
                                                  description="reward model's held-out pair accuracy")
     gate_max_golden_drop: float = Field(default=0.05, ge=0, le=1, description="golden-set ROUGE-L F drop")
@@ -51,6 +53,9 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = 8000
     ab_share: float = Field(default=0.2, ge=0.0, le=1.0, description="share of widget turns shown as an A/B pair")
+    ab_strategy: Literal["contrast", "samples"] = Field(
+        default="contrast", description="an A/B pair's second answer: a style contrast (serving/pairs.py) or a "
+                                        "second plain sample")
     allow_anonymous_api: bool = Field(default=True, description="OpenAI API without a bearer token")
     max_body_bytes: int = Field(default=64 * 1024, ge=1024)
     worker_threads: int = Field(default=8, ge=1, le=200, description="threads for database-bound endpoints")
