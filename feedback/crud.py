@@ -56,9 +56,16 @@ def get_or_create_user(session: Session, external_id: str, name: str, role: Role
     return user
 
 
+TOKEN_PREFIX = "tl-"  # how a tuneloop token is told from another system's key (a client's placeholder)
+
+
+def is_tuneloop_token(token: str) -> bool:
+    return token.startswith(TOKEN_PREFIX)
+
+
 def issue_token(session: Session, user: User) -> str:
     """Give the user a new bearer token (the old one stops working); only its hash is kept."""
-    token = "tl-" + secrets.token_urlsafe(32)
+    token = TOKEN_PREFIX + secrets.token_urlsafe(32)
     user.token_hash = hash_token(token)
     session.add(user)
     session.flush()

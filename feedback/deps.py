@@ -70,9 +70,18 @@ def _release_connection(session: Session, user: User) -> User:
 
 
 def api_user(request: Request, session: SessionDep) -> User:
-    """Like current_user, but without any token the shared anonymous API user, if allowed."""
-    if bearer_token(request) is not None or not request.app.state.settings.allow_anonymous_api:
+    """The OpenAI API's caller: a tuneloop token's user, else (if allowed) the shared anonymous one.
+
+    OpenAI's clients always send a key ("unused", "EMPTY", "sk-..."), so a key that is not a
+    tuneloop token (`crud.TOKEN_PREFIX`) is a client's placeholder, not a failed sign-in; a
+    tuneloop token that matches nobody (revoked, mistyped) is refused, never ignored.
+    """
+    token = bearer_token(request)
+    if token is not None and crud.is_tuneloop_token(token):
         return current_user(request, session)
+    if not request.app.state.settings.allow_anonymous_api:
+        raise HTTPException(401, f"This API needs a tuneloop token ({crud.TOKEN_PREFIX}...): ask an operator for "
+                                 "one (`tuneloop users add NAME`)")
     user = crud.get_or_create_user(session, ANONYMOUS_API_USER, "anonymous API user")
     session.commit()
     return _release_connection(session, user)

@@ -13,15 +13,9 @@ from feedback.models import Channel, Conversation, Message, Response, User
 
 
 @pytest.fixture
-def client(live_server) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{live_server.url}/v1", api_key="unused", max_retries=0)
-
-
-@pytest.fixture
 def anonymous(live_server) -> openai.OpenAI:
-    # No Authorization header at all: the shared anonymous API user (allowed by default).
-    http = httpx.Client(event_hooks={"request": [lambda request: request.headers.pop("Authorization", None)]})
-    return openai.OpenAI(base_url=f"{live_server.url}/v1", api_key="unused", max_retries=0, http_client=http)
+    # As the README says: the official client with a placeholder key, which it always sends.
+    return openai.OpenAI(base_url=f"{live_server.url}/v1", api_key="unused", max_retries=0)
 
 
 def stored(live_server, response_id: str) -> Response:
@@ -87,7 +81,7 @@ def test_two_choices_and_stop_sequences(anonymous, live_server):
     assert rows[0].prompt_message_id == rows[1].prompt_message_id
 
 
-def test_errors_come_in_openai_shape(anonymous, client):
+def test_errors_come_in_openai_shape(anonymous, live_server):
     messages = [{"role": "user", "content": "hi"}]
     with pytest.raises(openai.NotFoundError) as missing:
         anonymous.chat.completions.create(model="gpt-9", messages=messages)
@@ -100,8 +94,56 @@ def test_errors_come_in_openai_shape(anonymous, client):
     with pytest.raises(openai.BadRequestError) as last:
         anonymous.chat.completions.create(model="tuneloop", messages=[{"role": "assistant", "content": "x"}])
     assert "last message" in last.value.message
-    with pytest.raises(openai.AuthenticationError):  # a token that matches nobody is refused
-        client.chat.completions.create(model="tuneloop", messages=messages)
+    revoked = openai.OpenAI(base_url=f"{live_server.url}/v1", api_key="tl-no-such-token", max_retries=0)
+    with pytest.raises(openai.AuthenticationError):  # a tuneloop token that matches nobody is refused
+        revoked.chat.completions.create(model="tuneloop", messages=messages)
+
+
+@pytest.mark.parametrize("key", ["unused", "EMPTY", "sk-proj-0123456789abcdef"])
+def test_a_client_placeholder_key_is_the_anonymous_user(live_server, key):
+    client = openai.OpenAI(base_url=f"{live_server.url}/v1", api_key=key, max_retries=0)
+    reply = client.chat.completions.create(model="tuneloop", messages=[{"role": "user", "content": "hi"}], max_tokens=3)
+    with Session(live_server.app.state.database) as session:
+        owner = session.get(User, session.get(Conversation, stored(live_server, reply.id).conversation_id).user_id)
+    assert owner.external_id == "api:anonymous"
+
+
+def test_langchain_chat_openai_works_with_any_key(live_server):
+    from langchain_openai import ChatOpenAI
+
+    model = ChatOpenAI(base_url=f"{live_server.url}/v1", api_key="not-needed", model="tuneloop", max_tokens=4,
+                       max_retries=0)
+    reply = model.invoke("Hello there")
+    assert isinstance(reply.content, str) and reply.response_metadata["model_name"] == "tuneloop"
+    assert stored(live_server, reply.response_metadata["id"]).text == reply.content  # the stored answer
+    streamed = "".join(chunk.content for chunk in model.stream("Hello again"))
+    assert isinstance(streamed, str)
+
+
+def test_curl_without_a_header_works(live_server):
+    import json
+    import subprocess
+
+    body = json.dumps({"model": "tuneloop", "max_tokens": 3, "messages": [{"role": "user", "content": "hi"}]})
+    out = subprocess.run(["curl", "-sS", "-X", "POST", f"{live_server.url}/v1/chat/completions",
+                          "-H", "Content-Type: application/json", "-d", body], capture_output=True, text=True,
+                         timeout=60, check=True).stdout
+    assert json.loads(out)["object"] == "chat.completion"
+
+
+def test_without_anonymous_access_a_placeholder_key_is_told_what_to_send(settings, tiny_engine):
+    from tests.conftest import LiveServer
+    from tuneloop.app import create_app
+
+    closed = settings.model_copy(update={"allow_anonymous_api": False})
+    with LiveServer(create_app(closed, engine=tiny_engine)) as server:
+        client = openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0)
+        with pytest.raises(openai.AuthenticationError) as refused:
+            client.models.list()
+        assert "tuneloop token (tl-...)" in refused.value.message
+        token = httpx.post(f"{server.url}/api/session").json()["token"]
+        allowed = openai.OpenAI(base_url=f"{server.url}/v1", api_key=token, max_retries=0)
+        assert "tuneloop" in [model.id for model in allowed.models.list()]
 
 
 def test_a_user_token_is_accepted_and_names_the_conversation_owner(live_server):
