@@ -3,7 +3,9 @@
 - dpo: {"prompt": [...messages], "chosen": [assistant], "rejected": [assistant]}
   from A/B choices, from two answers to one prompt whose ratings differ, and from
   corrections (the ideal answer beats the original).
-- kto: {"prompt": [...], "completion": [assistant], "label": bool} from thumbs.
+- kto: {"prompt": [...], "completion": [assistant], "label": bool} from every verdict on one
+  answer: thumbs, stars (4-5 good, 1-2 bad, 3 says nothing), and both answers of a pair a user
+  called "both bad".
 - sft: {"messages": [..., assistant]} from corrections.
 """
 
@@ -133,17 +135,43 @@ def _from_corrections_as_pairs(session: Session, context: _Context) -> Iterator[
                   "correction", prompt[-1]["content"], correction.created_at, [correction.user_id], [response.id])
 
 
+def _label(rating: Rating) -> bool | None:
+    """A rating as good (True) or bad (False): the thumb if given, else stars 4-5 or 1-2."""
+    if rating.thumb is not None:
+        return rating.thumb == Thumb.up
+    if rating.stars is not None and rating.stars != 3:
+        return rating.stars > 3
+    return None
+
+
 def kto_rows(session: Session) -> list[Row]:
     context = _Context(session)
-    ratings = session.exec(select(Rating).where(col(Rating.thumb).is_not(None)).order_by(col(Rating.id))).all()
-    responses = _responses(session, (r.response_id for r in ratings))
     rows = []
+    ratings = session.exec(select(Rating).where(col(Rating.thumb).is_not(None) | col(Rating.stars).is_not(None))
+                           .order_by(col(Rating.id))).all()
+    responses = _responses(session, (r.response_id for r in ratings))
     for rating in ratings:
+        label = _label(rating)
+        if label is None:
+            continue
         response = responses[rating.response_id]
         prompt = context.prompt(response)
-        data = {"prompt": prompt, "completion": _assistant(response.text), "label": rating.thumb == Thumb.up}
-        rows.append(Row(data, "thumb", prompt[-1]["content"], rating.updated_at, [rating.user_id], [response.id]))
-    return rows
+        data = {"prompt": prompt, "completion": _assistant(response.text), "label": label}
+        source = "thumb" if rating.thumb is not None else "stars"
+        rows.append(Row(data, source, prompt[-1]["content"], rating.updated_at, [rating.user_id], [response.id]))
+    return rows + list(_from_both_bad(session, context))
+
+
+def _from_both_bad(session: Session, context: _Context) -> Iterator[Row]:
+    """"Both bad": each of the two answers is one bad answer to the prompt."""
+    comparisons = session.exec(select(Comparison).where(Comparison.winner == Winner.both_bad)
+                               .order_by(col(Comparison.id))).all()
+    responses = _responses(session, itertools.chain.from_iterable((c.response_a_id, c.response_b_id) for c in comparisons))
+    for c in comparisons:
+        for response in (responses[c.response_a_id], responses[c.response_b_id]):
+            prompt = context.prompt(response)
+            data = {"prompt": prompt, "completion": _assistant(response.text), "label": False}
+            yield Row(data, "both_bad", prompt[-1]["content"], c.updated_at, [c.user_id], [response.id])
 
 
 def sft_rows(session: Session) -> list[Row]:

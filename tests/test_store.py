@@ -168,6 +168,24 @@ def test_exports_in_trl_formats(database, user, tmp_path):
         assert first["prompt"][-1] == {"role": "user", "content": "Name a prime"}
 
 
+def test_stars_and_both_bad_verdicts_become_labelled_answers(database, user):
+    with session_scope(database) as session:
+        _, _, (liked, disliked, middling) = make_turn(session, user, "Name a colour", ("blue", "uh", "red-ish"))
+        crud.save_rating(session, user, liked, stars=5)
+        crud.save_rating(session, user, disliked, stars=1)
+        crud.save_rating(session, user, middling, stars=3)  # says nothing either way
+        _, _, (a, b) = make_turn(session, user, "Name a fruit", ("rock", "chair"))
+        crud.save_comparison(session, user, a, b, winner=Winner.both_bad, a_position=1)
+    with Session(database) as session:
+        rows = sorted((r.source, r.data["completion"][0]["content"], r.data["label"]) for r in kto_rows(session))
+        pairs = preference_rows(session)
+    assert rows == [("both_bad", "chair", False), ("both_bad", "rock", False), ("stars", "blue", True),
+                    ("stars", "uh", False)]
+    assert {(p.data["chosen"][0]["content"], p.data["rejected"][0]["content"]) for p in pairs} == {("blue", "uh"),
+                                                                                                  ("red-ish", "uh"),
+                                                                                                  ("blue", "red-ish")}
+
+
 def test_processes_starting_together_upgrade_one_after_another(database_url):
     # Four engines (as four workers or replicas would have) upgrade the same fresh database at once.
     from concurrent.futures import ThreadPoolExecutor
