@@ -1,7 +1,9 @@
-"""Judges: `judge(prompt, answer_a, answer_b) -> "a" | "b" | "tie"`, loaded by "module:function".
+"""Judges: `judge(prompt, answer_a, answer_b) -> "a" | "b" | "tie" | "both_bad"`, loaded by "module:function".
 
-A judge may also carry a `rate(prompt, answer) -> "up" | "down" | None` attribute, which
-simulated users use to give thumbs to single answers.
+"both_bad" (neither answer is any good) counts as a tie wherever releases are compared; simulated
+users send it as that A/B verdict. A judge may also carry a `rate(prompt, answer)` attribute,
+which simulated users use for single answers: "up" / "down" / None, ("down", reason), stars 1-5
+as an int, or a dict of the ratings API's fields.
 
 The built-in judges encode one clear, learnable preference each, for simulated users and
 for benchmarks; real deployments use people, a reward model, or their own judge.
@@ -14,7 +16,7 @@ import re
 from collections.abc import Callable
 from typing import Literal
 
-Verdict = Literal["a", "b", "tie"]
+Verdict = Literal["a", "b", "tie", "both_bad"]
 Judge = Callable[[str, str, str], Verdict]
 
 
