@@ -5,6 +5,7 @@ real guardrails plugin."""
 from __future__ import annotations
 
 import random
+from collections import Counter
 import uuid
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -143,7 +144,7 @@ def test_no_user_is_over_the_cap_and_the_heavy_users_oldest_rows_go():
     rows = heavy + others
     kept, report = cap_per_user(rows, max_share=0.3)
     # 10 - k rows of user 1 out of 18 - k must be at most 30%: k = 7 is the least that fits (3 of 11).
-    assert report.removed == 7 and report.notes == {"by_user": {1: 7}}
+    assert report.removed == 7 and report.notes == {"by_user": {1: 7}, "cap": 3}
     assert [r for r in kept if r.user_ids == [1]] == heavy[7:]
     assert all(r in kept for r in others)
     for user in (1, 2, 3, 4):
@@ -160,7 +161,23 @@ def test_with_few_people_the_cap_is_an_even_share_not_everything():
     assert kept == even and report.removed == 0
     uneven = even + [thumb(f"extra{i}", "a", True, user=1, day=10 + i) for i in range(3)]
     kept, report = cap_per_user(uneven, max_share=0.2)
-    assert report.notes == {"by_user": {1: 3}} and sum(r.user_ids == [1] for r in kept) == 3
+    assert report.notes == {"by_user": {1: 3}, "cap": 3} and sum(r.user_ids == [1] for r in kept) == 3
+
+
+def test_a_small_night_of_two_person_pairs_keeps_most_of_its_rows():
+    # 14 pairs from rating gaps, each naming the two people whose ratings differ, among 6 people:
+    # nobody can be under 20% when every row counts twice, so the cap is an even share (a third),
+    # fixed up front; dropping one person's excess never lowers the bar for the others.
+    people = [(1, 2), (3, 4), (5, 6), (1, 3), (2, 4), (5, 1), (6, 2), (3, 5), (4, 6), (1, 4), (2, 5), (3, 6),
+              (1, 6), (2, 3)]
+    rows = []
+    for day, users in enumerate(people):
+        row = pair(f"question {day}", "good", "bad", day=day)
+        rows.append(replace(row, user_ids=list(users)))
+    kept, report = cap_per_user(rows, max_share=0.2)
+    assert report.notes["cap"] == 4 and len(kept) == 11  # four people had 5 mentions: one row each went
+    mentions = Counter(user for row in kept for user in row.user_ids)
+    assert max(mentions.values()) <= 4
 
 
 # --- agreement -----------------------------------------------------------------------------------
