@@ -30,7 +30,7 @@ from trainer.evaluate import (
 from trainer.gate import GateThresholds, check
 
 SYSTEM = "You are a helpful, concise assistant."
-PASSING = {"pair_accuracy": 0.7, "reward_pair_accuracy": 0.8, "win_rate": 0.6, "golden_drop": 0.01,
+PASSING = {"pair_accuracy": 0.7, "reward_pair_accuracy": 0.8, "win_rate": 0.6, "win_rate_low": 0.52, "golden_drop": 0.01,
            "violation_increase": 0.0, "length_drift": 0.1, "kl": 0.2}
 
 
@@ -50,7 +50,7 @@ def test_the_gate_passes_when_every_figure_is_within_its_threshold():
 
 @pytest.mark.parametrize(("key", "value", "expected"), [
     ("pair_accuracy", 0.5, "held-out pair accuracy 0.500 is below 0.55"),
-    ("win_rate", 0.4, "win rate against the active release 0.400 is below 0.5"),
+    ("win_rate_low", 0.4, "win rate against the active release (95% lower bound) 0.400 is below 0.5"),
     ("reward_pair_accuracy", 0.52, "reward model held-out pair accuracy 0.520 is below 0.55"),
     ("golden_drop", 0.08, "golden-set ROUGE-L drop 0.080 is above 0.05"),
     ("violation_increase", 0.05, "guardrail violation increase 0.050 is above 0.02"),
@@ -62,24 +62,40 @@ def test_each_threshold_fails_the_gate_and_the_summary_names_it(key, value, expe
     result = check(GateThresholds(), {**PASSING, key: value})
     assert not result["passed"]
     assert result["summary"] == f"Gate failed: {expected}"
-    assert [c["key"] for c in result["checks"] if not c["passed"]] == [key]
+    assert [c["key"] for c in result["checks"] if not c["passed"]] == [key.removesuffix("_low")]
 
 
 def test_a_figure_on_its_threshold_passes_and_several_failures_are_all_named():
-    edge = {**PASSING, "win_rate": 0.5, "golden_drop": 0.05, "length_drift": -0.5, "kl": 1.0}
+    edge = {**PASSING, "win_rate_low": 0.5, "golden_drop": 0.05, "length_drift": -0.5, "kl": 1.0}
     assert check(GateThresholds(), edge)["passed"]
     result = check(GateThresholds(max_kl=0.1, min_win_rate=0.65), PASSING)
-    assert result["summary"] == ("Gate failed: win rate against the active release 0.600 is below 0.65; "
-                                 "KL to the active release (nats/token) 0.200 is above 0.1")
+    assert result["summary"] == ("Gate failed: win rate against the active release (95% lower bound) 0.520 is below "
+                                 "0.65; KL to the active release (nats/token) 0.200 is above 0.1")
+
+
+def test_the_win_rate_is_judged_by_its_lower_bound_unless_asked_otherwise():
+    # 0.6 of ties and wins, but an interval reaching down to 0.45: not clearly better.
+    unsure = {**PASSING, "win_rate": 0.6, "win_rate_low": 0.45}
+    assert not check(GateThresholds(), unsure)["passed"]
+    assert check(GateThresholds(win_rate_bound="point"), unsure)["passed"]
 
 
 def test_unmeasured_figures_do_not_block_and_are_reported():
-    result = check(GateThresholds(), {"win_rate": 0.6, "kl": None})
+    result = check(GateThresholds(), {"win_rate": 0.6, "win_rate_low": 0.55, "kl": None})
     assert result["passed"]
-    assert result["summary"].startswith("Gate passed: win rate against the active release 0.600 ≥ 0.5 (not measured: ")
+    assert result["summary"].startswith("Gate passed: win rate against the active release (95% lower bound) "
+                                        "0.550 ≥ 0.5 (not measured: ")
     assert "golden-set ROUGE-L drop" in result["summary"]
     assert [c["measured"] for c in result["checks"]].count(True) == 1
-    assert check(GateThresholds(), {})["summary"] == "Gate passed: nothing could be measured"
+
+
+def test_a_required_figure_that_was_not_measured_fails_the_gate_and_says_which():
+    result = check(GateThresholds(), {"pair_accuracy": 0.9, "kl": 0.1})
+    assert not result["passed"]
+    assert result["summary"] == ("Gate failed: win rate against the active release (95% lower bound) could not be "
+                                 "measured and is required")
+    assert check(GateThresholds(), {})["summary"].startswith("Gate failed:")
+    assert check(GateThresholds(required=()), {})["summary"] == "Gate passed: nothing could be measured"
 
 
 def test_an_open_gate_passes_any_figure():
@@ -92,7 +108,8 @@ def test_an_open_gate_passes_any_figure():
 def test_the_first_two_thresholds_are_pair_accuracy_then_win_rate():
     assert GateThresholds(0.0, 0.0).min_win_rate == 0.0
     result = check(GateThresholds(0.0, 1.01), {"pair_accuracy": 0.8, "win_rate": 0.9})
-    assert result["summary"].startswith("Gate failed: win rate against the active release 0.900 is below 1.01")
+    assert result["summary"].startswith("Gate failed: win rate against the active release (95% lower bound) 0.900 "
+                                        "is below 1.01")
 
 
 def test_settings_reach_the_thresholds(tiny_model):
@@ -389,7 +406,7 @@ def test_the_report_renders_a_body_missing_its_optional_parts():
     body["evaluation"] = {"win_rates": {}, "primary_judge": None, "pair_accuracy": None, "golden": {"n": 0},
                           "violations": None, "length": {}, "kl": {"per_token": None, "tokens": 0}, "topics": [],
                           "examples": []}
-    body["gate"] = check(GateThresholds(), {})
+    body["gate"] = check(GateThresholds(required=()), {})
     html = report.render_html(body)
     assert images(html) == []
     for text in ("Gate passed: nothing could be measured", "No judge was given", "No topic breakdown",

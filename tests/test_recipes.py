@@ -114,7 +114,12 @@ def test_auto_picks_from_the_data_and_says_why():
     assert sft.recipe == "sft+dpo" and "9 new corrections" in sft.reason
     assert choose(config, crafted(pairs=20, corrections=3)).recipe == "dpo"
     kto = choose(config, crafted(pairs=5, thumbs=40))
-    assert kto.recipe == "kto" and "40 new thumbs" in kto.reason
+    assert kto.recipe == "kto" and "40 new single verdicts" in kto.reason
+    # Every signal counts: with single verdicts at least as many as pairs, KTO takes both.
+    both = choose(config, crafted(pairs=20, thumbs=30))
+    assert both.recipe == "kto" and "all 70 judged answers" in both.reason
+    assert choose(config, crafted(pairs=20, thumbs=10)).recipe == "dpo"
+    assert choose(config, crafted(pairs=20, thumbs=30, corrections=9)).recipe == "sft+kto"
     nothing = choose(config, crafted(pairs=5, thumbs=5))
     assert nothing.recipe is None and "too little new data" in nothing.reason
     # GRPO only once the reward model has proved itself and most prompts carry no feedback.
@@ -123,8 +128,8 @@ def test_auto_picks_from_the_data_and_says_why():
     grpo = choose(config, many, reward_accuracy=0.8)
     assert grpo.recipe == "rm+grpo" and "0.80" in grpo.reason
     # A recipe asked for that the data cannot feed stops with the reason.
-    asked = choose(NightlyConfig(recipe="kto", min_thumbs=32), crafted(pairs=50, thumbs=3))
-    assert asked.recipe is None and "kto needs at least 32 new thumbs" in asked.reason
+    asked = choose(NightlyConfig(recipe="kto", min_thumbs=32), crafted(pairs=10, thumbs=3))
+    assert asked.recipe is None and "kto needs at least 32 new judged answers" in asked.reason
 
 
 def test_a_bad_recipe_name_is_refused_with_the_choices():

@@ -14,20 +14,22 @@ from typing import Literal
 from transformers import TrainingArguments
 from trl import DPOConfig
 
-RECIPES = ("auto", "dpo", "kto", "sft+dpo", "rm+grpo", "rm+ppo")
-Recipe = Literal["auto", "dpo", "kto", "sft+dpo", "rm+grpo", "rm+ppo"]
+RECIPES = ("auto", "dpo", "kto", "sft+dpo", "sft+kto", "liked", "rm+grpo", "rm+ppo")
+Recipe = Literal["auto", "dpo", "kto", "sft+dpo", "sft+kto", "rm+grpo", "rm+ppo"]
 
 
 @dataclass
 class NightlyConfig(DPOConfig):
     # ---- recipe and runs
     recipe: str = field(default="auto", metadata={
-        "help": "dpo, kto, sft+dpo, rm+grpo, rm+ppo, or auto (picked from the data at hand; the report says why)"})
+        "help": "dpo, kto, sft+dpo, sft+kto, rm+grpo, rm+ppo, or auto (picked from the data at hand; the report "
+                "says why)"})
     resume: bool = field(default=False, metadata={
         "help": "continue the newest unfinished run from its last checkpoint instead of starting a new one"})
     # ---- data
     min_pairs: int = field(default=16, metadata={"help": "fewest new preference pairs worth a run; fewer stops cleanly"})
-    min_thumbs: int = field(default=32, metadata={"help": "fewest new thumbs for KTO when pairs are too few"})
+    min_thumbs: int = field(default=32, metadata={
+        "help": "fewest new judged answers (thumbs, stars, both bad, each side of a pair) for KTO"})
     min_corrections: int = field(default=8, metadata={"help": "fewest corrections for auto to add an SFT stage"})
     min_prompts: int = field(default=16, metadata={"help": "fewest logged prompts for GRPO/PPO"})
     max_prompts: int = field(default=256, metadata={"help": "most logged prompts GRPO/PPO train on (newest first)"})
@@ -50,7 +52,8 @@ class NightlyConfig(DPOConfig):
     auto_rl_accuracy: float = field(default=0.75, metadata={
         "help": "auto picks rm+grpo when the reward model's held-out accuracy reaches this and unrated prompts abound"})
     # ---- KTO, SFT, GRPO, PPO stages
-    desirable_weight: float = field(default=1.0, metadata={"help": "KTO weight of thumbs up"})
+    desirable_weight: float | None = field(default=None, metadata={
+        "help": "KTO weight of good answers; default: balanced against the bad ones as the KTO paper advises"})
     undesirable_weight: float = field(default=1.0, metadata={"help": "KTO weight of thumbs down"})
     sft_learning_rate: float = field(default=1e-4, metadata={"help": "SFT learning rate (sft+dpo)"})
     sft_epochs: float = field(default=1.0, metadata={"help": "SFT epochs over the corrections"})
@@ -60,6 +63,27 @@ class NightlyConfig(DPOConfig):
     kl_coef: float = field(default=0.05, metadata={"help": "GRPO beta / PPO per-token KL weight"})
     plugin_reward_weight: float = field(default=1.0, metadata={
         "help": "weight of the plugins' reward functions (a guardrail violation costs reward) beside the reward model"})
+    # ---- fitting each policy stage to the data it has (trainer/fit.py)
+    fit_to_data: bool = field(default=True, metadata={
+        "help": "epochs, steps and held-out checks follow from the amount of data (a handful of rows gets many "
+                "passes, thousands one); off: num_train_epochs and max_steps as given"})
+    min_examples_seen: int = field(default=512, metadata={
+        "help": "with few rows, pass over them until about this many examples were seen (up to max_epochs)"})
+    max_epochs: float = field(default=8.0, metadata={"help": "most passes over a small dataset"})
+    max_policy_steps: int = field(default=72, metadata={
+        "help": "most optimizer steps one policy stage takes: the night's time budget"})
+    policy_minutes: float = field(default=8.0, metadata={
+        "help": "wall-clock budget of each policy stage, which stops there and keeps its best checkpoint, so the "
+                "night ends in time on a slow machine (0: no budget)"})
+    max_label_ratio: float = field(default=2.0, metadata={
+        "help": "KTO: at most this many answers of the commoner verdict per answer of the rarer one (the rest, "
+                "chosen at random, sit the night out): a few liked answers among hundreds of 'both bad' ones "
+                "are otherwise seen once each in a night's steps"})
+    early_stopping_patience: int = field(default=2, metadata={
+        "help": "held-out checks without improvement before a stage stops and keeps its best checkpoint (0: never)"})
+    sft_weight: float = field(default=0.2, metadata={
+        "help": "weight of an SFT term on the chosen answers beside DPO's loss (RPO), which makes the model "
+                "write what users chose rather than only rank it higher; 0: plain DPO"})
     # ---- hardware
     load_in_4bit: bool = field(default=False, metadata={
         "help": "QLoRA: load the base model in 4 bits with bitsandbytes (CUDA only; pip install bitsandbytes)"})
@@ -72,14 +96,21 @@ class NightlyConfig(DPOConfig):
         metadata={"help": "modules a new adapter wraps"},
     )
     # ---- evaluation
-    judge: str | None = field(default=None, metadata={"help": "module:function judging (prompt, a, b) -> a|b|tie"})
-    eval_prompts: int = field(default=32, metadata={"help": "held-out prompts answered by candidate and active"})
-    eval_max_tokens: int = field(default=96, metadata={"help": "answer length cap when comparing releases"})
+    judge: str | None = field(default=None, metadata={
+        "help": "module:function judging (prompt, a, b) -> a|b|tie; several, comma-separated, are each reported "
+                "and the first is the gate's"})
+    eval_prompts: int = field(default=64, metadata={
+        "help": "held-out prompts answered by candidate and active (users' own first, then bundled prompts no "
+                "user asked); 64 gives a win rate's 95% interval about +-0.12"})
+    eval_max_tokens: int | None = field(default=None, metadata={
+        "help": "answer length cap when comparing releases; default: as served (TUNELOOP_MAX_TOKENS)"})
     seed_eval: int = field(default=0, metadata={"help": "seed for answer order shown to the judge"})
 
     # TRL's defaults, changed: a nightly job on one machine by default.
     output_dir: str | None = field(default=None, metadata={"help": "checkpoints; default DATA_DIR/runs/<run id>"})
-    learning_rate: float = 5e-5
+    # A LoRA adapter learns at rates full fine-tuning would not survive; TRL's own default
+    # (1e-6) barely moves one in a night's few dozen steps.
+    learning_rate: float = 2e-4
     num_train_epochs: float = 1.0
     per_device_train_batch_size: int = 4
     per_device_eval_batch_size: int = 4

@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import random
 import uuid
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -59,6 +59,22 @@ class TrainingData:
         self.replay[NAMES[kind]] = {"new": len(new), "replayed": report.changed}
         return weighted(rows, seed)
 
+    def labelled_rows(self, share: float, seed: int = 0) -> list[Row]:
+        """Every judged answer (new, plus replay) as one KTO row: thumbs, stars, "both bad", and both
+        sides of every pair (A/B choices, rating gaps, corrections against what they corrected)."""
+        return [*self.policy_rows("kto", share, seed), *split_pairs(self.policy_rows("dpo", share, seed))]
+
+    def labelled_held_out(self) -> list[Row]:
+        return [*self.held_out("kto"), *split_pairs(self.held_out("dpo"))]
+
+    def liked_rows(self, share: float, seed: int = 0) -> list[Row]:
+        """The answers people liked (chosen sides, thumbs up, 4-5 stars) and corrections, as SFT rows."""
+        return [*as_messages(row for row in self.labelled_rows(share, seed) if row.data["label"]),
+                *self.policy_rows("sft", share, seed)]
+
+    def liked_held_out(self) -> list[Row]:
+        return [*as_messages(row for row in self.labelled_held_out() if row.data["label"]), *self.held_out("sft")]
+
     def counts(self) -> dict[str, int]:
         counts = {}
         for kind in KINDS:
@@ -87,6 +103,21 @@ class TrainingData:
                   for kind, halves in body["splits"].items()}
         since = datetime.fromisoformat(body["since"]) if body["since"] else None
         return cls(splits, since, body["curation"])
+
+
+def split_pairs(pairs: list[Row]) -> list[Row]:
+    """Each preference pair as two labelled answers: the chosen one good, the rejected one bad."""
+    rows = []
+    for pair in pairs:
+        for side, label in (("chosen", True), ("rejected", False)):
+            data = {"prompt": pair.data["prompt"], "completion": pair.data[side], "label": label}
+            rows.append(replace(pair, data=data, source=f"{pair.source}:{side}"))
+    return rows
+
+
+def as_messages(rows) -> list[Row]:  # noqa: ANN001 - labelled rows
+    """Labelled rows as SFT rows: the prompt and its answer as one conversation."""
+    return [replace(row, data={"messages": [*row.data["prompt"], *row.data["completion"]]}) for row in rows]
 
 
 def weighted(rows: list[Row], seed: int = 0) -> list[Row]:

@@ -53,6 +53,18 @@ def prompt_groups(prompts: Sequence[str], threshold: float) -> list[int]:
     return [group_of[normalize(p)] for p in prompts]
 
 
+def unasked(candidates: Sequence[str], asked: Sequence[str], threshold: float = 0.8, seed: int = 0) -> list[str]:
+    """The candidates whose prompt group holds none of `asked` (nor a near copy), in a seeded
+    shuffle: prompts nobody trained on, spread over whatever order the candidates came in."""
+    import random
+
+    groups = prompt_groups([*candidates, *asked], threshold)
+    taken = set(groups[len(candidates):])
+    fresh = [text for text, group in zip(candidates, groups) if group not in taken]
+    random.Random(seed).shuffle(fresh)
+    return fresh
+
+
 @dataclass
 class Split:
     train: list[Row]

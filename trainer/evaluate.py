@@ -16,9 +16,12 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
 import random
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 from tqdm.auto import tqdm
@@ -31,7 +34,9 @@ from trainer.judges import Judge, words
 from trainer.logprobs import device_of, encode, next_token_logprobs, pad, token_batches, using
 
 CANDIDATE, ACTIVE = "candidate", "active"
-EXAMPLES = 5  # held-out answers shown side by side in the report
+EXAMPLES = 5  # held-out answers shown side by side in the report (without topics)
+TOPIC_EXAMPLES = 12  # at most one per topic
+EVAL_BATCH = 32  # rows decoded together: on CPU a bigger batch is more answers per second
 GOLDEN_EXAMPLES = 3
 
 
@@ -71,23 +76,63 @@ async def _answers(engine: TransformersEngine, prompts: Sequence[list[dict]], ad
 
 
 async def _compare(model_path: str, candidate_path: str, active_path: str | None, prompts: Sequence[list[dict]],
-                   max_tokens: int, device: str) -> tuple[list[str], list[str], TransformersEngine]:
-    """Both releases' answers, and the (closed) engine: its model still holds both adapters."""
-    engine = TransformersEngine(model_path, device=device, max_batch_size=16, batch_wait_ms=20)
+                   max_tokens: int, device: str, cache: AnswerCache | None = None,
+                   ) -> tuple[list[str], list[str], TransformersEngine]:
+    """Both releases' answers, and the (closed) engine: its model still holds both adapters.
+    The active release's answers come from `cache` where an earlier night already gave them."""
+    engine = TransformersEngine(model_path, device=device, max_batch_size=EVAL_BATCH, batch_wait_ms=20)
     await engine.start()
     try:
         await engine.load_adapter(CANDIDATE, candidate_path)
         if active_path:
             await engine.load_adapter(ACTIVE, active_path)
         params = SamplingParams(temperature=0.0, max_tokens=max_tokens)  # greedy: the same answers every run
-        with tqdm(total=2 * len(prompts), desc="Answering evaluation prompts", unit="answer") as progress:
-            ours, theirs = await asyncio.gather(
+        known = cache.get(prompts, max_tokens) if cache else [None] * len(prompts)
+        missing = [messages for messages, answer in zip(prompts, known) if answer is None]
+        with tqdm(total=len(prompts) + len(missing), desc="Answering evaluation prompts", unit="answer") as progress:
+            ours, fresh = await asyncio.gather(
                 _answers(engine, prompts, CANDIDATE, params, progress),
-                _answers(engine, prompts, ACTIVE if active_path else None, params, progress),
+                _answers(engine, missing, ACTIVE if active_path else None, params, progress),
             )
+        if cache:
+            cache.put(missing, max_tokens, fresh)
+        answers = iter(fresh)
+        theirs = [answer if answer is not None else next(answers) for answer in known]
         return ours, theirs, engine
     finally:
         await engine.close()
+
+
+class AnswerCache:
+    """The active release's greedy answers, kept between nights: they are the same every time
+    the same release answers the same prompt with the same cap, so a night against an active
+    release that earlier nights already evaluated answers only its new prompts."""
+
+    def __init__(self, folder: Path, model_path: str, active_path: str | None):
+        from feedback.artifacts import directory_checksum
+
+        self.path = Path(folder) / "active-answers.jsonl"
+        self.release = [str(model_path), directory_checksum(Path(active_path)) if active_path else None]
+        self.known: dict[str, str] = {}
+        if self.path.is_file():
+            for line in self.path.read_text(encoding="utf-8").splitlines():
+                entry = json.loads(line)
+                self.known[entry["key"]] = entry["answer"]
+
+    def _key(self, messages: list[dict], max_tokens: int) -> str:
+        text = json.dumps([*self.release, messages, max_tokens], sort_keys=True, ensure_ascii=False)
+        return hashlib.sha256(text.encode()).hexdigest()
+
+    def get(self, prompts: Sequence[list[dict]], max_tokens: int) -> list[str | None]:
+        return [self.known.get(self._key(messages, max_tokens)) for messages in prompts]
+
+    def put(self, prompts: Sequence[list[dict]], max_tokens: int, answers: Sequence[str]) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self.path.open("a", encoding="utf-8") as handle:
+            for messages, answer in zip(prompts, answers, strict=True):
+                key = self._key(messages, max_tokens)
+                self.known[key] = answer
+                handle.write(json.dumps({"key": key, "answer": answer}, ensure_ascii=False) + "\n")
 
 
 # ------------------------------------------------------------------ judged win rate
@@ -102,7 +147,8 @@ def judge_answers(prompts: Sequence[str], ours: Sequence[str], theirs: Sequence[
     for prompt, candidate, active in zip(prompts, ours, theirs, strict=True):
         swapped = order.random() < 0.5
         verdict = judge(prompt, active, candidate) if swapped else judge(prompt, candidate, active)
-        outcomes.append("tie" if verdict == "tie" else "win" if (verdict == "a") != swapped else "loss")
+        # Anything but "a" or "b" ("tie", "both_bad") prefers neither release.
+        outcomes.append("tie" if verdict not in ("a", "b") else "win" if (verdict == "a") != swapped else "loss")
         if len(examples) < EXAMPLES:
             examples.append({"prompt": prompt, "candidate": candidate, "active": active, "verdict": verdict,
                              "candidate_shown": "b" if swapped else "a"})
@@ -268,15 +314,26 @@ def kl_to_active(model: Any, tokenizer: Any, prompts: Sequence[list[dict]], answ
 # ------------------------------------------------------------------ topics
 
 
-def topic_breakdown(prompts: Sequence[str], outcomes: Sequence[str],
-                    embed: Callable[[list[str]], list[list[float]]] | None = None) -> list[dict]:
-    """The win rate per topic (the RAG scoreboard's k-means over MiniLM embeddings), largest first.
-    Empty when the prompts are too few to make two topics."""
+def topic_names(prompts: Sequence[str], embed: Callable[[list[str]], list[list[float]]] | None = None) -> dict:
+    """Each prompt -> its topic (the RAG scoreboard's k-means over MiniLM embeddings); empty when
+    the prompts are too few to make two topics."""
     from plugins.rag import scoreboard
 
     if scoreboard.topic_count(len(set(prompts))) < 2:
+        return {}
+    return scoreboard.topics(prompts, embed)
+
+
+def topic_breakdown(prompts: Sequence[str], outcomes: Sequence[str],
+                    embed: Callable[[list[str]], list[list[float]]] | None = None,
+                    names: dict[str, str] | None = None) -> list[dict]:
+    """The win rate per topic (`topic_names`, or the `names` already found), largest first.
+    Empty when the prompts are too few to make two topics."""
+    from plugins.rag import scoreboard
+
+    names = topic_names(prompts, embed) if names is None else names
+    if not names:
         return []
-    names = scoreboard.topics(prompts, embed)
     tallies: dict[str, scoreboard.Tally] = {}
     members: dict[str, set[str]] = {}
     for prompt, outcome in zip(prompts, outcomes, strict=True):
@@ -289,6 +346,16 @@ def topic_breakdown(prompts: Sequence[str], outcomes: Sequence[str],
 
 
 # ------------------------------------------------------------------ all together
+
+
+def _one_per_topic(texts: list[str], ours: list[str], theirs: list[str], topic_of: dict[str, str]) -> list[int]:
+    picked: dict[str, int] = {}
+    for i, text in enumerate(texts):
+        topic = topic_of.get(text)
+        if topic is not None and (topic not in picked or (ours[picked[topic]] == theirs[picked[topic]]
+                                                          and ours[i] != theirs[i])):
+            picked[topic] = i
+    return sorted(picked.values())[:TOPIC_EXAMPLES]
 
 
 @dataclass
@@ -308,7 +375,9 @@ class Evaluation:
 
     def gate_metrics(self) -> dict:
         """The figures `trainer.gate.check` reads from an evaluation (the pair accuracies come from training)."""
-        return {"win_rate": self.primary.rate if self.primary and self.primary.n else None,
+        measured = self.primary is not None and self.primary.n > 0
+        return {"win_rate": self.primary.rate if measured else None,
+                "win_rate_low": self.primary.low if measured else None,
                 "golden_drop": self.golden.get("rouge_l_drop"),
                 "violation_increase": (self.violations or {}).get("increase"),
                 "length_drift": self.length.get("drift"), "kl": self.kl.get("per_token")}
@@ -328,17 +397,20 @@ def evaluate_release(model_path: str, candidate_adapter: str, active_adapter: st
                      prompts: Sequence[list[dict]], golden: Sequence[GoldenItem], judges: Mapping[str, Judge],
                      *, output_check: Any = None, system_prompt: str, max_tokens: int, seed: int = 0,
                      device: str = "auto", topics: bool = True,
-                     embed: Callable[[list[str]], list[list[float]]] | None = None) -> Evaluation:
+                     embed: Callable[[list[str]], list[list[float]]] | None = None,
+                     cache_dir: Path | None = None) -> Evaluation:
     """Everything the gate and the report need, from one round of greedy answers by both releases.
 
     `prompts` are held-out chat prompts (system message first); `judges` maps names to judges,
     the first being the primary one (the gate's win rate, the topics); `output_check` is what
     plugins provide (see `violation_check`), or None for "not measured"; `embed` replaces the
-    MiniLM embeddings used to find topics.
+    MiniLM embeddings used to find topics; `cache_dir` keeps the active release's answers
+    between nights (`AnswerCache`).
     """
     asked = [*prompts, *(_golden_messages(item, system_prompt) for item in golden)]
+    cache = AnswerCache(cache_dir, model_path, active_adapter) if cache_dir else None
     ours, theirs, engine = asyncio.run(_compare(model_path, candidate_adapter, active_adapter, asked,
-                                                max_tokens, device))
+                                                max_tokens, device, cache))
     held = len(prompts)
     texts = _user_texts(prompts)
     judged = {name: judge_answers(texts, ours[:held], theirs[:held], judge, name, seed)
@@ -347,6 +419,7 @@ def evaluate_release(model_path: str, candidate_adapter: str, active_adapter: st
     kl = kl_to_active(engine.model, engine.tokenizer, prompts, ours[:held],
                       active=ACTIVE if active_adapter else None)
     references = [item.answer for item in golden]
+    names = topic_names(texts, embed) if topics and primary else {}
     return Evaluation(
         win_rates={name: rate for name, (rate, _) in judged.items()},
         primary_judge=primary,
@@ -354,17 +427,22 @@ def evaluate_release(model_path: str, candidate_adapter: str, active_adapter: st
         violations=violation_rates(ours, theirs, output_check),
         length=length_drift(ours, theirs),
         kl=kl,
-        topics=topic_breakdown(texts, judged[primary][1], embed) if topics and primary else [],
-        examples=_examples(texts, ours, theirs, judged, golden),
+        topics=topic_breakdown(texts, judged[primary][1], names=names) if names else [],
+        examples=_examples(texts, ours, theirs, judged, golden, names),
     )
 
 
-def _examples(texts: list[str], ours: list[str], theirs: list[str], judged: dict, golden: Sequence[GoldenItem]) -> list:
-    """A few held-out answers side by side with each judge's outcome, then a few golden ones with the reference."""
+def _examples(texts: list[str], ours: list[str], theirs: list[str], judged: dict, golden: Sequence[GoldenItem],
+              topic_of: dict[str, str] | None = None) -> list:
+    """Held-out answers before (active) and after (candidate) side by side with each judge's
+    outcome: one per topic where there are topics (an answer that changed first), else the first
+    few; then a few golden ones with the reference."""
     held = len(texts)
+    chosen = _one_per_topic(texts, ours, theirs, topic_of) if topic_of else list(range(min(EXAMPLES, held)))
     shown = [{"kind": "held-out", "prompt": texts[i], "candidate": ours[i], "active": theirs[i],
+              "topic": (topic_of or {}).get(texts[i]),
               "outcomes": {name: outcomes[i] for name, (_, outcomes) in judged.items()}}
-             for i in range(min(EXAMPLES, held))]
+             for i in chosen]
     shown += [{"kind": "golden", "prompt": item.prompt, "reference": item.answer,
                "candidate": ours[held + i], "active": theirs[held + i]}
               for i, item in enumerate(golden[:GOLDEN_EXAMPLES])]

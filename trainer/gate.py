@@ -1,9 +1,12 @@
 """The gate a candidate must pass before an operator even sees it as a candidate.
 
 `check(thresholds, metrics)` compares each figure of the evaluation with its threshold and
-says in one line why the candidate passed or failed. A figure that could not be measured
-(None: no held-out pairs, no judge, no guardrails, no golden set) does not block; it is
-reported as "not measured" so the operator sees what the gate could not look at.
+says in one line why the candidate passed or failed. The win rate is judged by the lower end
+of its 95% interval (`win_rate_bound`), so a candidate passes only when it is *clearly* at
+least as good as what users have now, not when a coin flip of ties says 0.5. A figure in
+`required` that could not be measured fails the gate, saying which; any other figure that
+could not be measured (None: no held-out pairs, no guardrails, no golden set) does not block
+and is reported as "not measured", so the operator sees what the gate could not look at.
 """
 
 from __future__ import annotations
@@ -39,12 +42,18 @@ class GateThresholds:
     # release moves its next-token distribution by tenths of a nat; a whole nat per token
     # means a different model, usually an over-optimised one.
     max_kl: float = 1.0
+    # "lower": the win rate's 95% (Wilson) lower bound must reach min_win_rate; "point": the rate itself.
+    win_rate_bound: str = "lower"
+    # Figures without which no candidate passes: a release nobody could compare with the
+    # active one has shown nothing an operator could approve on.
+    required: tuple[str, ...] = ("win_rate",)
 
     @classmethod
     def open(cls) -> GateThresholds:
         """Thresholds every figure passes: for tests, and for runs an operator reviews by hand anyway."""
         inf = float("inf")
-        return cls(0.0, 0.0, 0.0, max_golden_drop=inf, max_violation_increase=inf, max_length_drift=inf, max_kl=inf)
+        return cls(0.0, 0.0, 0.0, max_golden_drop=inf, max_violation_increase=inf, max_length_drift=inf, max_kl=inf,
+                   win_rate_bound="point", required=())
 
 
 @dataclass(frozen=True)
@@ -74,8 +83,21 @@ def check(thresholds: GateThresholds, metrics: Mapping[str, float | None]) -> di
     golden_drop, violation_increase, length_drift, kl); a missing key or None is "not
     measured".
     """
-    checks = [_check(rule, metrics.get(rule.key), getattr(thresholds, rule.threshold_field)) for rule in RULES]
+    checks = [_check(_bound(rule, thresholds), _value(rule, metrics, thresholds),
+                     getattr(thresholds, rule.threshold_field), rule.key in thresholds.required) for rule in RULES]
     return {"passed": all(c["passed"] for c in checks), "summary": summary(checks), "checks": checks}
+
+
+def _bound(rule: _Rule, thresholds: GateThresholds) -> _Rule:
+    if rule.key == "win_rate" and thresholds.win_rate_bound == "lower":
+        return _Rule(rule.key, "win rate against the active release (95% lower bound)", rule.threshold_field, True)
+    return rule
+
+
+def _value(rule: _Rule, metrics: Mapping[str, float | None], thresholds: GateThresholds) -> float | None:
+    if rule.key == "win_rate" and thresholds.win_rate_bound == "lower" and metrics.get("win_rate") is not None:
+        return metrics.get("win_rate_low", metrics["win_rate"])
+    return metrics.get(rule.key)
 
 
 def summary(checks: list[dict]) -> str:
@@ -83,7 +105,9 @@ def summary(checks: list[dict]) -> str:
     failed = [c for c in checks if not c["passed"]]
     unmeasured = [c["name"] for c in checks if c["value"] is None]
     if failed:
-        return "Gate failed: " + "; ".join(f"{c['name']} {c['value']:.3f} {_missed(c)}" for c in failed)
+        return "Gate failed: " + "; ".join(f"{c['name']} {c['value']:.3f} {_missed(c)}" if c["value"] is not None
+                                           else f"{c['name']} could not be measured and is required"
+                                           for c in failed)
     measured = [f"{c['name']} {c['value']:.3f} {c['op']} {c['threshold']:g}" for c in checks if c["value"] is not None]
     line = "Gate passed: " + ("; ".join(measured) if measured else "nothing could be measured")
     if measured and unmeasured:
@@ -91,9 +115,9 @@ def summary(checks: list[dict]) -> str:
     return line
 
 
-def _check(rule: _Rule, value: float | None, threshold: float) -> dict:
+def _check(rule: _Rule, value: float | None, threshold: float, required: bool = False) -> dict:
     if value is None:
-        passed = True  # not measured: shown as such, never blocks
+        passed = not required  # not measured: shown as such, and blocks only a required figure
     elif rule.at_least:
         passed = value >= threshold
     else:

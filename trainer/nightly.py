@@ -35,7 +35,8 @@ from feedback.models import Release, ReleaseState, RunStatus, TrainingRun, utcno
 from trainer import distributed, report
 from trainer.config import NightlyConfig, derive
 from trainer.curation import CurationBlocked, golden_set
-from trainer.data import TrainingData, prepare
+from trainer.data import KINDS, TrainingData, prepare
+from trainer.datasets import unasked
 from trainer.evaluate import evaluate_release
 from trainer.gate import GateThresholds, check
 from trainer.implicit import pair_accuracy
@@ -56,6 +57,7 @@ class Environment:
     data_dir: Path
     model_path: str  # the base model's folder or id, resolved (the embedded one converted)
     system_prompt: str = "You are a helpful, concise assistant."
+    max_tokens: int = 256  # the answer cap serving uses: evaluation answers are capped as served
     gate: GateThresholds = field(default_factory=GateThresholds)
     device: str = "auto"
     output_check: Any = None  # the plugins' output check: scrubs training data, counts violations
@@ -265,13 +267,18 @@ def _train_recipe(choice: Choice, config: NightlyConfig, environment: Environmen
     def policy(kind: str) -> list:
         return data.policy_rows(kind, replay, config.seed)
 
-    if choice.recipe == "dpo":
-        return [dpo.train(config, model, start, policy("dpo"), data.held_out("dpo"), folder / "dpo")]
-    if choice.recipe == "kto":
-        return [kto.train(config, model, start, policy("kto"), data.held_out("kto"), folder / "kto")]
-    if choice.recipe == "sft+dpo":
-        tuned = sft.train(config, model, start, policy("sft"), data.held_out("sft"), folder / "sft")
-        return [tuned, dpo.train(config, model, tuned.adapter_dir, policy("dpo"), data.held_out("dpo"), folder / "dpo")]
+    stages: list[StageOutcome] = []
+    if choice.recipe.startswith("sft+"):
+        stages.append(sft.train(config, model, start, policy("sft"), data.held_out("sft"), folder / "sft"))
+        start = stages[-1].adapter_dir
+    if choice.recipe in ("dpo", "sft+dpo"):
+        return [*stages, dpo.train(config, model, start, policy("dpo"), data.held_out("dpo"), folder / "dpo")]
+    if choice.recipe == "liked":
+        return [sft.train(config, model, start, data.liked_rows(replay, config.seed), data.liked_held_out(),
+                          folder / "sft")]
+    if choice.recipe in ("kto", "sft+kto"):
+        labelled = data.labelled_rows(replay, config.seed)
+        return [*stages, kto.train(config, model, start, labelled, data.labelled_held_out(), folder / "kto")]
     judge = RewardModel.load(model, folder / "reward", device=_torch_device(environment.device))
     functions, weights = reward_functions(judge, environment.reward_functions, config.plugin_reward_weight)
     prompts = data.train("prompts")
@@ -289,19 +296,26 @@ def _evaluate(config: NightlyConfig, environment: Environment, data: TrainingDat
     device = _torch_device(environment.device)
     implicit = pair_accuracy(environment.model_path, adapter_dir, run.active_adapter, data.held_out("dpo"),
                              device=device)
-    judges = {}
-    if config.judge:
-        judges[config.judge] = load_judge(config.judge)
+    judges = {spec: load_judge(spec) for spec in judge_specs(config.judge)}
     if reward:
         judges[REWARD_JUDGE] = RewardModel.load(environment.model_path, folder / REWARD_FOLDER, device=device).judge
-    prompts = _held_out_prompts(data, config.eval_prompts, environment.system_prompt)
+    prompts, sources = evaluation_prompts(data, config.eval_prompts, environment.system_prompt)
+    log.info("evaluating on %d held-out prompts (%s)", len(prompts),
+             ", ".join(f"{n} {where}" for where, n in sources.items()))
     result = evaluate_release(environment.model_path, str(adapter_dir), run.active_adapter, prompts,
                               golden_set(), judges, output_check=environment.output_check,
-                              system_prompt=environment.system_prompt, max_tokens=config.eval_max_tokens,
-                              seed=config.seed_eval, device=environment.device).as_dict()
-    evaluation = {**result, "pair_accuracy": implicit,
+                              system_prompt=environment.system_prompt,
+                              max_tokens=config.eval_max_tokens or environment.max_tokens,
+                              seed=config.seed_eval, device=environment.device,
+                              cache_dir=environment.data_dir / "eval-cache").as_dict()
+    evaluation = {**result, "pair_accuracy": implicit, "prompt_sources": sources,
                   "reward_pair_accuracy": reward["pair_accuracy"] if reward else None}
     return evaluation, _gate_metrics(evaluation)
+
+
+def judge_specs(judge: str | None) -> list[str]:
+    """`--judge a:b,c:d`: every judge is reported, the first decides the gate."""
+    return [spec.strip() for spec in (judge or "").split(",") if spec.strip()]
 
 
 def _gate_metrics(evaluation: dict) -> dict:
@@ -311,6 +325,7 @@ def _gate_metrics(evaluation: dict) -> dict:
         "pair_accuracy": evaluation["pair_accuracy"],
         "reward_pair_accuracy": evaluation["reward_pair_accuracy"],
         "win_rate": primary["rate"] if primary and primary.get("n") else None,
+        "win_rate_low": primary["low"] if primary and primary.get("n") else None,
         "golden_drop": golden.get("rouge_l_drop"),
         "violation_increase": violations.get("increase"),
         "length_drift": (evaluation.get("length") or {}).get("drift"),
@@ -328,10 +343,29 @@ def _held_out_prompts(data: TrainingData, limit: int, system_prompt: str) -> lis
             if repr(messages) in seen:
                 continue
             seen.add(repr(messages))
-            if messages[0]["role"] != "system":
-                messages = [{"role": "system", "content": system_prompt}, *messages]
-            prompts.append(messages)
+            prompts.append(_with_system(messages, system_prompt))
     return prompts[:limit]
+
+
+def _with_system(messages: list[dict], system_prompt: str) -> list[dict]:
+    return messages if messages[0]["role"] == "system" else [{"role": "system", "content": system_prompt}, *messages]
+
+
+def evaluation_prompts(data: TrainingData, limit: int, system_prompt: str) -> tuple[list[list[dict]], dict]:
+    """Up to `limit` prompts the candidate never trained on: the users' own held-out prompts,
+    then, when those are fewer (a young deployment), bundled prompts that no user has asked
+    (nor anything near them), so the win rate's interval is not as wide as a handful makes it."""
+    from trainer.simulate import load_prompts
+
+    prompts = _held_out_prompts(data, limit, system_prompt)
+    sources = {"held out from users": len(prompts)}
+    if len(prompts) < limit:
+        asked = [row.prompt_text for kind in KINDS for split in (data.train(kind), data.held_out(kind)) for row in split]
+        unseen = unasked([item["prompt"] for item in load_prompts()], asked)
+        extra = [_with_system([{"role": "user", "content": text}], system_prompt) for text in unseen]
+        prompts += extra[: limit - len(prompts)]
+        sources["bundled, never asked"] = len(prompts) - sources["held out from users"]
+    return prompts, sources
 
 
 # ---------------------------------------------------------------- bookkeeping

@@ -20,8 +20,9 @@ from peft import PeftModel, get_peft_model
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from transformers.trainer_utils import get_last_checkpoint
 
-from trainer import distributed
+from trainer import distributed, fit
 from trainer.config import NightlyConfig, lora_config
+from trainer.fit import Schedule
 
 log = logging.getLogger("tuneloop.trainer")
 DONE = "stage.json"
@@ -85,17 +86,28 @@ def load_policy(model_path: str, start_adapter: str | Path | None, config: Night
 
 def run_stage(name: str, trainer_class: type, args, config: NightlyConfig, model_path: str,  # noqa: ANN001
               start_adapter: str | Path | None, train_dataset, eval_dataset, stage_dir: Path,  # noqa: ANN001
-              summarize: Callable[[dict], dict] = dict) -> StageOutcome:
+              summarize: Callable[[dict], dict] = dict, schedule: Schedule | None = None) -> StageOutcome:
     """A TRL trainer's stage: train the adapter from `start_adapter` (from the last checkpoint
-    when resuming), evaluate on `eval_dataset` if any, save. A finished stage is not run again."""
+    when resuming) on `schedule` (trainer/fit.py: held-out checks, the best checkpoint kept),
+    evaluate on `eval_dataset` if any, save. A finished stage is not run again."""
     if done := StageOutcome.finished(stage_dir):
         return done
+    checks = fit.callbacks(schedule, config.early_stopping_patience, config.policy_minutes) if schedule else []
     trainer = trainer_class(model=load_policy(model_path, start_adapter, config), args=args,
                             train_dataset=train_dataset, eval_dataset=eval_dataset,
-                            processing_class=tokenizer_for(model_path))
+                            processing_class=tokenizer_for(model_path), callbacks=checks)
     train_resumably(trainer, Path(args.output_dir), config.resume)
     metrics = trainer.evaluate() if eval_dataset is not None else {}
+    if schedule:
+        budget = next((c for c in checks if isinstance(c, fit.TimeBudget)), None)
+        metrics = {**metrics, "schedule": schedule.as_dict(), "best_step": _best_step(trainer),
+                   "stopped_by_budget_at": budget.stopped_at if budget else None}
     return finish(name, trainer, stage_dir, summarize(metrics))
+
+
+def _best_step(trainer) -> int | None:  # noqa: ANN001
+    best = trainer.state.best_model_checkpoint
+    return int(best.rsplit("-", 1)[-1]) if best else None
 
 
 def train_resumably(trainer, output_dir: Path, resume: bool) -> None:  # noqa: ANN001

@@ -1,14 +1,19 @@
 """Recipes: which stages a night's run trains, and `auto`'s choice from the data at hand.
 
-- `dpo`: DPO on preference pairs (A/B choices, rating gaps, corrections as pairs).
-- `kto`: KTO on thumbs, which need no pairing: for nights with thumbs but few pairs.
-- `sft+dpo`: SFT on reviewers' corrections first, then DPO from that adapter.
+- `dpo`: DPO (with an SFT term on the chosen answers) on preference pairs: A/B choices,
+  rating gaps, corrections against what they corrected.
+- `kto`: KTO on every judged answer at once: thumbs, stars, "both bad" verdicts, and each pair
+  split into its good and its bad answer (`trainer.kto`). For nights where single verdicts are
+  most of the feedback, as at the default A/B share.
+- `sft+dpo`, `sft+kto`: SFT on reviewers' corrections first, then DPO or KTO from that adapter.
 - `rm+grpo`, `rm+ppo`: online RL on logged prompts (rated or not), rewarded by the reward
   model trained this night plus the plugins' reward functions.
 
-`auto` prefers the offline recipes, which learn from people's own labels, and turns to GRPO
-only when the reward model has proved itself on held-out pairs and most logged prompts
-carry no human feedback at all; the report gives the reason in one sentence.
+`auto` prefers the offline recipes, which learn from people's own labels: KTO when single
+verdicts are at least as many as pairs (it learns from both), DPO when pairs are most of the
+feedback, each after SFT when reviewers corrected enough answers. It turns to GRPO only when
+the reward model has proved itself on held-out pairs and most logged prompts carry no human
+feedback at all. The report gives the reason in one sentence.
 """
 
 from __future__ import annotations
@@ -35,19 +40,26 @@ def unrated_prompts(data: TrainingData) -> int:
 
 
 def _have(data: TrainingData) -> str:
-    return (f"{len(data.new('dpo'))} new pairs, {len(data.new('kto'))} new thumbs, "
-            f"{len(data.new('sft'))} new corrections, {len(data.train('prompts'))} logged prompts")
+    return (f"{len(data.new('dpo'))} new pairs, {len(data.new('kto'))} new single verdicts (thumbs, stars, "
+            f"both bad), {len(data.new('sft'))} new corrections, {len(data.train('prompts'))} logged prompts")
+
+
+def judged_answers(data: TrainingData) -> int:
+    """New answers with a verdict of their own, each side of a pair counted: what KTO trains on."""
+    return len(data.new("kto")) + 2 * len(data.new("dpo"))
 
 
 def check(recipe: str, config: NightlyConfig, data: TrainingData) -> str | None:
     """Why `recipe` cannot run on this data, or None when it can."""
-    pairs, thumbs, corrections = len(data.new("dpo")), len(data.new("kto")), len(data.new("sft"))
+    pairs, corrections = len(data.new("dpo")), len(data.new("sft"))
     if recipe in ("dpo", "sft+dpo") and pairs < config.min_pairs:
         return f"{recipe} needs at least {config.min_pairs} new preference pairs ({_have(data)})"
-    if recipe == "sft+dpo" and corrections < 1:
-        return f"sft+dpo needs new corrections ({_have(data)})"
-    if recipe == "kto" and thumbs < config.min_thumbs:
-        return f"kto needs at least {config.min_thumbs} new thumbs ({_have(data)})"
+    if recipe in ("sft+dpo", "sft+kto") and corrections < 1:
+        return f"{recipe} needs new corrections ({_have(data)})"
+    if recipe == "liked" and not any(row.data.get("label") for row in data.new("kto")) and not pairs:
+        return f"liked needs answers people liked ({_have(data)})"
+    if recipe in ("kto", "sft+kto") and judged_answers(data) < config.min_thumbs:
+        return f"{recipe} needs at least {config.min_thumbs} new judged answers ({_have(data)})"
     if recipe in NEEDS_REWARD_MODEL:
         if len(data.train("dpo")) < config.min_pairs:
             return f"{recipe} needs at least {config.min_pairs} preference pairs for its reward model ({_have(data)})"
@@ -69,7 +81,10 @@ def choose(config: NightlyConfig, data: TrainingData, reward_accuracy: float | N
     if config.recipe != "auto":
         problem = check(config.recipe, config, data)
         return Choice(None, f"too little new data: {problem}") if problem else Choice(config.recipe, "asked for")
-    pairs, corrections = len(data.new("dpo")), len(data.new("sft"))
+    pairs, singles, corrections = len(data.new("dpo")), len(data.new("kto")), len(data.new("sft"))
+    sft_first = corrections >= config.min_corrections
+    first = (f"{corrections} new corrections (≥ {config.min_corrections}) teach reviewers' own answers first; "
+             if sft_first else "")
     if pairs >= config.min_pairs:
         unrated = unrated_prompts(data)
         trusted = reward_accuracy is not None and reward_accuracy >= config.auto_rl_accuracy
@@ -77,14 +92,20 @@ def choose(config: NightlyConfig, data: TrainingData, reward_accuracy: float | N
             return Choice("rm+grpo", f"the reward model's held-out pair accuracy is {reward_accuracy:.2f} "
                                      f"(≥ {config.auto_rl_accuracy}) and {unrated} logged prompts have no human "
                                      f"feedback against {pairs} new pairs, so GRPO can learn from all of them")
-        if corrections >= config.min_corrections:
-            return Choice("sft+dpo", f"{corrections} new corrections (≥ {config.min_corrections}) teach reviewers' "
-                                     f"own answers first, then DPO learns from {pairs} new pairs")
-        return Choice("dpo", f"{pairs} new preference pairs (≥ {config.min_pairs}): DPO learns from them directly"
-                             + (f"; {corrections} corrections are too few for an SFT stage "
-                                f"(< {config.min_corrections}) and train as pairs" if corrections else ""))
-    if not check("kto", config, data):
-        return Choice("kto", f"only {pairs} new pairs (< {config.min_pairs}) but {len(data.new('kto'))} new thumbs "
-                             f"(≥ {config.min_thumbs}): KTO learns from single thumbs")
+    if singles >= max(pairs, 1) and judged_answers(data) >= config.min_thumbs:
+        return Choice("sft+kto" if sft_first else "kto",
+                      first + f"{singles} new single verdicts (thumbs, stars, both bad) and {pairs} new pairs: "
+                              f"KTO learns from all {judged_answers(data)} judged answers in one objective, each "
+                              f"pair as one good and one bad answer")
+    if pairs >= config.min_pairs:
+        return Choice("sft+dpo" if sft_first else "dpo",
+                      first + f"{pairs} new preference pairs (≥ {config.min_pairs}) against {singles} single "
+                              f"verdicts: DPO learns from the pairs, with an SFT term on the chosen answers"
+                      + (f"; {corrections} corrections are too few for an SFT stage (< {config.min_corrections}) "
+                         f"and train as pairs" if corrections and not sft_first else ""))
+    if judged_answers(data) >= config.min_thumbs:
+        return Choice("sft+kto" if sft_first else "kto",
+                      first + f"only {pairs} new pairs (< {config.min_pairs}) but {judged_answers(data)} judged "
+                              f"answers (≥ {config.min_thumbs}): KTO learns from them one by one")
     return Choice(None, f"too little new data: {_have(data)}; need at least {config.min_pairs} new preference pairs "
-                        f"or {config.min_thumbs} new thumbs")
+                        f"or {config.min_thumbs} new judged answers")

@@ -9,6 +9,7 @@ from datasets import Dataset
 from trl import SFTConfig, SFTTrainer
 
 from feedback.export import Row
+from trainer import fit
 from trainer.config import NightlyConfig, derive
 from trainer.policy import StageOutcome, run_stage
 
@@ -20,13 +21,17 @@ def as_prompt_completion(rows: Sequence[Row]) -> Dataset:
                               for row in rows])
 
 
-def sft_config(config: NightlyConfig, output_dir: Path) -> SFTConfig:
+def sft_config(config: NightlyConfig, output_dir: Path, schedule: fit.Schedule | None = None) -> SFTConfig:
+    planned = {"num_train_epochs": config.sft_epochs, **(fit.overrides(schedule) if schedule else {})}
     return derive(config, SFTConfig, output_dir=str(output_dir), learning_rate=config.sft_learning_rate,
-                  num_train_epochs=config.sft_epochs, max_length=config.max_length, completion_only_loss=True)
+                  max_length=config.max_length, completion_only_loss=True, **planned)
 
 
 def train(config: NightlyConfig, model_path: str, start_adapter: str | Path | None,
           train_rows: Sequence[Row], held_out: Sequence[Row], stage_dir: Path) -> StageOutcome:
-    return run_stage("sft", SFTTrainer, sft_config(config, stage_dir / "checkpoints"), config, model_path,
+    held = fit.eval_rows(list(held_out), config.seed)
+    schedule = fit.plan(config, len(train_rows), len(held),
+                        config.per_device_train_batch_size * config.gradient_accumulation_steps)
+    return run_stage("sft", SFTTrainer, sft_config(config, stage_dir / "checkpoints", schedule), config, model_path,
                      start_adapter, as_prompt_completion(train_rows),
-                     as_prompt_completion(held_out) if held_out else None, stage_dir)
+                     as_prompt_completion(held) if held else None, stage_dir, schedule=schedule)

@@ -11,6 +11,7 @@ def gate_thresholds(settings: Settings) -> GateThresholds:
     return GateThresholds(
         min_pair_accuracy=settings.gate_min_pair_accuracy,
         min_win_rate=settings.gate_min_win_rate,
+        win_rate_bound=settings.gate_win_rate_bound,
         min_reward_pair_accuracy=settings.gate_min_reward_pair_accuracy,
         max_golden_drop=settings.gate_max_golden_drop,
         max_violation_increase=settings.gate_max_violation_increase,
@@ -29,6 +30,7 @@ def training_environment(settings: Settings) -> Environment:
         data_dir=settings.data_dir,
         model_path=resolve_model(settings.model, settings.models_dir, EMBEDDED_MODEL),
         system_prompt=settings.system_prompt,
+        max_tokens=settings.max_tokens,
         gate=gate_thresholds(settings),
         device=settings.device,
         output_check=plugins,
