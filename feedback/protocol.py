@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
-from typing import Literal
+from datetime import UTC, datetime
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 from feedback.models import Thumb, Winner
 
@@ -14,11 +14,52 @@ from feedback.models import Thumb, Winner
 DOWN_REASONS = ("incorrect", "unhelpful", "unsafe", "off_topic", "too_long", "too_short", "other")
 
 
+def _in_utc(moment: datetime) -> datetime:
+    # The store keeps UTC; SQLite hands it back without a zone, so it is added here, and every
+    # timestamp the API returns is an RFC 3339 date-time with its offset, as the schema says.
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
+UtcDatetime = Annotated[datetime, AfterValidator(_in_utc)]
+
+
+class ErrorOut(BaseModel):
+    """Every error outside the OpenAI API: what went wrong and what to fix."""
+
+    detail: str
+    errors: list[dict] | None = Field(default=None, description="a validation error's parts, field by field")
+
+
+WHY = {
+    400: "the request asks for something this server does not do",
+    401: "no valid bearer token",
+    403: "the caller's role may not do this",
+    404: "no such thing, or not the caller's",
+    409: "conflicts with the current state (or an Idempotency-Key still in use)",
+    413: "the request body is over the size limit",
+    422: "the request is malformed: the message says which field and why",
+    429: "too many requests from this client: wait for Retry-After seconds",
+    503: "not ready or not stored: retry (with the same Idempotency-Key)",
+}
+
+
+def error_responses(*statuses: int) -> dict[int, dict]:
+    """The statuses a route answers besides success, for the OpenAPI schema (FastAPI `responses=`)."""
+    return {status: {"model": ErrorOut, "description": WHY[status]} for status in statuses}
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")  # a misspelt field is an error, not silently dropped
 
 
 class RatingIn(_Strict):
+    # What the validator below asks, in the schema's words, so clients and fuzzers see it too.
+    model_config = ConfigDict(extra="forbid", json_schema_extra={
+        "anyOf": [{"required": [name], "properties": {name: {"not": {"type": "null"}}}}
+                  for name in ("thumb", "stars", "comment")],
+        "dependentSchemas": {"reason": {"required": ["thumb"], "properties": {"thumb": {"const": "down"}}}},
+    })
+
     response_id: uuid.UUID
     thumb: Thumb | None = None
     reason: Literal[DOWN_REASONS] | None = None  # type: ignore[valid-type]
@@ -41,7 +82,7 @@ class RatingOut(BaseModel):
     reason: str | None
     comment: str | None
     stars: int | None
-    updated_at: datetime
+    updated_at: UtcDatetime
 
 
 class ComparisonIn(_Strict):
@@ -65,7 +106,7 @@ class ComparisonOut(BaseModel):
     a_position: int
     b_position: int
     kind: str
-    updated_at: datetime
+    updated_at: UtcDatetime
 
 
 class CorrectionIn(_Strict):
@@ -79,4 +120,4 @@ class CorrectionOut(BaseModel):
     response_id: uuid.UUID
     text: str
     comment: str | None
-    created_at: datetime
+    created_at: UtcDatetime

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import asdict
-from datetime import datetime
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
@@ -23,6 +22,7 @@ from sqlmodel import Session, col, select
 from feedback import review
 from feedback.deps import CurrentUser, SessionDep
 from feedback.models import STAFF, Release, User
+from feedback.protocol import UtcDatetime, error_responses
 
 router = APIRouter(prefix="/api/review", tags=["review"])
 PROMPT_CHARS = 200  # the queue shows the start of each prompt
@@ -44,7 +44,7 @@ class QueueItem(BaseModel):
     prompt: str  # at most PROMPT_CHARS characters
     uncertainty: float | None  # the reward model's doubt, in (0, 1]; of a pair, its less certain answer
     scored_by: str | None  # the release whose reward model gave it; None: not scored
-    created_at: datetime  # of the (newest) answer
+    created_at: UtcDatetime  # of the (newest) answer
 
 
 class ScorerOut(BaseModel):
@@ -65,7 +65,7 @@ class AnswerOut(BaseModel):
     text: str
     uncertainty: float | None
     scored_by: str | None
-    created_at: datetime
+    created_at: UtcDatetime
 
 
 class TaskOut(BaseModel):
@@ -77,7 +77,7 @@ class TaskOut(BaseModel):
     answers: list[AnswerOut]  # one to rate, or the pair (show it in a random order, and send the positions)
 
 
-@router.get("/queue", response_model=QueueOut)
+@router.get("/queue", response_model=QueueOut, responses=error_responses(401, 403, 422))
 def review_queue(request: Request, session: SessionDep, reviewer: Reviewer,
                  limit: Annotated[int, Query(ge=1, le=100)] = 20) -> QueueOut:
     tasks = review.queue(session, reviewer, limit)
@@ -89,7 +89,8 @@ def review_queue(request: Request, session: SessionDep, reviewer: Reviewer,
     return QueueOut(items=items, scorer=ScorerOut(**asdict(scorer.stats())) if scorer is not None else None)
 
 
-@router.get("/next", response_model=TaskOut, responses={204: {"description": "nothing to review"}})
+@router.get("/next", response_model=TaskOut,
+            responses={204: {"description": "nothing to review"}, **error_responses(401, 403, 422)})
 def next_review_task(session: SessionDep, reviewer: Reviewer):
     task = review.next_task(session, reviewer)
     if task is None:

@@ -11,10 +11,11 @@ from sqlmodel import Session, select
 
 from feedback import crud
 from feedback.deps import BearerToken, CurrentUser, SessionDep
-from feedback.idempotency import REPLAYED_HEADER, check_key, run_once
+from feedback.idempotency import MAX_KEY_LENGTH, REPLAYED_HEADER, check_key, run_once
 from feedback.ingest import RatingRequest
 from feedback.models import STAFF, Conversation, Response, User
 from feedback.protocol import (
+    error_responses,
     ComparisonIn,
     ComparisonOut,
     CorrectionIn,
@@ -24,7 +25,8 @@ from feedback.protocol import (
 )
 
 router = APIRouter(prefix="/api/feedback", tags=["feedback"])
-IdempotencyKey = Annotated[str | None, Header(alias="Idempotency-Key")]
+IdempotencyKey = Annotated[str | None, Header(alias="Idempotency-Key", min_length=1, max_length=MAX_KEY_LENGTH,
+                                             description="a retry with the same key replays the first answer")]
 
 
 def visible_response(session: Session, user: User, response_id: uuid.UUID) -> Response:
@@ -40,14 +42,17 @@ def visible_response(session: Session, user: User, response_id: uuid.UUID) -> Re
     return response
 
 
-@router.post("/ratings", status_code=201, response_model=RatingOut)
+WRITE_ERRORS = error_responses(401, 404, 409, 413, 422, 503)
+
+
+@router.post("/ratings", status_code=201, responses=WRITE_ERRORS, response_model=RatingOut)
 async def rate(body: RatingIn, request: Request, token: BearerToken, key: IdempotencyKey = None):
     # The hot path: no worker thread; the caller is looked up with the rest of the batch.
     check_key(key)
     return await request.app.state.ratings.rate(RatingRequest(token, body, key))
 
 
-@router.post("/comparisons", status_code=201, response_model=ComparisonOut)
+@router.post("/comparisons", status_code=201, responses=WRITE_ERRORS, response_model=ComparisonOut)
 def compare(body: ComparisonIn, request: Request, session: SessionDep, user: CurrentUser, key: IdempotencyKey = None):
     def store() -> tuple[int, dict]:
         a = visible_response(session, user, body.response_a_id)
@@ -62,7 +67,7 @@ def compare(body: ComparisonIn, request: Request, session: SessionDep, user: Cur
     return reply
 
 
-@router.post("/corrections", status_code=201, response_model=CorrectionOut)
+@router.post("/corrections", status_code=201, responses=WRITE_ERRORS, response_model=CorrectionOut)
 def correct(body: CorrectionIn, request: Request, session: SessionDep, user: CurrentUser, key: IdempotencyKey = None):
     def store() -> tuple[int, dict]:
         response = visible_response(session, user, body.response_id)

@@ -5,9 +5,19 @@ from __future__ import annotations
 import time
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 MAX_CHOICES = 2  # an A/B pair at most
+
+
+class NotHonoured(ValueError):
+    """A parameter asks for something this server does not do."""
+
+    def __init__(self, name: str, value: object) -> None:
+        shown = repr(value)
+        shown = shown if len(shown) <= 80 else shown[:77] + "..."
+        super().__init__(f"'{name}' is not supported by this server (got {shown}); leave it out")
+        self.param = name
 
 
 class ChatMessage(BaseModel):
@@ -19,9 +29,36 @@ class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
+# OpenAI parameters this engine does not carry out, each with the value that asks for nothing
+# (what clients send when the caller did not set it). Any other value is refused with a 400
+# that names the parameter, rather than answered as if it had been honoured: a JSON-mode
+# request that gets prose back with a 200 breaks its caller without a word.
+NOT_HONOURED: dict[str, tuple] = {
+    "response_format": (None, {"type": "text"}),
+    "logprobs": (None, False),
+    "top_logprobs": (None, 0),
+    "tools": (None, []),
+    "tool_choice": (None, "none", "auto"),  # "auto" with no tools asks for nothing
+    "functions": (None, []),
+    "function_call": (None, "none", "auto"),
+    "parallel_tool_calls": (None, True, False),
+    "seed": (None,),
+    "frequency_penalty": (None, 0, 0.0),
+    "presence_penalty": (None, 0, 0.0),
+    "logit_bias": (None, {}),
+    "modalities": (None, ["text"]),
+    "audio": (None,),
+    "prediction": (None,),
+    "web_search_options": (None,),
+    "store": (None, True),  # tuneloop stores every answer: that is how it learns
+    "reasoning_effort": (None,),
+    "verbosity": (None,),
+}
+
+
 class ChatCompletionRequest(BaseModel):
-    # Fields OpenAI clients send that we do not use (seed, logprobs=false, ...) are ignored.
-    model_config = ConfigDict(extra="ignore")
+    # An unknown parameter is refused (as OpenAI does), so a typo is never silently dropped.
+    model_config = ConfigDict(extra="forbid")
 
     model: str
     messages: list[ChatMessage] = Field(min_length=1)
@@ -33,7 +70,25 @@ class ChatCompletionRequest(BaseModel):
     n: int = Field(default=1, ge=1, le=MAX_CHOICES)
     stream: bool = False
     stream_options: StreamOptions | None = None
-    user: str | None = None
+    user: str | None = Field(default=None, max_length=256)
+    # Accepted without effect on the answer: what OpenAI keeps for the caller's own bookkeeping.
+    metadata: dict[str, str] | None = None
+    service_tier: str | None = None
+    prompt_cache_key: str | None = None
+    safety_identifier: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _only_what_is_honoured(cls, data: object) -> object:
+        """OpenAI's parameters that this server does not carry out are left out of the schema;
+        sent with a value that asks for nothing they are dropped, with any other refused by name."""
+        if not isinstance(data, dict):
+            return data
+        for name in NOT_HONOURED.keys() & data.keys():
+            value = data[name]
+            if value not in NOT_HONOURED[name] and value not in ([], {}):  # an empty list or map asks for nothing
+                raise NotHonoured(name, value)
+        return {key: value for key, value in data.items() if key not in NOT_HONOURED}
 
     @field_validator("messages")
     @classmethod
@@ -53,6 +108,25 @@ class ChatCompletionRequest(BaseModel):
         if self.stop is None:
             return ()
         return (self.stop,) if isinstance(self.stop, str) else tuple(self.stop)
+
+
+class OpenAIErrorBody(BaseModel):
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+
+
+class OpenAIErrorOut(BaseModel):
+    """Errors on /v1 in OpenAI's shape, so OpenAI clients raise their usual exceptions."""
+
+    error: OpenAIErrorBody
+
+
+def openai_error_responses(*statuses: int) -> dict[int, dict]:
+    from feedback.protocol import WHY
+
+    return {status: {"model": OpenAIErrorOut, "description": WHY[status]} for status in statuses}
 
 
 class Usage(BaseModel):

@@ -13,7 +13,16 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from feedback.deps import ApiUser
 from serving.engine import SamplingParams
 from serving.errors import openai_error
-from serving.protocol import ChatCompletion, ChatCompletionRequest, ChatMessage, Choice, ModelCard, ModelList, Usage
+from serving.protocol import (
+    ChatCompletion,
+    ChatCompletionRequest,
+    ChatMessage,
+    Choice,
+    ModelCard,
+    ModelList,
+    Usage,
+    openai_error_responses,
+)
 from serving.service import AnswerDelta, AnswerDone, ChatService, Turn
 
 router = APIRouter(prefix="/v1", tags=["openai"])
@@ -32,13 +41,15 @@ def model_ids(request: Request) -> list[str]:
     return [SERVED_NAME, request.app.state.settings.model]
 
 
-@router.get("/models", response_model=ModelList)
+@router.get("/models", response_model=ModelList, responses=openai_error_responses(401))
 def list_models(request: Request, _user: ApiUser) -> ModelList:
     base = request.app.state.settings.model
     return ModelList(data=[ModelCard(id=name, root=base) for name in model_ids(request)])
 
 
-@router.post("/chat/completions", response_model=ChatCompletion)
+@router.post("/chat/completions", response_model=ChatCompletion, responses={
+    200: {"content": {"text/event-stream": {"description": "with stream: true, chunks as server-sent events"}}},
+    **openai_error_responses(400, 401, 404, 413, 503)})
 async def chat_completions(body: ChatCompletionRequest, request: Request, chat: ChatDep, user: ApiUser):
     if body.model not in model_ids(request):
         return openai_error(404, f"The model '{body.model}' does not exist; GET /v1/models lists the served ones",

@@ -167,3 +167,29 @@ def test_concurrent_first_requests_share_one_anonymous_user(live_server):
     assert statuses == [200] * 8
     with Session(live_server.app.state.database) as session:
         assert len(session.exec(select(User).where(User.external_id == "api:anonymous")).all()) == 1
+
+
+@pytest.mark.parametrize(("param", "value"), [
+    ("response_format", {"type": "json_object"}),
+    ("logprobs", True),
+    ("tools", [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]),
+    ("seed", 7),
+    ("frequency_penalty", 0.5),
+    ("logit_bias", {"1": 5}),
+])
+def test_a_parameter_that_is_not_honoured_is_refused_by_name(anonymous, param, value):
+    with pytest.raises(openai.BadRequestError) as refused:
+        anonymous.chat.completions.create(model="tuneloop", messages=[{"role": "user", "content": "hi"}],
+                                          max_tokens=3, **{param: value})
+    assert refused.value.body["param"] == param and param in refused.value.message
+
+
+def test_an_unknown_parameter_is_named_and_harmless_defaults_pass(anonymous):
+    messages = [{"role": "user", "content": "hi"}]
+    with pytest.raises(openai.BadRequestError) as unknown:
+        anonymous.chat.completions.create(model="tuneloop", messages=messages, extra_body={"temprature": 0.2})
+    assert unknown.value.body["param"] == "temprature" and "Unrecognized" in unknown.value.message
+    plain = anonymous.chat.completions.create(model="tuneloop", messages=messages, max_tokens=3, logprobs=False,
+                                              response_format={"type": "text"}, presence_penalty=0,
+                                              metadata={"team": "a"}, user="someone")
+    assert plain.choices[0].message.role == "assistant"

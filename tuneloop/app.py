@@ -29,7 +29,7 @@ from serving.releases import LiveReleases
 from serving.router import RESPONSE_ID_HEADER
 from serving.router import router as openai_router
 from serving.service import ChatService
-from tuneloop.http import BodySizeLimit, install_error_handlers
+from tuneloop.http import BodySizeLimit, document_errors, install_error_handlers
 from tuneloop.settings import EMBEDDED_MODEL, Settings, get_settings
 
 log = logging.getLogger(__name__)
@@ -183,6 +183,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     app = FastAPI(title="tuneloop", version="0.1.0", lifespan=lifespan)
     app.state.settings = settings
     install_error_handlers(app)
+    document_errors(app)
     # The widget runs on other sites' pages; it sends a bearer token, never cookies.
     app.add_middleware(CORSMiddleware, allow_origins=["*"], allow_methods=["*"], allow_headers=["*"],
                        expose_headers=[RESPONSE_ID_HEADER])

@@ -15,6 +15,7 @@ from serving.errors import openai_error, openai_validation_error
 from serving.releases import NoActiveRelease
 
 log = logging.getLogger(__name__)
+UNREADABLE_BODY = "There was an error parsing the body"
 
 
 def _is_openai(request: Request) -> bool:
@@ -37,8 +38,10 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, error: StarletteHTTPException) -> JSONResponse:
-        if _is_openai(request):
-            return openai_error(error.status_code, str(error.detail))
+        if error.status_code == 400 and error.detail == UNREADABLE_BODY:  # FastAPI's words for bytes, not JSON
+            error = StarletteHTTPException(400, "The request body is not JSON (UTF-8): send a JSON object")
+        if _is_openai(request):  # the headers too: a 405's Allow, a 429's Retry-After
+            return openai_error(error.status_code, str(error.detail), headers=error.headers)
         return JSONResponse({"detail": error.detail}, status_code=error.status_code, headers=error.headers)
 
     @app.exception_handler(NoActiveRelease)
@@ -53,6 +56,36 @@ def install_error_handlers(app: FastAPI) -> None:
         if _is_openai(request):
             return openai_error(500, "internal server error")
         return JSONResponse({"detail": "internal server error"}, status_code=500)
+
+
+def document_errors(app: FastAPI) -> None:
+    """The OpenAPI schema as the handlers above answer: validation errors as `ErrorOut`
+    (FastAPI documents its own list shape), none on /v1 (a 400 in OpenAI's shape there), and the
+    body cap's 413 on every route that takes a body."""
+    from fastapi.openapi.utils import get_openapi
+
+    from feedback.protocol import ErrorOut, WHY
+
+    def openapi() -> dict:
+        if app.openapi_schema:
+            return app.openapi_schema
+        schema = get_openapi(title=app.title, version=app.version, routes=app.routes)
+        schema["components"]["schemas"]["HTTPValidationError"] = ErrorOut.model_json_schema(
+            ref_template="#/components/schemas/{model}")
+        schema["components"]["schemas"].pop("ValidationError", None)
+        for path, operations in schema["paths"].items():
+            for method, operation in operations.items():
+                responses = operation["responses"]
+                if path.startswith("/v1/"):
+                    responses.pop("422", None)
+                elif "requestBody" in operation:  # a body that is not JSON, and one over the cap
+                    for status in ("400", "413"):
+                        responses.setdefault(status, {"description": WHY[int(status)], "content": {
+                            "application/json": {"schema": {"$ref": "#/components/schemas/HTTPValidationError"}}}})
+        app.openapi_schema = schema
+        return schema
+
+    app.openapi = openapi
 
 
 class BodySizeLimit:

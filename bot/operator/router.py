@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from feedback import crud, releases
 from feedback.deps import CurrentUser, SessionDep, current_user
 from feedback.models import Release, Role, User
+from feedback.protocol import error_responses
 
 router = APIRouter(prefix="/api/releases", tags=["releases"])
 
@@ -70,7 +71,10 @@ def _act(request: Request, session: SessionDep, action) -> ReleaseOut:  # noqa: 
     return summary(release)
 
 
-@router.get("", response_model=list[ReleaseOut])
+ACTION_ERRORS = error_responses(401, 403, 404, 409, 413, 422)
+
+
+@router.get("", response_model=list[ReleaseOut], responses=error_responses(401, 403))
 def list_releases(session: SessionDep, _: Operator) -> list[ReleaseOut]:
     return [summary(r) for r in releases.listing(session)]
 
@@ -82,7 +86,18 @@ def _get(session: SessionDep, name: str) -> Release:
         raise HTTPException(404, str(error)) from error
 
 
-@router.get("/{name}")
+# Before /{name}: a request for another method on /promote must be told it is POST only.
+@router.post("/promote", response_model=ReleaseOut, responses=ACTION_ERRORS)
+def promote(request: Request, session: SessionDep, user: Operator) -> ReleaseOut:
+    return _act(request, session, lambda: releases.promote(session, user))
+
+
+@router.post("/rollback", response_model=ReleaseOut, responses=ACTION_ERRORS)
+def rollback(request: Request, session: SessionDep, user: Operator, body: ReasonIn | None = None) -> ReleaseOut:
+    return _act(request, session, lambda: releases.rollback(session, user, reason=body.reason if body else ""))
+
+
+@router.get("/{name}", responses=error_responses(401, 403, 404))
 def show_release(name: str, session: SessionDep, _: Operator) -> dict:
     release = _get(session, name)
     checks = crud.check_outcomes(session, release.id)
@@ -100,7 +115,8 @@ def report_reader(request: Request, name: str, session: SessionDep, key: str | N
     operator(current_user(request, session))
 
 
-@router.get("/{name}/report", response_class=FileResponse, dependencies=[Depends(report_reader)])
+@router.get("/{name}/report", response_class=FileResponse, dependencies=[Depends(report_reader)],
+            responses={200: {"content": {"text/html": {}}}, **error_responses(401, 403, 404)})
 def release_report(name: str, session: SessionDep) -> FileResponse:
     """The HTML report the trainer wrote beside the release's adapter."""
     release = _get(session, name)
@@ -110,24 +126,14 @@ def release_report(name: str, session: SessionDep) -> FileResponse:
     return FileResponse(page, media_type="text/html")
 
 
-@router.post("/{name}/approve", response_model=ReleaseOut)
+@router.post("/{name}/approve", response_model=ReleaseOut, responses=ACTION_ERRORS)
 def approve(name: str, request: Request, session: SessionDep, user: Operator,
             body: ApproveIn | None = None) -> ReleaseOut:
     canary = body.canary if body else None
     return _act(request, session, lambda: releases.approve(session, name, user, canary=canary))
 
 
-@router.post("/{name}/reject", response_model=ReleaseOut)
+@router.post("/{name}/reject", response_model=ReleaseOut, responses=ACTION_ERRORS)
 def reject(name: str, request: Request, session: SessionDep, user: Operator,
            body: ReasonIn | None = None) -> ReleaseOut:
     return _act(request, session, lambda: releases.reject(session, name, user, reason=body.reason if body else ""))
-
-
-@router.post("/promote", response_model=ReleaseOut)
-def promote(request: Request, session: SessionDep, user: Operator) -> ReleaseOut:
-    return _act(request, session, lambda: releases.promote(session, user))
-
-
-@router.post("/rollback", response_model=ReleaseOut)
-def rollback(request: Request, session: SessionDep, user: Operator, body: ReasonIn | None = None) -> ReleaseOut:
-    return _act(request, session, lambda: releases.rollback(session, user, reason=body.reason if body else ""))

@@ -15,6 +15,7 @@ from fastapi.responses import StreamingResponse
 from bot.web.protocol import ConversationOut, MessageIn, SessionOut, build_conversation
 from feedback import crud
 from feedback.deps import CurrentUser, SessionDep
+from feedback.protocol import error_responses
 from feedback.models import Channel, Conversation, User
 from serving.engine import SamplingParams
 from serving.router import ChatDep
@@ -24,7 +25,7 @@ router = APIRouter(prefix="/api", tags=["widget"])
 log = logging.getLogger(__name__)
 
 
-@router.post("/session", status_code=201, response_model=SessionOut)
+@router.post("/session", status_code=201, response_model=SessionOut, responses=error_responses(413, 429))
 def start_session(session: SessionDep) -> SessionOut:
     """A new anonymous visitor; the widget keeps the token in localStorage."""
     visitor = secrets.token_hex(8)
@@ -34,19 +35,24 @@ def start_session(session: SessionDep) -> SessionOut:
     return SessionOut(token=token, user_id=user.id)
 
 
-@router.post("/conversations", status_code=201, response_model=ConversationOut)
+@router.post("/conversations", status_code=201, response_model=ConversationOut,
+             responses=error_responses(401, 413))
 def create_conversation(session: SessionDep, user: CurrentUser) -> ConversationOut:
     conversation = crud.create_conversation(session, user, Channel.web)
     session.commit()
     return build_conversation(session, user, conversation)
 
 
-@router.get("/conversations/{conversation_id}", response_model=ConversationOut)
+@router.get("/conversations/{conversation_id}", response_model=ConversationOut,
+            responses=error_responses(401, 404, 422))
 def read_conversation(conversation_id: uuid.UUID, session: SessionDep, user: CurrentUser) -> ConversationOut:
     return build_conversation(session, user, owned_conversation(session, user, conversation_id))
 
 
-@router.post("/conversations/{conversation_id}/messages")
+@router.post("/conversations/{conversation_id}/messages", responses={
+    200: {"content": {"text/event-stream": {}}, "description": "the turn streamed as server-sent events: `turn`, "
+                                                               "`delta`s, `done`s (or `error`)"},
+    **error_responses(401, 404, 413, 422, 429, 503)})
 async def send_message(
     conversation_id: uuid.UUID, body: MessageIn, request: Request, session: SessionDep, user: CurrentUser, chat: ChatDep
 ) -> StreamingResponse:
