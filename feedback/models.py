@@ -253,11 +253,20 @@ class IdempotencyRecord(SQLModel, table=True):
 
 class SlackDelivery(SQLModel, table=True):
     """A Slack event (by its event id) or a post (such as a release announcement) that
-    has been handled once: Slack retries and several replicas must not handle it twice."""
+    has been handled once: Slack retries and several replicas must not handle it twice.
+
+    An event is an inbox entry: its body is kept, and it is leased to whoever works on it
+    (renewed while the work goes on) until `done_at`. A lease that runs out before the work is
+    done means its holder died, and the event is handled again (`bot.slack.inbox`); the message
+    it had already posted (`posted_ts`) is edited then, not posted twice."""
 
     __tablename__ = "slack_deliveries"
     key: str = Field(primary_key=True, max_length=200)
     created_at: datetime = _when()
+    body: Optional[dict] = Field(default=None, sa_type=JSON)
+    lease_until: Optional[datetime] = Field(default=None, sa_type=DateTime(timezone=True))
+    done_at: Optional[datetime] = Field(default=None, sa_type=DateTime(timezone=True))
+    posted_ts: Optional[str] = Field(default=None, max_length=40)
 
 
 class JobLock(SQLModel, table=True):

@@ -263,6 +263,53 @@ def test_a_retried_event_is_answered_once(app, slack):
     assert len(rows(app, Response)) == 1 and len(rows(app, Conversation)) == 1
 
 
+def test_a_retry_after_the_answer_is_not_answered_again(app, slack):
+    body = event_body(dm("What is WAL?"), "EvLate")
+    assert post(app, body, JSON).status_code == 200
+    final_answer(slack)
+    wait_for_done(app, "event:EvLate")
+    assert post(app, body, JSON, **{"X-Slack-Retry-Num": "2", "X-Slack-Retry-Reason": "http_error"}).status_code == 200
+    time.sleep(0.5)
+    assert len(slack.calls_to("chat.postMessage")) == 1 and len(rows(app, Response)) == 1
+
+
+def test_an_event_whose_holder_died_mid_answer_is_answered_once_in_the_message_it_had_posted(app, slack):
+    import json
+    from datetime import timedelta
+
+    from bot.slack.inbox import Recovery
+    from feedback.db import session_scope
+    from feedback.models import SlackDelivery, utcnow
+
+    body = event_body(dm("What is WAL?"), "EvCrash")
+    placeholder = "1700000999.000100"
+    # What a process killed mid-answer leaves: the event taken and its placeholder posted, never
+    # finished, the lease run out.
+    with session_scope(app.app.state.database) as session:
+        session.add(SlackDelivery(key="event:EvCrash", body=json.loads(body), posted_ts=placeholder,
+                                  lease_until=utcnow() - timedelta(seconds=1)))
+    recovery = Recovery(app.app.state.slack, app.app.state.slack_services)
+    assert app.portal.call(recovery.once) == 1
+    answered = final_answer(slack)
+    assert answered["ts"] == placeholder and slack.calls_to("chat.postMessage") == []
+    wait_for_done(app, "event:EvCrash")
+    assert app.portal.call(recovery.once) == 0  # done: not again
+    assert post(app, body, JSON, **{"X-Slack-Retry-Num": "1", "X-Slack-Retry-Reason": "http_timeout"}).status_code == 200
+    time.sleep(0.5)
+    assert slack.calls_to("chat.postMessage") == [] and len(rows(app, Response)) == 1
+
+
+def wait_for_done(app: TestClient, key: str, timeout: float = 30) -> None:
+    from feedback.models import SlackDelivery
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if any(d.done_at for d in rows(app, SlackDelivery, SlackDelivery.key == key)):
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"{key} was never marked done")
+
+
 @pytest.mark.parametrize("headers", [
     {"Content-Type": JSON},  # unsigned
     {**signed_headers("{}", JSON), "Content-Type": JSON},  # signed for another body

@@ -6,9 +6,10 @@ import logging
 import random
 import time
 
+from slack_bolt.async_app import AsyncBoltContext
 from slack_sdk.web.async_client import AsyncWebClient
 
-from bot.slack import blocks
+from bot.slack import blocks, inbox
 from bot.slack.calls import call
 from bot.slack.people import slack_user, thread_conversation
 from bot.slack.services import SlackServices
@@ -21,7 +22,8 @@ EDIT_EVERY_S = 1.0
 
 
 async def answer_in_thread(
-    services: SlackServices, client: AsyncWebClient, *, team: str, channel: str, thread_ts: str, user: str, text: str
+    services: SlackServices, client: AsyncWebClient, *, team: str, channel: str, thread_ts: str, user: str, text: str,
+    context: AsyncBoltContext | None = None,
 ) -> None:
     settings = services.settings
 
@@ -32,9 +34,7 @@ async def answer_in_thread(
     turn = await services.chat.open_turn(conversation_id, text, ab=random.random() < settings.ab_share, channel="slack")
     display = sorted(range(len(turn.response_ids)), key=lambda index: turn.positions[index])
     texts = [""] * len(display)
-    posted = await call(client, "chat.postMessage", channel=channel, thread_ts=thread_ts, text="…",
-                        blocks=blocks.writing(texts))
-    ts = posted.get("ts") if posted else None  # unposted, the answer is still made and stored
+    ts = await _answer_message(client, context, channel, thread_ts, blocks.writing(texts))
     params = SamplingParams(temperature=settings.temperature, max_tokens=settings.max_tokens)
     last_edit = time.monotonic()
     try:
@@ -57,6 +57,22 @@ async def answer_in_thread(
     if ts:
         await call(client, "chat.update", channel=channel, ts=ts, text=texts[0][:200] or "answer",
                    blocks=finished(turn, texts))
+
+
+async def _answer_message(client: AsyncWebClient, context: AsyncBoltContext | None, channel: str, thread_ts: str,
+                          writing: list[dict]) -> str | None:
+    """The message the answer goes into: the one an earlier attempt at this event already posted
+    (its holder died mid-answer: bot/slack/inbox.py), else a new one. None if Slack refused:
+    the answer is still made and stored."""
+    ts = await inbox.earlier_post(context) if context else None
+    if ts:
+        await call(client, "chat.update", channel=channel, ts=ts, text="…", blocks=writing)
+        return ts
+    posted = await call(client, "chat.postMessage", channel=channel, thread_ts=thread_ts, text="…", blocks=writing)
+    ts = posted.get("ts") if posted else None
+    if context:
+        await inbox.remember_post(context, ts)
+    return ts
 
 
 def finished(turn: Turn, texts: list[str]) -> list[dict]:

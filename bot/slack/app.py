@@ -20,10 +20,9 @@ from slack_sdk.http_retry.builtin_async_handlers import (
 )
 from slack_sdk.web.async_client import AsyncWebClient
 
-from bot.slack import listeners
+from bot.slack import inbox, listeners
 from bot.slack.announce import Announcer
 from bot.slack.services import SlackServices
-from feedback import crud
 from tuneloop.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -50,14 +49,14 @@ def build_app(settings: Settings, services: Any) -> AsyncApp:
 
     @app.middleware
     async def handle_each_event_once(body: dict, context: AsyncBoltContext, next: Any) -> Any:  # noqa: A002
-        """Slack retries an event it thinks we missed (X-Slack-Retry-Num); answer it once."""
-        event_id = body.get("event_id") if body.get("type") == "event_callback" else None
-        if event_id:
-            key = f"event:{event_id}"
-            first = await context["tuneloop"].in_session(lambda session: crud.claim_slack_delivery(session, key))
-            if not first:
-                return BoltResponse(status=200, body="")
-        return await next()
+        """Slack retries an event it thinks we missed (X-Slack-Retry-Num): handle it once (bot/slack/inbox.py)."""
+        if not await inbox.take(context["tuneloop"], body):
+            return BoltResponse(status=200, body="")
+        context[inbox.KEY] = inbox.key_of(body)
+        response = await next()
+        if response is not None and response.status == 404:  # no listener takes it: nothing to finish later
+            await inbox.finish(context["tuneloop"], context[inbox.KEY])
+        return response
 
     @app.error
     async def log_errors(error: Exception, body: dict) -> None:
@@ -89,6 +88,8 @@ class SlackRuntime:
 
     async def start(self) -> None:
         settings = self.services.settings
+        self._tasks.append(asyncio.create_task(inbox.Recovery(self.app, self.services).run(),
+                                               name="tuneloop-slack-recovery"))
         if settings.slack_operators_channel:
             self._tasks.append(asyncio.create_task(self.announcer.run(), name="tuneloop-slack-announcer"))
         if settings.slack_socket_mode:

@@ -9,6 +9,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.slack.answering import answer_in_thread
 from bot.slack.calls import call
+from bot.slack.inbox import exactly_once
 
 MENTION = re.compile(r"<@[A-Z0-9]+>")
 HINT = "Ask me anything: write your question after the mention."
@@ -31,9 +32,9 @@ async def _answer(event: dict, context: AsyncBoltContext, client: AsyncWebClient
         await call(client, "chat.postMessage", channel=event["channel"], thread_ts=thread_ts, text=HINT)
         return
     await answer_in_thread(context["tuneloop"], client, team=context.team_id or "-", channel=event["channel"],
-                           thread_ts=thread_ts, user=event["user"], text=text)
+                           thread_ts=thread_ts, user=event["user"], text=text, context=context)
 
 
 def register(app: AsyncApp) -> None:
-    app.event("message")(direct_message)
-    app.event("app_mention")(mention)
+    app.event("message")(exactly_once(direct_message))
+    app.event("app_mention")(exactly_once(mention))
