@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from typing import Annotated
 
 from fastapi import APIRouter, Header, HTTPException, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from sqlmodel import Session, select
 
-from feedback import crud
+from feedback import crud, privacy
 from feedback.deps import BearerToken, CurrentUser, SessionDep
 from feedback.idempotency import MAX_KEY_LENGTH, REPLAYED_HEADER, check_key, run_once
 from feedback.ingest import RatingRequest
-from feedback.models import STAFF, Conversation, Response, User
+from feedback.models import STAFF, Conversation, User
+from feedback.models import Response as Answer  # FastAPI's Response is the HTTP one here
+from feedback.redaction import Redact, keep, redact_optional
 from feedback.protocol import (
     error_responses,
     ComparisonIn,
@@ -29,11 +32,11 @@ IdempotencyKey = Annotated[str | None, Header(alias="Idempotency-Key", min_lengt
                                              description="a retry with the same key replays the first answer")]
 
 
-def visible_response(session: Session, user: User, response_id: uuid.UUID) -> Response:
+def visible_response(session: Session, user: User, response_id: uuid.UUID) -> Answer:
     """The response, if this user may judge it: their own conversation's, or any for staff."""
-    query = select(Response).where(Response.id == response_id)
+    query = select(Answer).where(Answer.id == response_id)
     if user.role not in STAFF:  # someone else's answer is as good as unknown to this caller
-        query = query.join(Conversation, Conversation.id == Response.conversation_id).where(
+        query = query.join(Conversation, Conversation.id == Answer.conversation_id).where(
             Conversation.user_id == user.id
         )
     response = session.exec(query).first()
@@ -47,9 +50,18 @@ WRITE_ERRORS = error_responses(401, 404, 409, 413, 422, 503)
 
 @router.post("/ratings", status_code=201, responses=WRITE_ERRORS, response_model=RatingOut)
 async def rate(body: RatingIn, request: Request, token: BearerToken, key: IdempotencyKey = None):
-    # The hot path: no worker thread; the caller is looked up with the rest of the batch.
+    # The hot path: no worker thread; the caller is looked up with the rest of the batch. Only a
+    # comment (free text, so possibly personal) takes a thread, for its redaction.
     check_key(key)
+    if body.comment:
+        comment = await asyncio.to_thread(redactor(request), body.comment)
+        body = body.model_copy(update={"comment": comment})
     return await request.app.state.ratings.rate(RatingRequest(token, body, key))
+
+
+def redactor(request: Request) -> Redact:
+    """What every free text passes before it is stored (feedback/redaction.py); it fails closed."""
+    return getattr(request.app.state, "redact", keep)
 
 
 @router.post("/comparisons", status_code=201, responses=WRITE_ERRORS, response_model=ComparisonOut)
@@ -71,12 +83,25 @@ def compare(body: ComparisonIn, request: Request, session: SessionDep, user: Cur
 def correct(body: CorrectionIn, request: Request, session: SessionDep, user: CurrentUser, key: IdempotencyKey = None):
     def store() -> tuple[int, dict]:
         response = visible_response(session, user, body.response_id)
-        correction = crud.add_correction(session, user, response, body.text, body.comment)
+        redact = redactor(request)
+        correction = crud.add_correction(session, user, response, redact(body.text), redact_optional(redact, body.comment))
         return 201, CorrectionOut.model_validate(correction, from_attributes=True).model_dump(mode="json")
 
     reply = run_once(session, user, key, "corrections", body, store)
     _tell(request, reply, "correction", [body.response_id], user, {})
     return reply
+
+
+@router.delete("/{kind}/{item_id}", status_code=204, responses=error_responses(401, 404, 422))
+def withdraw(kind: privacy.Kind, item_id: int, session: SessionDep, user: CurrentUser) -> Response:
+    """Take back one of your own ratings, A/B choices or corrections: it leaves the store and
+    every dataset built after."""
+    try:
+        privacy.withdraw(session, user, kind, item_id)
+    except privacy.NotFound as error:
+        raise HTTPException(404, str(error)) from error
+    session.commit()
+    return Response(status_code=204)
 
 
 def _tell(request: Request, reply: JSONResponse, kind: str, ids: list[uuid.UUID], user: User, details: dict) -> None:

@@ -1,4 +1,4 @@
-"""What a tuneloop plugin can do: five hooks, each registering typed objects.
+"""What a tuneloop plugin can do: six hooks, each registering typed objects.
 
 A plugin is a module or object with `@hookimpl` functions named like these specs. Each
 hook receives `register` and calls it with objects of the protocol named in the hook
@@ -23,7 +23,7 @@ from collections.abc import Callable
 
 import pluggy
 
-from plugins.protocols import Alternative, FeedbackListener, InputCheck, OutputCheck, RewardFunction
+from plugins.protocols import Alternative, FeedbackListener, InputCheck, OutputCheck, Redactor, RewardFunction
 
 hookspec = pluggy.HookspecMarker("tuneloop")
 hookimpl = pluggy.HookimplMarker("tuneloop")
@@ -52,3 +52,8 @@ def register_feedback_listeners(register: Callable[[FeedbackListener], None], se
 @hookspec
 def register_reward_functions(register: Callable[[RewardFunction], None], settings) -> None:  # noqa: ANN001
     """Reward functions for online RL in the trainer, TRL's signature: (prompts, completions) -> floats."""
+
+
+@hookspec
+def register_redactors(register: Callable[[Redactor], None], settings) -> None:  # noqa: ANN001
+    """Rewrites of every free text before it is stored (prompts, answers, comments, corrections)."""

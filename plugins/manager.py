@@ -16,7 +16,15 @@ from typing import Any
 import pluggy
 
 from plugins import hookspecs
-from plugins.protocols import Alternative, FeedbackEvent, FeedbackListener, InputCheck, OutputCheck, RewardFunction
+from plugins.protocols import (
+    Alternative,
+    FeedbackEvent,
+    FeedbackListener,
+    InputCheck,
+    OutputCheck,
+    Redactor,
+    RewardFunction,
+)
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +51,7 @@ class Plugins:
         self.alternatives: list[Alternative] = self._collect("register_alternatives")
         self.feedback_listeners: list[FeedbackListener] = self._collect("register_feedback_listeners")
         self.reward_functions: list[RewardFunction] = self._collect("register_reward_functions")
+        self.redactors: list[Redactor] = self._collect("register_redactors")
         for item in self.input_checks + self.output_checks + self.alternatives + self.feedback_listeners:
             if item.name in settings.plugins_fail_closed:
                 item.fail_closed = True

@@ -46,6 +46,16 @@ class OutputCheck(Protocol):
     def check_output(self, text: str, context: TurnContext) -> Verdict: ...
 
 
+@runtime_checkable
+class Redactor(Protocol):
+    """Rewrites a text before it is stored (personal data, secrets): what may be kept of it.
+    Raising means it could not tell, and the text is not stored raw (feedback/redaction.py)."""
+
+    name: str
+
+    def redact(self, text: str) -> str: ...
+
+
 @dataclass
 class AlternativeTurn:
     """How an alternative answers one prompt: the messages to generate from, and what to

@@ -8,20 +8,25 @@ from __future__ import annotations
 
 import logging
 import random
+import threading
 from collections.abc import Callable
 
+from feedback.redaction import RedactionUnavailable
 from plugins.manager import Plugins
 from plugins.protocols import TurnContext, Verdict
 from serving.hooks import Augmented, Checked, PairPlan
 
 log = logging.getLogger(__name__)
 UNAVAILABLE = "Sorry, I can't answer that right now."
+REDACTION_CACHE = 4096  # texts
 
 
 class PluginHooks:
     def __init__(self, plugins: Plugins, chance: Callable[[], float] = random.random) -> None:
         self.plugins, self.chance = plugins, chance
         self.checks_output = bool(plugins.output_checks)
+        self._redacted: dict[str, str] = {}
+        self._cache_lock = threading.Lock()
 
     def check_input(self, text: str, channel: str, history: list[dict[str, str]]) -> Checked:
         context = TurnContext(channel, history)
@@ -30,6 +35,27 @@ class PluginHooks:
     def check_output(self, text: str, channel: str, release: str | None) -> Checked:
         context = TurnContext(channel, release=release)
         return self._run(self.plugins.output_checks, text, lambda check, t: check.check_output(t, context))
+
+    def redact(self, text: str) -> str:
+        """Every redactor in turn, before a text is stored; one that raises fails closed
+        (`RedactionUnavailable`: the raw text must not be written). Redaction is a pure function
+        of the text, so repeats (an API history sent again with each turn) come from a cache."""
+        with self._cache_lock:
+            if text in self._redacted:
+                return self._redacted[text]
+        original = text
+        for redactor in self.plugins.redactors:
+            try:
+                text = redactor.redact(text)
+            except Exception as error:
+                self.plugins.errors[redactor.name] += 1
+                log.exception("redactor %s failed; the text is not stored as it was", redactor.name)
+                raise RedactionUnavailable(f"{redactor.name} failed: {type(error).__name__}") from error
+        with self._cache_lock:
+            if len(self._redacted) >= REDACTION_CACHE:
+                self._redacted.pop(next(iter(self._redacted)))  # the oldest first
+            self._redacted[original] = text
+        return text
 
     def plan_pair(self, prompt: str, messages: list[dict[str, str]]) -> PairPlan | None:
         for alternative in self.plugins.alternatives:

@@ -48,6 +48,10 @@ class TurnHooks(Protocol):
 
     def augment(self, prompt: str, messages: list[dict[str, str]]) -> Augmented | None: ...
 
+    def redact(self, text: str) -> str:
+        """What of a text may be stored (feedback/redaction.py); raises RedactionUnavailable."""
+        ...
+
 
 class NoHooks:
     """No plugins: every text passes, no pairs or context are added."""
@@ -65,3 +69,6 @@ class NoHooks:
 
     def augment(self, prompt: str, messages: list[dict[str, str]]) -> Augmented | None:
         return None
+
+    def redact(self, text: str) -> str:
+        return text

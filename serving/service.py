@@ -18,6 +18,7 @@ from sqlalchemy.engine import Engine as Database
 from feedback import crud
 from feedback.db import session_scope
 from feedback.models import Channel, Message, MessageRole, Response, User
+from feedback.redaction import redact_or_withhold
 from serving.engine import Completion, Engine, GenerationRequest, SamplingParams, StreamEvent
 from serving.hooks import Checked, NoHooks, TurnHooks
 from serving.pairs import draw_contrast
@@ -105,6 +106,7 @@ class ChatService:
         with session_scope(self.database) as session:
             earlier = _answered_history(crud.conversation_messages(session, conversation_id))
             checked = self.hooks.check_input(text, channel, earlier)
+            checked.text = self._storable(checked.text)
             prompt = crud.add_message(session, conversation_id, MessageRole.user, checked.text)
         turn = self._turn(conversation_id, prompt.id, [*earlier, {"role": "user", "content": checked.text}], 1)
         turn.channel, turn.input_decisions, turn.refusal = channel, checked.decisions, checked.refusal
@@ -144,6 +146,8 @@ class ChatService:
         checked = self.hooks.check_input(last["content"], "api", messages[:-1]) if last["role"] == "user" else None
         if checked is not None:
             messages = [*messages[:-1], {**last, "content": checked.text}]
+        # The whole history is stored, so the whole history is redacted (and answered as stored).
+        messages = [{**message, "content": self._storable(message["content"])} for message in messages]
         with session_scope(self.database) as session:
             conversation = crud.create_conversation(session, user, Channel.api)
             for message in messages:
@@ -153,6 +157,10 @@ class ChatService:
         if checked is not None:
             turn.input_decisions, turn.refusal = checked.decisions, checked.refusal
         return turn
+
+    def _storable(self, text: str) -> str:
+        """The text as it may be stored: redacted, or withheld when the check could not run."""
+        return redact_or_withhold(self.hooks.redact, text)
 
     def _turn(self, conversation_id, prompt_message_id, history, n) -> Turn:  # noqa: ANN001
         if not history or history[0]["role"] != "system":
@@ -216,7 +224,7 @@ class ChatService:
             conversation_id=turn.conversation_id,
             prompt_message_id=turn.prompt_message_id,
             release_id=turn.release.release_id,
-            text=completion.text,
+            text=self._storable(completion.text),
             finish_reason=completion.finish_reason,
             latency_ms=(time.perf_counter() - started) * 1000,
             prompt_tokens=completion.prompt_tokens,

@@ -101,7 +101,7 @@ class NightlyConfig(DPOConfig):
                 "and the first is the gate's"})
     eval_prompts: int = field(default=64, metadata={
         "help": "held-out prompts answered by candidate and active (users' own first, then bundled prompts no "
-                "user asked); 64 gives a win rate's 95% interval about +-0.12"})
+                "user asked); 64 give a win rate's 95 percent interval of about +-0.12"})
     eval_max_tokens: int | None = field(default=None, metadata={
         "help": "answer length cap when comparing releases; default: as served (TUNELOOP_MAX_TOKENS)"})
     seed_eval: int = field(default=0, metadata={"help": "seed for answer order shown to the judge"})

@@ -167,15 +167,41 @@ def default_output_check(settings: Any = None) -> Any:
     return GuardrailsOutputCheck(shared_guards(settings))
 
 
-def _as_text_check(check: Any) -> Callable[[str], str | None]:
-    """A text -> text function; None means the check refuses the text outright.
+def default_redactor(settings: Any = None) -> Callable[[str], str]:
+    """The built-in guardrails plugin's store redaction (the settings' file, else the bundled one):
+    what every stored text already passed, applied again to what is trained on."""
+    from plugins.guardrails.plugin import GuardrailsRedactor, shared_guards
 
-    `check` is one `OutputCheck`, the plugin manager's `Plugins` (all its output checks, in
-    order, as on the chat path), or already a text -> text callable."""
-    if hasattr(check, "output_checks"):
-        return _all_of([_as_text_check(one) for one in check.output_checks])
+    return GuardrailsRedactor(shared_guards(settings)).redact
+
+
+def _as_text_check(check: Any) -> Callable[[str], str | None]:
+    """A text -> text function; None means the text may not be kept at all.
+
+    `check` is the plugin manager's `Plugins` (the same redaction every stored text passes,
+    `PluginHooks.redact`; if it cannot run, the row is not kept: fail closed), one
+    `OutputCheck`, or already a text -> text callable."""
+    if hasattr(check, "redactors"):
+        from feedback.redaction import RedactionUnavailable
+        from plugins.turns import PluginHooks
+
+        hooks = PluginHooks(check)
+
+        def redact(text: str) -> str | None:
+            try:
+                return hooks.redact(text)
+            except RedactionUnavailable:
+                return None
+
+        return redact
     if not hasattr(check, "check_output"):
-        return check
+        def run_callable(text: str) -> str | None:
+            try:
+                return check(text)
+            except Exception:  # a check that cannot tell keeps nothing raw: the row goes
+                return None
+
+        return run_callable
     from plugins.protocols import TurnContext
 
     context = TurnContext(channel="trainer")
@@ -189,26 +215,15 @@ def _as_text_check(check: Any) -> Callable[[str], str | None]:
     return run
 
 
-def _all_of(checks: list[Callable[[str], str | None]]) -> Callable[[str], str | None]:
-    def run(text: str) -> str | None:
-        for check in checks:
-            text = check(text)
-            if text is None:
-                return None
-        return text
-
-    return run
-
-
 class _Refused(Exception):
     pass
 
 
 def scrub_personal_data(rows: Sequence[Row], check: Any = None) -> tuple[list[Row], StepReport]:
-    """Every text (prompt messages, answers, `prompt_text`) through a guardrails output check
-    (an `OutputCheck`, or a plain text -> text callable; default: the built-in plugin's).
+    """Every text (prompt messages, answers, `prompt_text`) through the store's redaction (the
+    plugins', an `OutputCheck`, or a plain text -> text callable; default: the built-in guardrails').
     Rows rewritten are counted as changed; a row the check refuses outright is removed."""
-    run = _as_text_check(check if check is not None else default_output_check())
+    run = _as_text_check(check if check is not None else default_redactor())
     cache: dict[str, str | None] = {}
 
     def fix(text: str) -> str:

@@ -151,8 +151,10 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
         app.state.database, app.state.engine, app.state.live = database, model, live
         app.state.reconciler = reconciler
         app.state.plugins = await asyncio.to_thread(load_plugins, settings)
-        app.state.chat = ChatService(model, database, live, system_prompt=settings.system_prompt,
-                                     hooks=PluginHooks(app.state.plugins), ab_strategy=settings.ab_strategy)
+        hooks = PluginHooks(app.state.plugins)
+        app.state.redact = hooks.redact  # every free text on its way into the store (feedback/redaction.py)
+        app.state.chat = ChatService(model, database, live, system_prompt=settings.system_prompt, hooks=hooks,
+                                     ab_strategy=settings.ab_strategy)
         app.state.notify_feedback = _feedback_notifier(app.state.plugins)
         app.state.ratings = RatingWriter(database, notify=app.state.notify_feedback)
         app.state.ratings.start()

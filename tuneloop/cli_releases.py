@@ -154,3 +154,28 @@ def _set_slack_role(session, actor, name: str, slack_id: str, role) -> None:  # 
     settings = get_settings()
     if slack_id in settings.slack_operators or slack_id in settings.slack_reviewers:
         typer.echo("note: TUNELOOP_SLACK_OPERATORS / TUNELOOP_SLACK_REVIEWERS list this id; that role wins in Slack")
+
+
+@users_app.command("forget")
+def forget_user(
+    who: str = typer.Argument(..., metavar="ID", help="the user's id, or their external id (slack:U0123ABCD, web:...)"),
+    yes: bool = typer.Option(False, "--yes", help="do not ask for confirmation"),
+) -> None:
+    """Forget a person: their conversations, answers, feedback, retry records and Slack events leave
+    the store (so every later dataset); the audit log keeps that it happened, not what was said."""
+    from sqlmodel import select
+
+    from feedback import privacy
+    from feedback.models import User
+
+    session, actor = _session_and_actor()
+    with session:
+        query = select(User).where(User.id == int(who)) if who.isdigit() else select(User).where(User.external_id == who)
+        user = session.exec(query).first()
+        if user is None:
+            raise typer.BadParameter(f"no user {who!r}: give a user id or an external id such as slack:U0123ABCD")
+        if not yes:
+            typer.confirm(f"Forget {user.name} ({user.external_id}) and everything they said?", abort=True)
+        counts = privacy.forget(session, user, actor)
+        session.commit()
+    typer.echo("forgotten: " + ", ".join(f"{n} {what}" for what, n in counts.items()))

@@ -11,6 +11,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from feedback.redaction import RedactionUnavailable
 from serving.errors import openai_error, openai_validation_error
 from serving.releases import NoActiveRelease
 
@@ -43,6 +44,13 @@ def install_error_handlers(app: FastAPI) -> None:
         if _is_openai(request):  # the headers too: a 405's Allow, a 429's Retry-After
             return openai_error(error.status_code, str(error.detail), headers=error.headers)
         return JSONResponse({"detail": error.detail}, status_code=error.status_code, headers=error.headers)
+
+    @app.exception_handler(RedactionUnavailable)
+    async def _not_stored(request: Request, error: RedactionUnavailable) -> JSONResponse:
+        message = "The personal-data check could not run, so nothing was stored; retry (with the same Idempotency-Key)"
+        if _is_openai(request):
+            return openai_error(503, message)
+        return JSONResponse({"detail": message}, status_code=503, headers={"Retry-After": "1"})
 
     @app.exception_handler(NoActiveRelease)
     async def _unavailable(request: Request, error: NoActiveRelease) -> JSONResponse:

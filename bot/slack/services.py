@@ -23,6 +23,10 @@ class SlackServices:
     chat: ChatService
     notify: Callable[[str, list[str], int, dict], None] | None = None  # plugins hear of stored feedback
 
+    def redact(self, text: str) -> str:
+        """What of a text may be stored: the same redaction as every other channel's (fails closed)."""
+        return self.chat.hooks.redact(text)
+
     async def in_session(self, work: Callable[[Session], T]) -> T:
         """Run `work(session)` on a worker thread in one transaction, committed if it returns;
         feedback it `told` about is announced after the commit."""

@@ -157,8 +157,19 @@ class GuardrailsConfig(BaseModel):
 
     input: list[Rule] = Field(default_factory=list)
     output: list[Rule] = Field(default_factory=list)
+    # Rewrites of every text before it is stored (prompts, answers, comments, corrections):
+    # only `fix` rules make sense here, since a stored text is never refused, only redacted.
+    store: list[Rule] = Field(default_factory=list)
 
-    @field_validator("input", "output")
+    @field_validator("store")
+    @classmethod
+    def _fixes_only(cls, rules: list[Rule]) -> list[Rule]:
+        for rule in rules:
+            if rule.on_fail != "fix":
+                raise ValueError(f"store rules redact: {rule.validator} must have on_fail: fix, not {rule.on_fail}")
+        return rules
+
+    @field_validator("input", "output", "store")
     @classmethod
     def _once_each(cls, rules: list[Rule]) -> list[Rule]:
         names = [rule.validator for rule in rules]
@@ -181,7 +192,7 @@ def load_config(path: Path | str | None = None) -> GuardrailsConfig:
         raise GuardrailsConfigError(f"{path}: not valid YAML: {error}") from None
     if not isinstance(data, dict) or not data:
         raise GuardrailsConfigError(
-            f"{path}: expected a mapping with an `input:` and/or an `output:` list of validators")
+            f"{path}: expected a mapping with `input:`, `output:` and/or `store:` lists of validators")
     try:
         return GuardrailsConfig.model_validate(data)
     except ValidationError as error:

@@ -1,8 +1,8 @@
 """The built-in guardrails plugin: a Guardrails AI `Guard` on the user's message and one on
 the answer, from the file in TUNELOOP_GUARDRAILS_CONFIG (else the bundled `default.yaml`).
 
-Registers one input check ("guardrails.input"), one output check ("guardrails.output") and
-the reward function `guardrail_reward` (-1.0 for an answer the output guard would fix or
+Registers one input check ("guardrails.input"), one output check ("guardrails.output"), the
+redactor every stored text passes ("guardrails.store") and the reward function `guardrail_reward` (-1.0 for an answer the output guard would fix or
 refuse). The file is read and checked when the plugin registers (a bad file stops start-up);
 the Guards are built on first use, because importing Guardrails AI takes seconds.
 """
@@ -17,7 +17,7 @@ from plugins.guardrails.config import GuardrailsConfig, load_config
 from plugins.hookspecs import hookimpl
 from plugins.protocols import TurnContext, Verdict
 
-Direction = Literal["input", "output"]
+Direction = Literal["input", "output", "store"]
 
 
 class LazyGuards:
@@ -41,7 +41,8 @@ class LazyGuards:
         from plugins.guardrails.guards import RuleGuard  # imports Guardrails AI
 
         return {direction: RuleGuard(rules, f"guardrails.{direction}", self.system_prompt)
-                for direction, rules in (("input", self.config.input), ("output", self.config.output)) if rules}
+                for direction, rules in (("input", self.config.input), ("output", self.config.output),
+                                         ("store", self.config.store)) if rules}
 
 
 _SHARED: dict[str, LazyGuards] = {}
@@ -83,6 +84,19 @@ class GuardrailsOutputCheck:
 
     def check_output(self, text: str, context: TurnContext) -> Verdict:
         return self.guards.check("output", text)
+
+
+class GuardrailsRedactor:
+    """The store rules on every text before it is written: what they find is redacted."""
+
+    name = "guardrails.store"
+
+    def __init__(self, guards: LazyGuards) -> None:
+        self.guards = guards
+
+    def redact(self, text: str) -> str:
+        verdict = self.guards.check("store", text)
+        return verdict.text if verdict.action == "fix" and verdict.text is not None else text
 
 
 def make_guardrail_reward(check: GuardrailsOutputCheck) -> Callable[..., list[float]]:
@@ -133,3 +147,10 @@ def register_reward_functions(register: Callable[[Any], None], settings: Any) ->
     guards = shared_guards(settings)
     if guards.config.output:
         register(make_guardrail_reward(GuardrailsOutputCheck(guards)))
+
+
+@hookimpl
+def register_redactors(register: Callable[[Any], None], settings: Any) -> None:
+    guards = shared_guards(settings)
+    if guards.config.store:
+        register(GuardrailsRedactor(guards))

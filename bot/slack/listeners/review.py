@@ -15,6 +15,7 @@ from bot.slack.people import slack_user
 from bot.slack.services import SlackServices, told
 from feedback import crud, review
 from feedback.models import STAFF, Response
+from feedback.redaction import RedactionUnavailable, redact_optional
 
 HELP = "Usage: `/tuneloop review` sends you the next answer to rate or pair to compare."
 REFUSED = "Only reviewers get review tasks. An operator can give you the role (`tuneloop users`)."
@@ -80,7 +81,11 @@ async def save_correction(ack: AsyncAck, body: dict, view: dict, context: AsyncB
             return "Only reviewers can write corrections."
         if response is None:
             return "That answer is no longer in the store."
-        crud.add_correction(session, reviewer, response, text, values["comment"]["value"].get("value"))
+        try:
+            crud.add_correction(session, reviewer, response, services.redact(text),
+                                redact_optional(services.redact, values["comment"]["value"].get("value")))
+        except RedactionUnavailable:
+            return "The personal-data check could not run, so nothing was stored; please submit again."
         told(session, "correction", [response.id], reviewer.id)
         return None
 

@@ -3,6 +3,7 @@ what; thumbs down also opens a modal asking why."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 
@@ -16,6 +17,7 @@ from bot.slack.people import slack_id_of, slack_user
 from bot.slack.services import SlackServices, told
 from feedback import crud
 from feedback.models import Response, Thumb
+from feedback.redaction import redact_or_withhold
 
 GONE = "That answer is no longer in the store, so the vote was not kept."
 
@@ -39,6 +41,8 @@ async def down_reason(ack: AsyncAck, body: dict, view: dict, context: AsyncBoltC
     values = view["state"]["values"]
     reason = (values["reason"]["value"].get("selected_option") or {}).get("value")
     comment = values["comment"]["value"].get("value")
+    if comment:  # kept only as redacted; withheld, never raw, if the check cannot run
+        comment = await asyncio.to_thread(redact_or_withhold, services.redact, comment)
     response_id = uuid.UUID(json.loads(view["private_metadata"])["response_id"])
     await services.in_session(lambda session: _save(session, services, body["user"]["id"], response_id,
                                                       thumb=Thumb.down, reason=reason, comment=comment))
