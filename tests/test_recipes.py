@@ -93,6 +93,10 @@ def test_each_recipe_trains_a_release(recipe, store, tmp_path, tiny_model):
     if recipe.startswith("rm+"):
         assert (adapter.parent / "reward" / "reward.json").is_file()
         assert result.report["reward_model"]["counts"]["train_pairs"] > 0
+        # The reward model the policy chased is reported but does not pass it: held-out pairs decide.
+        evaluation = result.report["evaluation"]
+        assert evaluation["primary_judge"] is None and "reward model" in evaluation["win_rates"]
+        assert result.report["gate"]["decided_by"].startswith("held-out human preference pairs")
     assert not (tmp_path / "var" / "runs" / str(run.id)).exists()  # checkpoints go once released
 
 

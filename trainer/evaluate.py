@@ -398,11 +398,12 @@ def evaluate_release(model_path: str, candidate_adapter: str, active_adapter: st
                      *, output_check: Any = None, system_prompt: str, max_tokens: int, seed: int = 0,
                      device: str = "auto", topics: bool = True,
                      embed: Callable[[list[str]], list[list[float]]] | None = None,
-                     cache_dir: Path | None = None) -> Evaluation:
+                     cache_dir: Path | None = None, primary: str | None = "first") -> Evaluation:
     """Everything the gate and the report need, from one round of greedy answers by both releases.
 
     `prompts` are held-out chat prompts (system message first); `judges` maps names to judges,
-    the first being the primary one (the gate's win rate, the topics); `output_check` is what
+    the first being the primary one (the gate's win rate, the topics) unless `primary` names
+    another or is None (no judge decides: each is reported only); `output_check` is what
     plugins provide (see `violation_check`), or None for "not measured"; `embed` replaces the
     MiniLM embeddings used to find topics; `cache_dir` keeps the active release's answers
     between nights (`AnswerCache`).
@@ -415,7 +416,7 @@ def evaluate_release(model_path: str, candidate_adapter: str, active_adapter: st
     texts = _user_texts(prompts)
     judged = {name: judge_answers(texts, ours[:held], theirs[:held], judge, name, seed)
               for name, judge in judges.items()}
-    primary = next(iter(judges), None)
+    primary = next(iter(judges), None) if primary == "first" else primary
     kl = kl_to_active(engine.model, engine.tokenizer, prompts, ours[:held],
                       active=ACTIVE if active_adapter else None)
     references = [item.answer for item in golden]

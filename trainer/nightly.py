@@ -20,7 +20,7 @@ import io
 import logging
 import shutil
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -42,7 +42,7 @@ from trainer.gate import GateThresholds, check
 from trainer.implicit import pair_accuracy
 from trainer.judges import load_judge
 from trainer.policy import StageOutcome
-from trainer.recipes import Choice, choose, wants_reward_model
+from trainer.recipes import NEEDS_REWARD_MODEL, Choice, choose, wants_reward_model
 from trainer.reward import METRICS_FILE, RewardConfig, RewardModel, train_reward_model
 
 log = logging.getLogger("tuneloop.trainer")
@@ -200,8 +200,9 @@ def _run(config: NightlyConfig, environment: Environment, database, run: _Run, c
     if reward:
         _copy(run.folder / "reward", folder / REWARD_FOLDER)  # where feedback.artifacts.reward_dir_for looks
     checksum = directory_checksum(adapter_dir)
-    evaluation, metrics = _evaluate(config, environment, data, run, adapter_dir, folder, reward)
-    gate = check(environment.gate, metrics)
+    evaluation, metrics = _evaluate(config, environment, data, run, adapter_dir, folder, reward, choice)
+    thresholds, decided_by = _deciding_evidence(environment.gate, choice, evaluation)
+    gate = {**check(thresholds, metrics), "decided_by": decided_by}
     state = ReleaseState.candidate if gate["passed"] else ReleaseState.failed_gate
     log.info("%s", gate["summary"])
 
@@ -291,7 +292,7 @@ def _train_recipe(choice: Choice, config: NightlyConfig, environment: Environmen
 
 
 def _evaluate(config: NightlyConfig, environment: Environment, data: TrainingData, run: _Run, adapter_dir: Path,
-              folder: Path, reward: dict | None) -> tuple[dict, dict]:
+              folder: Path, reward: dict | None, choice: Choice) -> tuple[dict, dict]:
     """The report's evaluation section and the figures the gate checks."""
     device = _torch_device(environment.device)
     implicit = pair_accuracy(environment.model_path, adapter_dir, run.active_adapter, data.held_out("dpo"),
@@ -299,6 +300,9 @@ def _evaluate(config: NightlyConfig, environment: Environment, data: TrainingDat
     judges = {spec: load_judge(spec) for spec in judge_specs(config.judge)}
     if reward:
         judges[REWARD_JUDGE] = RewardModel.load(environment.model_path, folder / REWARD_FOLDER, device=device).judge
+    # A policy optimised against the reward model would pass that judge whatever users think of it:
+    # after rm+grpo / rm+ppo it is reported, never deciding (see _deciding_evidence).
+    independent = [name for name in judges if not (name == REWARD_JUDGE and choice.recipe in NEEDS_REWARD_MODEL)]
     prompts, sources = evaluation_prompts(data, config.eval_prompts, environment.system_prompt)
     log.info("evaluating on %d held-out prompts (%s)", len(prompts),
              ", ".join(f"{n} {where}" for where, n in sources.items()))
@@ -307,10 +311,26 @@ def _evaluate(config: NightlyConfig, environment: Environment, data: TrainingDat
                               system_prompt=environment.system_prompt,
                               max_tokens=config.eval_max_tokens or environment.max_tokens,
                               seed=config.seed_eval, device=environment.device,
-                              cache_dir=environment.data_dir / "eval-cache").as_dict()
+                              cache_dir=environment.data_dir / "eval-cache",
+                              primary=independent[0] if independent else None).as_dict()
     evaluation = {**result, "pair_accuracy": implicit, "prompt_sources": sources,
                   "reward_pair_accuracy": reward["pair_accuracy"] if reward else None}
     return evaluation, _gate_metrics(evaluation)
+
+
+def _deciding_evidence(gate: GateThresholds, choice: Choice, evaluation: dict) -> tuple[GateThresholds, str]:
+    """Which evidence carries the gate's decision, in words for the report, and the thresholds it
+    runs on: the primary judge's win rate; after rm+grpo / rm+ppo without an independent judge,
+    held-out human preference pairs instead (the reward model the policy chased may not pass it)."""
+    primary = evaluation.get("primary_judge")
+    if primary:
+        return gate, f"the win rate under {primary} on {evaluation['win_rates'][primary]['n']} held-out prompts"
+    if choice.recipe in NEEDS_REWARD_MODEL:
+        required = tuple(key for key in gate.required if key != "win_rate") + ("pair_accuracy",)
+        return (replace(gate, required=required),
+                "held-out human preference pairs: the reward model this policy was optimised against is "
+                "reported but does not judge it (give --judge for an independent win rate)")
+    return gate, "no judge: give --judge, or collect enough pairs for a reward model"
 
 
 def judge_specs(judge: str | None) -> list[str]:
