@@ -9,11 +9,14 @@ and a lease survives connection drops that would silently release a session lock
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from sqlalchemy import delete, update
@@ -22,6 +25,8 @@ from sqlmodel import Session
 
 from feedback.db import dialect_insert
 from feedback.models import JobLock, utcnow
+
+log = logging.getLogger(__name__)
 
 LEASE = timedelta(minutes=5)
 
@@ -86,9 +91,29 @@ def holder_of(session: Session, name: str) -> JobLock | None:
     return session.get(JobLock, name)
 
 
+class LeaseLost(RuntimeError):
+    """The lease could not be renewed in time, or another process took it: stop, do not go on."""
+
+
+@dataclass
+class Lease:
+    """A held lease: `lost` is set when renewing it failed for longer than the lease lasts, or
+    another holder has it (a run that went on would then overlap the next one)."""
+
+    name: str
+    holder: str
+    lost: threading.Event = field(default_factory=threading.Event)
+    why: str = ""
+
+    def check(self) -> None:
+        if self.lost.is_set():
+            raise LeaseLost(f"the {self.name} lease was lost ({self.why}): stopped so that two runs never overlap")
+
+
 @contextmanager
-def held(database: Engine, name: str, holder: str | None = None, lease: timedelta = LEASE) -> Iterator[str]:
-    """Hold the lease for the block, renewing it every third of a lease; LockHeld if taken."""
+def held(database: Engine, name: str, holder: str | None = None, lease: timedelta = LEASE) -> Iterator[Lease]:
+    """Hold the lease for the block, renewing it every third of a lease; LockHeld if taken.
+    The `Lease` says when renewing failed (`lost`), so the holder can stop."""
     holder = holder or this_process()
     with Session(database) as session:
         got = acquire(session, name, holder, lease)
@@ -99,12 +124,12 @@ def held(database: Engine, name: str, holder: str | None = None, lease: timedelt
             raise LockHeld(f"{name} is held by {current.holder} until {_when(current.expires_at)}"
                            if current else f"{name} is held by another process")
         session.commit()
-    stop = threading.Event()
-    heartbeat = threading.Thread(target=_renew_until, args=(database, name, holder, lease, stop),
+    stop, kept = threading.Event(), Lease(name, holder)
+    heartbeat = threading.Thread(target=_renew_until, args=(database, kept, lease, stop),
                                  name=f"lease-{name}", daemon=True)
     heartbeat.start()
     try:
-        yield holder
+        yield kept
     finally:
         stop.set()
         heartbeat.join()
@@ -113,11 +138,28 @@ def held(database: Engine, name: str, holder: str | None = None, lease: timedelt
             session.commit()
 
 
-def _renew_until(database: Engine, name: str, holder: str, lease: timedelta, stop: threading.Event) -> None:
+def _renew_until(database: Engine, kept: Lease, lease: timedelta, stop: threading.Event) -> None:
+    """Renew every third of a lease. A renewal that fails is tried again at the next beat, until
+    the lease would have run out: then, or at once if another holder has it, it is lost."""
+    renewed = time.monotonic()
     while not stop.wait(lease.total_seconds() / 3):
-        with Session(database) as session:
-            renew(session, name, holder, lease)
-            session.commit()
+        try:
+            with Session(database) as session:
+                ours = renew(session, kept.name, kept.holder, lease)
+                session.commit()
+        except Exception as error:  # the store is away; the lease may still be ours for a while
+            log.warning("renewing the %s lease failed: %s", kept.name, error)
+            if time.monotonic() - renewed < lease.total_seconds():
+                continue
+            kept.why = f"not renewed for {lease.total_seconds():.0f} s: {error}"
+        else:
+            if ours:
+                renewed = time.monotonic()
+                continue
+            kept.why = "another process holds it now"
+        log.error("the %s lease is lost (%s)", kept.name, kept.why)
+        kept.lost.set()
+        return
 
 
 def _when(moment: datetime) -> str:

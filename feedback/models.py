@@ -8,7 +8,7 @@ from datetime import datetime, timezone
 from typing import Any, Optional
 
 from sqlalchemy import (JSON, CheckConstraint, Column, DateTime, Enum, ForeignKey, Index, Integer, Text,
-                        UniqueConstraint, Uuid)
+                        UniqueConstraint, Uuid, text)
 from sqlmodel import Field, SQLModel
 
 
@@ -118,6 +118,12 @@ class Message(SQLModel, table=True):
 
 class Release(SQLModel, table=True):
     __tablename__ = "releases"
+    # At most one active and one canary release, whatever the code paths do (migration 0006).
+    __table_args__ = tuple(
+        Index(f"uq_releases_one_{state}", "state", unique=True, sqlite_where=text(f"state = '{state}'"),
+              postgresql_where=text(f"state = '{state}'"))
+        for state in ("active", "canary")
+    )
     id: Optional[int] = Field(default=None, primary_key=True)
     name: str = Field(max_length=100, unique=True)
     base_model: str = Field(max_length=500)

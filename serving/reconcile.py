@@ -8,6 +8,7 @@ that took an operator's action is woken at once rather than at its next poll.
 from __future__ import annotations
 
 import asyncio
+import time
 import logging
 import os
 import socket
@@ -30,6 +31,8 @@ class AdapterRefused(RuntimeError):
 
 
 class Reconciler:
+    last_read: float | None = None  # time.monotonic() of the last reconcile that read the store
+
     def __init__(self, engine: Engine, database: Database, live: LiveReleases, interval: float = 0.5):
         self.engine, self.database, self.live, self.interval = engine, database, live, interval
         self._refused: set[tuple[int, str | None]] = set()  # reported once, not at every poll
@@ -56,6 +59,7 @@ class Reconciler:
 
     async def reconcile(self) -> None:
         active, canary, share = await asyncio.to_thread(self._desired)
+        self.last_read = time.monotonic()  # the store answered: readiness counts on it
         ready_active = await self._ready(active) if active else None
         ready_canary = await self._ready(canary) if canary else None
         new_active = ready_active or self.live.active  # a refused release never replaces a working one

@@ -11,6 +11,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from feedback.deps import ApiUser
+from feedback.limits import limited
 from serving.engine import SamplingParams
 from serving.errors import openai_error
 from serving.protocol import (
@@ -49,7 +50,7 @@ def list_models(request: Request, _user: ApiUser) -> ModelList:
 
 @router.post("/chat/completions", response_model=ChatCompletion, responses={
     200: {"content": {"text/event-stream": {"description": "with stream: true, chunks as server-sent events"}}},
-    **openai_error_responses(400, 401, 404, 413, 503)})
+    **openai_error_responses(400, 401, 404, 413, 429, 503)}, dependencies=[Depends(limited("chat turns"))])
 async def chat_completions(body: ChatCompletionRequest, request: Request, chat: ChatDep, user: ApiUser):
     if body.model not in model_ids(request):
         return openai_error(404, f"The model '{body.model}' does not exist; GET /v1/models lists the served ones",

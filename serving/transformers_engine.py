@@ -106,6 +106,11 @@ class TransformersEngine:
             await asyncio.to_thread(self._worker.join, 30)
             self._worker = None
 
+    @property
+    def started(self) -> bool:
+        """Whether the worker runs (the model is loaded and requests are taken)."""
+        return self._worker is not None and self._worker.is_alive()
+
     # ------------------------------------------------------------ requests
 
     async def stream(self, request: GenerationRequest) -> AsyncIterator[StreamEvent]:

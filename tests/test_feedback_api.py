@@ -218,3 +218,55 @@ def test_more_requests_than_pooled_connections_all_succeed(settings, tiny_engine
         with ThreadPoolExecutor(60) as pool:
             statuses = list(pool.map(rate, range(60)))
     assert statuses == [201] * 60
+
+
+def test_ready_says_yes_with_the_store_engine_and_release_up_and_says_which_part_is_not(api):
+    ready = api.get("/readyz")
+    assert ready.status_code == 200 and ready.json() == {"status": "ready", "checks": {
+        "store": "ok", "engine": "ok", "release": "ok"}}
+    live = api.app.state.live
+    active = live.active
+    live.active = None  # as before the first reconcile loaded a release
+    try:
+        not_yet = api.get("/readyz")
+    finally:
+        live.active = active
+    assert not_yet.status_code == 503 and not_yet.json()["checks"]["release"] == "no active release loaded yet"
+    assert api.get("/healthz").json() == {"status": "ok"}  # alive all along
+
+
+def test_sessions_and_chat_are_rate_limited_per_client_with_retry_after(settings, tiny_engine):
+    import openai
+
+    from tests.conftest import LiveServer
+    from tuneloop.app import create_app
+
+    tight = settings.model_copy(update={"rate_limit_sessions": "3/minute", "rate_limit_chat": "2/minute"})
+    with LiveServer(create_app(tight, engine=tiny_engine)) as server:
+        replies = [httpx.post(f"{server.url}/api/session") for _ in range(4)]
+        assert [r.status_code for r in replies] == [201, 201, 201, 429]
+        assert 1 <= int(replies[-1].headers["Retry-After"]) <= 60 and "3 per 1 minute" in replies[-1].json()["detail"]
+        client = openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0)
+        ask = dict(model="tuneloop", messages=[{"role": "user", "content": "hi"}], max_tokens=2)
+        client.chat.completions.create(**ask)
+        client.chat.completions.create(**ask)
+        with pytest.raises(openai.RateLimitError) as limited:
+            client.chat.completions.create(**ask)
+        assert limited.value.response.headers["Retry-After"]
+
+
+def test_production_refuses_placeholder_secrets_and_an_anonymous_api_nobody_asked_for():
+    from pydantic import ValidationError
+
+    from tuneloop.settings import Settings
+
+    demo = dict(_env_file=None, environment="production", database_url="postgresql://tuneloop:tuneloop@db/tuneloop")
+    with pytest.raises(ValidationError) as refused:
+        Settings(**demo)
+    message = str(refused.value)
+    assert "database password" in message and "TUNELOOP_ALLOW_ANONYMOUS_API" in message
+    real = {**demo, "database_url": "postgresql://tuneloop:Wq8-long-random@db/tuneloop"}
+    assert Settings(**real, allow_anonymous_api=True).allow_anonymous_api  # asked for by name
+    assert not Settings(**real, allow_anonymous_api=False).allow_anonymous_api
+    with pytest.raises(ValidationError, match="rate_limit_chat"):
+        Settings(_env_file=None, rate_limit_chat="lots")

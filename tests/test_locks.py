@@ -6,6 +6,7 @@ import threading
 from datetime import timedelta
 
 import pytest
+from sqlalchemy import text
 from sqlmodel import Session
 
 from feedback import locks
@@ -57,7 +58,7 @@ def test_held_says_who_holds_the_job_and_frees_it_after(database):
             with locks.held(database, "job", "second"):
                 pass
     with locks.held(database, "job", "second") as holder:
-        assert holder == "second"
+        assert holder.holder == "second"
 
 
 def test_a_killed_holder_on_this_machine_need_not_be_waited_out(database):
@@ -71,7 +72,7 @@ def test_a_killed_holder_on_this_machine_need_not_be_waited_out(database):
         assert locks.acquire(session, "job", dead_holder)
         session.commit()
     with locks.held(database, "job") as holder:  # its lease has minutes left, yet it is ours now
-        assert holder == locks.this_process()
+        assert holder.holder == locks.this_process()
     # A live holder, or one on another machine, is waited out as before.
     with Session(database) as session:
         assert locks.acquire(session, "job", "elsewhere:1")
@@ -88,3 +89,16 @@ def test_a_nightly_run_does_not_start_while_another_holds_the_job(database, data
     with locks.held(database, JOB, "another-machine:42"):
         result = main(NightlyConfig(output_dir=str(tmp_path)), Environment(database_url, tmp_path, "unused"))
     assert result.status == "skipped" and "another-machine:42" in result.message
+
+
+def test_a_lease_taken_by_another_process_is_lost_and_says_why(database):
+    from datetime import timedelta
+
+    short = timedelta(seconds=0.6)
+    with locks.held(database, "job", "first", lease=short) as lease:
+        with Session(database) as session:  # another process takes the job (its lease ran out, say)
+            session.execute(text("UPDATE job_locks SET holder = 'thief' WHERE name = 'job'"))
+            session.commit()
+        assert lease.lost.wait(5)
+        with pytest.raises(locks.LeaseLost, match="another process holds it now"):
+            lease.check()

@@ -69,3 +69,21 @@ def test_only_operators_approve_over_http(live_server, adapter):
     assert again.status_code == 409 and "canary" in again.json()["detail"]
     assert httpx.post(f"{live_server.url}/api/releases/nope/approve", headers=operator).status_code == 404
     assert httpx.post(f"{live_server.url}/api/releases/promote", headers=operator).json()["state"] == "active"
+
+
+def test_the_store_allows_one_active_and_one_canary_release_whatever_the_code_does(database):
+    from sqlalchemy.exc import IntegrityError
+
+    from feedback.db import session_scope
+    from feedback.models import Release, ReleaseState
+
+    with session_scope(database) as session:
+        session.add(Release(name="first", base_model="tiny", state=ReleaseState.active))
+        session.add(Release(name="trial", base_model="tiny", state=ReleaseState.canary, canary_share=0.2))
+    for state in (ReleaseState.active, ReleaseState.canary):
+        with pytest.raises(IntegrityError):
+            with session_scope(database) as session:  # as two racing approvals would, past every check
+                session.add(Release(name=f"second-{state.value}", base_model="tiny", state=state))
+    with session_scope(database) as session:
+        session.add(Release(name="old", base_model="tiny", state=ReleaseState.retired))
+        session.add(Release(name="older", base_model="tiny", state=ReleaseState.retired))  # many of the others

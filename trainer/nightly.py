@@ -106,15 +106,15 @@ def main(config: NightlyConfig, environment: Environment) -> RunResult:
     database = make_engine(environment.database_url)
     upgrade(database)
     try:
-        with locks.held(database, JOB), distributed.leading(processes) as lead:
-            return _main(config, environment, database, lead)
+        with locks.held(database, JOB) as lease, distributed.leading(processes) as lead:
+            return _main(config, environment, database, lead, lease)
     except locks.LockHeld as busy:
         message = f"another training run is in progress ({busy}); this one did not start"
         log.info(message)
         return RunResult(RunStatus.skipped, message)
 
 
-def _main(config: NightlyConfig, environment: Environment, database, lead) -> RunResult:  # noqa: ANN001
+def _main(config: NightlyConfig, environment: Environment, database, lead, lease) -> RunResult:  # noqa: ANN001
     with _captured_log() as captured:
         with session_scope(database) as session:
             active = crud.active_release(session)
@@ -122,7 +122,7 @@ def _main(config: NightlyConfig, environment: Environment, database, lead) -> Ru
                 return RunResult(RunStatus.skipped, "no active release to train on: start the service once first")
             run = _open_run(session, config, environment, active)
         try:
-            return _run(config, environment, database, run, captured, lead)
+            return _run(config, environment, database, run, captured, lead, lease)
         except CurationBlocked as blocked:
             log.warning("%s", blocked)
             _finish(database, run.id, RunStatus.skipped, {"message": str(blocked)}, {}, captured.getvalue())
@@ -173,7 +173,8 @@ def _open_run(session: Session, config: NightlyConfig, environment: Environment,
     return _Run.of(run.id, runs / str(run.id), _learned_until(session, active), active)
 
 
-def _run(config: NightlyConfig, environment: Environment, database, run: _Run, captured, lead) -> RunResult:  # noqa: ANN001
+def _run(config: NightlyConfig, environment: Environment, database, run: _Run, captured, lead,  # noqa: ANN001
+         lease) -> RunResult:  # noqa: ANN001
     config.resume = run.resumed  # stages continue from checkpoints only within a reopened run
     data = _data(config, environment, database, run)
     counts = data.counts()
@@ -188,11 +189,13 @@ def _run(config: NightlyConfig, environment: Environment, database, run: _Run, c
     reward = None
     if wants_reward_model(first.recipe, config, data):
         reward = _reward_stage(config, environment, data, run.folder / "reward")
+        lease.check()  # a run whose lease was lost stops here rather than overlap the next one
     choice = choose(config, data, reward["pair_accuracy"] if reward else None) if config.recipe == "auto" else first
     lead.send(choice)
     log.info("recipe %s: %s", choice.recipe, choice.reason)
     _set_recipe(database, run.id, choice.recipe)
     stages = _train_recipe(choice, config, environment, data, run)
+    lease.check()
 
     name = f"r{run.id}-{datetime.now(timezone.utc):%Y%m%d-%H%M}"
     folder = environment.data_dir / "releases" / name
@@ -215,6 +218,7 @@ def _run(config: NightlyConfig, environment: Environment, database, run: _Run, c
         "training": {"stages": {s.name: {"history": s.history, "summary": _summary(s, config)} for s in stages}},
     }
     report.write(body, folder)
+    lease.check()  # never a release from a run that no longer holds the job
     with session_scope(database) as session:
         release = Release(name=name, base_model=run.base_model, adapter_path=str(adapter_dir.resolve()),
                           checksum=checksum, state=state, training_run_id=run.id, report=body)

@@ -18,12 +18,14 @@ from bot.web.router import router as widget_router
 from feedback import crud
 from feedback.db import make_engine, session_scope
 from feedback.ingest import RatingWriter
+from feedback.limits import RateLimits
 from feedback.migrate import upgrade
 from feedback.review_router import router as review_router
 from feedback.router import router as feedback_router
 from plugins.manager import Plugins, load_plugins
 from plugins.turns import PluginHooks
 from serving.engine import Engine
+from serving.health import router as health_router
 from serving.reconcile import Reconciler
 from serving.releases import LiveReleases
 from serving.router import RESPONSE_ID_HEADER
@@ -184,18 +186,17 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
 
     app = FastAPI(title="tuneloop", version="0.1.0", lifespan=lifespan)
     app.state.settings = settings
+    app.state.rate_limits = RateLimits({"new sessions": settings.rate_limit_sessions,
+                                        "chat turns": settings.rate_limit_chat}, settings.rate_limit_storage)
     install_error_handlers(app)
     document_errors(app)
-    # The widget runs on other sites' pages; it sends a bearer token, never cookies.
-    app.add_middleware(CORSMiddleware, allow_origins=["*"], allow_methods=["*"], allow_headers=["*"],
-                       expose_headers=[RESPONSE_ID_HEADER])
+    # The widget runs on other sites' pages (TUNELOOP_ALLOWED_ORIGINS); it sends a bearer token, never cookies.
+    app.add_middleware(CORSMiddleware, allow_origins=settings.allowed_origins, allow_methods=["*"],
+                       allow_headers=["*"], expose_headers=[RESPONSE_ID_HEADER])
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
-    for router in (openai_router, feedback_router, review_router, widget_router, releases_router, pages_router):
+    for router in (openai_router, feedback_router, review_router, widget_router, releases_router, pages_router,
+                   health_router):
         app.include_router(router)
     _mount_slack(app, settings)
-
-    @app.get("/healthz", include_in_schema=False)
-    def healthz() -> dict:
-        return {"status": "ok"}
 
     return app

@@ -10,6 +10,8 @@ from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 EMBEDDED_MODEL = "embedded:smollm2-135m-instruct"
+# Values that are examples, not secrets: refused in production.
+PLACEHOLDERS = {"changeme", "change-me", "secret", "password", "tuneloop", "postgres", "test", "example", "xxx"}
 
 
 class Settings(BaseSettings):
@@ -56,7 +58,13 @@ class Settings(BaseSettings):
     ab_strategy: Literal["contrast", "samples"] = Field(
         default="contrast", description="an A/B pair's second answer: a style contrast (serving/pairs.py) or a "
                                         "second plain sample")
-    allow_anonymous_api: bool = Field(default=True, description="OpenAI API without a bearer token")
+    allow_anonymous_api: bool = Field(default=True, description="OpenAI API without a tuneloop token")
+    # Per client address, in the `limits` library's notation; empty switches one off.
+    rate_limit_sessions: str = Field(default="30/minute", description="new anonymous sessions (POST /api/session)")
+    rate_limit_chat: str = Field(default="120/minute", description="chat turns (widget and OpenAI API)")
+    rate_limit_storage: str = Field(default="memory://", description="memory:// (one process) or redis://host:6379")
+    allowed_origins: list[str] = Field(default_factory=lambda: ["*"],
+                                       description="pages that may embed the widget (CORS), as JSON")
     max_body_bytes: int = Field(default=64 * 1024, ge=1024)
     worker_threads: int = Field(default=8, ge=1, le=200, description="threads for database-bound endpoints")
 
@@ -108,6 +116,40 @@ class Settings(BaseSettings):
         if self.slack_socket_mode and self.slack_bot_token and not self.slack_app_token:
             raise ValueError("TUNELOOP_SLACK_SOCKET_MODE needs TUNELOOP_SLACK_APP_TOKEN (xapp-...)")
         return self
+
+    @model_validator(mode="after")
+    def _rate_limits_parse(self) -> "Settings":
+        from limits import parse
+
+        for name in ("rate_limit_sessions", "rate_limit_chat"):
+            rule = getattr(self, name)
+            try:
+                if rule:
+                    parse(rule)
+            except ValueError as error:
+                raise ValueError(f"TUNELOOP_{name.upper()} must read like '30/minute', not {rule!r}") from error
+        return self
+
+    @model_validator(mode="after")
+    def _production_is_not_a_demo(self) -> "Settings":
+        """In production: no placeholder secrets, and an anonymous API only when asked for by name."""
+        if self.environment != "production":
+            return self
+        problems = [f"{what} is a placeholder ({value!r}); set a real one" for what, value in self._secrets()
+                    if value and value.lower() in PLACEHOLDERS]
+        if self.allow_anonymous_api and "allow_anonymous_api" not in self.model_fields_set:
+            problems.append("the OpenAI API would take anyone: set TUNELOOP_ALLOW_ANONYMOUS_API=false, "
+                            "or =true if that is what you want")
+        if problems:
+            raise ValueError("TUNELOOP_ENVIRONMENT=production: " + "; ".join(problems))
+        return self
+
+    def _secrets(self) -> list[tuple[str, str]]:
+        from sqlalchemy.engine import make_url
+
+        password = make_url(self.database_url).password if self.database_url else None
+        return [("the database password in TUNELOOP_DATABASE_URL", password or ""),
+                ("TUNELOOP_SLACK_SIGNING_SECRET", self.slack_signing_secret)]
 
     @model_validator(mode="after")
     def _default_database(self) -> "Settings":

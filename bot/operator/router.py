@@ -9,6 +9,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.responses import FileResponse
 from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy.exc import IntegrityError
 
 from feedback import crud, releases
 from feedback.deps import CurrentUser, SessionDep, current_user
@@ -64,7 +65,12 @@ def _act(request: Request, session: SessionDep, action) -> ReleaseOut:  # noqa: 
         raise HTTPException(404, str(error)) from error
     except releases.ReleaseError as error:
         raise HTTPException(409, str(error)) from error
-    session.commit()
+    try:
+        session.commit()
+    except IntegrityError as error:  # another operator's action won the race: the store allows one of each
+        session.rollback()
+        raise HTTPException(409, "another release action just changed which release is active or canary; "
+                                 "look again (GET /api/releases) and retry") from error
     reconciler = getattr(request.app.state, "reconciler", None)
     if reconciler is not None:  # this replica follows now; the others at their next poll
         reconciler.wake()

@@ -9,12 +9,13 @@ import secrets
 import uuid
 from collections.abc import AsyncIterator
 
-from fastapi import APIRouter, HTTPException, Request
+from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.responses import StreamingResponse
 
 from bot.web.protocol import ConversationOut, MessageIn, SessionOut, build_conversation
 from feedback import crud
 from feedback.deps import CurrentUser, SessionDep
+from feedback.limits import limited
 from feedback.protocol import error_responses
 from feedback.models import Channel, Conversation, User
 from serving.engine import SamplingParams
@@ -25,7 +26,8 @@ router = APIRouter(prefix="/api", tags=["widget"])
 log = logging.getLogger(__name__)
 
 
-@router.post("/session", status_code=201, response_model=SessionOut, responses=error_responses(413, 429))
+@router.post("/session", status_code=201, response_model=SessionOut, responses=error_responses(413, 429),
+             dependencies=[Depends(limited("new sessions"))])
 def start_session(session: SessionDep) -> SessionOut:
     """A new anonymous visitor; the widget keeps the token in localStorage."""
     visitor = secrets.token_hex(8)
@@ -52,7 +54,7 @@ def read_conversation(conversation_id: uuid.UUID, session: SessionDep, user: Cur
 @router.post("/conversations/{conversation_id}/messages", responses={
     200: {"content": {"text/event-stream": {}}, "description": "the turn streamed as server-sent events: `turn`, "
                                                                "`delta`s, `done`s (or `error`)"},
-    **error_responses(401, 404, 413, 422, 429, 503)})
+    **error_responses(401, 404, 413, 422, 429, 503)}, dependencies=[Depends(limited("chat turns"))])
 async def send_message(
     conversation_id: uuid.UUID, body: MessageIn, request: Request, session: SessionDep, user: CurrentUser, chat: ChatDep
 ) -> StreamingResponse:
