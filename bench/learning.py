@@ -23,8 +23,9 @@ shown first, as before a user has voted).
     PYTHONPATH=. .venv/bin/python bench/learning.py --strategy samples --events 100 --yields-only
 
 Results go to bench/out/learning/<strategy>/: `results.json` (one entry per night, kept
-across runs, so a long table can be filled in over several sessions), `learning.png` (win
-rate against events per judge, one line per share) and the table printed at the end.
+across runs, so a long table can be filled in over several sessions), `learning-defaults.png` (win
+rate against events per judge, one line per share; `learning-<label>.png` for a `--label`led
+variant of the training flags) and the table printed at the end.
 """
 
 from __future__ import annotations
@@ -66,6 +67,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--yields-only", action="store_true", help="record and report pair yields; train nothing")
     parser.add_argument("--again", action="store_true", help="run nights again that results.json already has")
     parser.add_argument("--train-args", default="", help="extra `tuneloop train` flags (default: none, as users get)")
+    parser.add_argument("--label", default="defaults", help="names the training variant in results.json")
     return parser.parse_args()
 
 
@@ -179,7 +181,7 @@ def base_rate(transcript, judge) -> float | None:  # noqa: ANN001
 def night(folder: Path, share: float, events: int, name: str, args: argparse.Namespace, model: str) -> dict:
     from trainer.simulate import give_feedback
 
-    work = folder / f"night-{name}-{events}"
+    work = folder / f"night-{name}-{events}-{args.label}"
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     shutil.copy(snapshot_path(folder, events), work / "tuneloop.db")
@@ -202,7 +204,7 @@ def night(folder: Path, share: float, events: int, name: str, args: argparse.Nam
     minutes = (time.perf_counter() - started) / 60
     if (work / "eval-cache").is_dir():
         shutil.copytree(work / "eval-cache", shared_cache, dirs_exist_ok=True)
-    return {"share": share, "events": events, "judge": name, "minutes": minutes, "exit": code,
+    return {"share": share, "events": events, "judge": name, "label": args.label, "minutes": minutes, "exit": code,
             "feedback": dict(feedback), **pair_yield(transcript, PANEL[name]), **_outcome(work, name)}
 
 
@@ -313,7 +315,8 @@ def main() -> None:
             if args.yields_only:
                 continue
             for name in judges:
-                done = [r for r in results if (r["share"], r["events"], r["judge"]) == (share, events, name)]
+                done = [r for r in results if (r["share"], r["events"], r["judge"], r.get("label", "defaults"))
+                        == (share, events, name, args.label)]
                 if done and not args.again:
                     continue
                 outcome = night(folder, share, events, name, args, model)
@@ -321,10 +324,11 @@ def main() -> None:
                 results_file.write_text(json.dumps(results, indent=1), encoding="utf-8")
                 print(json.dumps({k: outcome.get(k) for k in ("judge", "share", "events", "recipe", "win", "minutes")}),
                       flush=True)
-    if results:
-        plot(results, root / "learning.png")
-        table(results, {}, rates)
-        print(f"plot: {root / 'learning.png'}")
+    shown = [r for r in results if r.get("label", "defaults") == args.label]
+    if shown:
+        plot(shown, root / f"learning-{args.label}.png")
+        table(shown, {}, rates)
+        print(f"plot: {root / f'learning-{args.label}.png'}")
 
 
 if __name__ == "__main__":
