@@ -25,7 +25,7 @@ def test_a_handful_of_rows_gets_many_passes_and_thousands_get_one():
     assert many.steps == 72 and many.epochs < 1  # the step budget caps a big night
     middle = fit.plan(config(), rows=128, held_out=8, batch=4)
     assert middle.steps == 72 and 2 < middle.epochs < 3  # about 512 examples seen, within the cap
-    assert few.check_every == 10 and "held-out loss checked every 10 steps" in few.reason
+    assert few.check_every == 16 and "held-out loss checked every 16 steps" in few.reason
 
 
 def test_without_held_out_rows_there_are_no_checks_and_max_steps_is_obeyed():
@@ -37,7 +37,7 @@ def test_without_held_out_rows_there_are_no_checks_and_max_steps_is_obeyed():
 
 def test_checks_keep_the_best_checkpoint_by_held_out_loss():
     fields = fit.overrides(fit.plan(config(), rows=30, held_out=8, batch=4))
-    assert fields["eval_steps"] == fields["save_steps"] == 10 and fields["load_best_model_at_end"]
+    assert fields["eval_steps"] == fields["save_steps"] == 16 and fields["load_best_model_at_end"]
     assert (fields["metric_for_best_model"], fields["greater_is_better"]) == ("eval_loss", False)
     assert fields["max_steps"] == 64
 
@@ -55,6 +55,19 @@ def test_the_time_budget_stops_a_stage_before_a_step_would_run_past_it():
     assert stopped.should_training_stop and stopped.should_evaluate and stopped.should_save
     assert budget.stopped_at == 2
     assert fit.callbacks(fit.plan(config(), 30, 0, 4), patience=2, minutes=0) == []
+
+
+def test_the_time_budget_keeps_room_for_the_held_out_check_made_on_stopping():
+    budget = fit.TimeBudget(minutes=1.0 / 60)  # one second
+    args = TrainingArguments(output_dir="/tmp/unused", eval_strategy="steps", eval_steps=1)
+    state, control = TrainerState(max_steps=100), TrainerControl()
+    budget.on_train_begin(args, state, control)
+    state.global_step = 1
+    assert not budget.on_step_end(args, state, control).should_training_stop
+    time.sleep(0.55)
+    budget.on_evaluate(args, state, control)  # a check that took 0.55 s
+    state.global_step = 2  # 0.55 s spent, so a step fits, but not the 0.55 s check made on stopping
+    assert budget.on_step_end(args, state, control).should_training_stop
 
 
 def labelled(good: int, bad: int) -> list[Row]:

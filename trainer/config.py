@@ -49,6 +49,8 @@ class NightlyConfig(DPOConfig):
         "help": "train a reward model: auto (when there are min_pairs pairs), always (rm+ recipes), or never"})
     reward_learning_rate: float = field(default=1e-4, metadata={"help": "reward model learning rate"})
     reward_epochs: float = field(default=1.0, metadata={"help": "reward model epochs"})
+    reward_minutes: float = field(default=3.0, metadata={
+        "help": "wall-clock budget of the reward model's training (0: none), so the night ends in time"})
     auto_rl_accuracy: float = field(default=0.75, metadata={
         "help": "auto picks rm+grpo when the reward model's held-out accuracy reaches this and unrated prompts abound"})
     # ---- KTO, SFT, GRPO, PPO stages

@@ -257,7 +257,7 @@ def _reward_stage(config: NightlyConfig, environment: Environment, data: Trainin
                   save_strategy="no")
     log.info("training the reward model on %d pairs", len(data.train("dpo")))
     result = train_reward_model(environment.model_path, data.train("dpo"), data.held_out("dpo"),
-                                data.held_out("kto"), args, out_dir)
+                                data.held_out("kto"), args, out_dir, minutes=config.reward_minutes)
     return {**result.metrics, "history": result.history}
 
 

@@ -28,6 +28,7 @@ from trl import RewardConfig as TrlRewardConfig
 
 from feedback.export import Row
 from trainer.config import device_defaults, lora_config
+from trainer.fit import TimeBudget
 
 METRICS_FILE = "reward.json"  # written next to the adapter files in out_dir
 Messages = list[dict[str, str]]
@@ -247,11 +248,12 @@ class _Scorer:
 
 def train_reward_model(model_path: str | Path, train_pairs: Sequence[Row | Mapping],
                        eval_pairs: Sequence[Row | Mapping], eval_thumbs: Sequence[Row | Mapping],
-                       config: RewardConfig, out_dir: str | Path) -> RewardResult:
+                       config: RewardConfig, out_dir: str | Path, minutes: float = 0.0) -> RewardResult:
     """Train a LoRA reward model on `train_pairs`, measure it on the held-out rows, save to `out_dir`.
 
     `out_dir` receives the adapter (with the score head, as PEFT's modules_to_save) and
     `reward.json`: held-out pair accuracy, thumbs accuracy/precision/recall/F1 and the threshold.
+    With `minutes` > 0 training stops before a step would run past them.
     """
     import torch
     from peft import get_peft_model
@@ -272,6 +274,7 @@ def train_reward_model(model_path: str | Path, train_pairs: Sequence[Row | Mappi
         args=config,
         train_dataset=_pair_dataset(train_pairs),
         processing_class=tokenizer,
+        callbacks=[TimeBudget(minutes)] if minutes > 0 else None,  # a night's share of the clock
     )
     trainer.train()  # transformers' progress bar unless config.disable_tqdm
 
