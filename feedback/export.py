@@ -199,6 +199,19 @@ def prompt_rows(session: Session, limit: int = 1000) -> list[Row]:
     return list(rows.values())
 
 
+def choices(session: Session, since: datetime | None = None) -> dict[str, int]:
+    """A/B choices by verdict (since a time, if given), and the pair yield: choices with a
+    winner / choices, since only those become preference pairs."""
+    from sqlalchemy import func
+
+    query = select(Comparison.winner, func.count()).group_by(Comparison.winner)
+    if since is not None:
+        query = query.where(Comparison.updated_at > since)
+    counts = {winner.value: count for winner, count in session.exec(query)}
+    total = sum(counts.values())
+    return {**counts, "choices": total, "pair_yield": (counts.get("a", 0) + counts.get("b", 0)) / total if total else None}
+
+
 BUILDERS = {"dpo": preference_rows, "kto": kto_rows, "sft": sft_rows, "prompts": prompt_rows}
 
 

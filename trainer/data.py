@@ -24,7 +24,7 @@ from typing import Any
 
 from sqlmodel import Session
 
-from feedback.export import BUILDERS, Row
+from feedback.export import BUILDERS, Row, choices
 from trainer.config import NightlyConfig
 from trainer.curation import CurationConfig, StepReport, add_replay, curate
 from trainer.datasets import Split, split_kinds
@@ -40,6 +40,7 @@ class TrainingData:
     since: datetime | None  # when the active release's own run read its data: rows after it are new
     curation: dict[str, dict] = field(default_factory=dict)  # per kind: in, out, removed per step, lines
     replay: dict[str, dict] = field(default_factory=dict)  # per kind: new rows and replayed rows
+    choices: dict = field(default_factory=dict)  # new A/B choices by verdict, and the pair yield
 
     def train(self, kind: str) -> list[Row]:
         return self.splits[kind].train
@@ -91,6 +92,7 @@ class TrainingData:
     def save(self, folder: Path) -> None:
         folder.mkdir(parents=True, exist_ok=True)
         body = {"since": self.since.isoformat() if self.since else None, "curation": self.curation,
+                "choices": self.choices,
                 "splits": {kind: {"train": [_row_json(r) for r in split.train],
                                   "held_out": [_row_json(r) for r in split.held_out]}
                            for kind, split in self.splits.items()}}
@@ -102,7 +104,7 @@ class TrainingData:
         splits = {kind: Split([_row(r) for r in halves["train"]], [_row(r) for r in halves["held_out"]])
                   for kind, halves in body["splits"].items()}
         since = datetime.fromisoformat(body["since"]) if body["since"] else None
-        return cls(splits, since, body["curation"])
+        return cls(splits, since, body["curation"], choices=body.get("choices", {}))
 
 
 def split_pairs(pairs: list[Row]) -> list[Row]:
@@ -145,7 +147,7 @@ def prepare(session: Session, config: NightlyConfig, since: datetime | None, che
                                 "removed": report.removed(), "lines": report.lines(),
                                 "agreement": _agreement(report)}
     splits = split_kinds(curated, config.holdout_fraction, config.near_duplicate_threshold)
-    return TrainingData(splits, since, reports)
+    return TrainingData(splits, since, reports, choices=choices(session, since))
 
 
 def _agreement(report) -> dict | None:  # noqa: ANN001

@@ -212,7 +212,8 @@ def _run(config: NightlyConfig, environment: Environment, database, run: _Run, c
     body = {
         "release": name, "run_id": run.id, "recipe": choice.recipe, "recipe_reason": choice.reason,
         "base_release": run.active_name, "created_at": utcnow().isoformat(timespec="seconds"),
-        "data": {**counts, **{f"replay_{k}": v["replayed"] for k, v in data.replay.items()}},
+        "data": {**counts, **{f"replay_{k}": v["replayed"] for k, v in data.replay.items()},
+                 "choices": data.choices},
         "curation": data.curation, "gate": gate, "evaluation": evaluation, "checksum": checksum,
         "reward_model": reward,
         "training": {"stages": {s.name: {"history": s.history, "summary": _summary(s, config)} for s in stages}},
