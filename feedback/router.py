@@ -6,7 +6,7 @@ import asyncio
 import uuid
 from typing import Annotated
 
-from fastapi import APIRouter, Header, HTTPException, Request
+from fastapi import APIRouter, Header, HTTPException, Path, Request
 from fastapi.responses import JSONResponse, Response
 from sqlmodel import Session, select
 
@@ -92,8 +92,13 @@ def correct(body: CorrectionIn, request: Request, session: SessionDep, user: Cur
     return reply
 
 
+# A row id is a signed 64-bit integer in both stores; a bigger one cannot name a row, and SQLite
+# would refuse to bind it (a 500), so the path says so with a 422.
+RowId = Annotated[int, Path(ge=1, le=2**63 - 1, description="the id the feedback route returned")]
+
+
 @router.delete("/{kind}/{item_id}", status_code=204, responses=error_responses(401, 404, 422))
-def withdraw(kind: privacy.Kind, item_id: int, session: SessionDep, user: CurrentUser) -> Response:
+def withdraw(kind: privacy.Kind, item_id: RowId, session: SessionDep, user: CurrentUser) -> Response:
     """Take back one of your own ratings, A/B choices or corrections: it leaves the store and
     every dataset built after."""
     try:

@@ -124,6 +124,8 @@ def test_a_vote_can_be_withdrawn_by_its_giver_only_and_its_retry_no_longer_repla
     assert httpx.delete(f"{url}/api/feedback/ratings/{rating['id']}", headers=stranger).status_code == 404
     assert httpx.delete(f"{url}/api/feedback/ratings/{rating['id']}", headers=owner).status_code == 204
     assert httpx.delete(f"{url}/api/feedback/ratings/{rating['id']}", headers=owner).status_code == 404
+    too_big = httpx.delete(f"{url}/api/feedback/corrections/{2**64}", headers=owner)  # the fuzz found a 500 here
+    assert too_big.status_code == 422 and "item_id" in too_big.text
     with Session(live_server.app.state.database) as session:
         from feedback.export import kto_rows
 
