@@ -39,6 +39,7 @@ from sqlalchemy import func, text  # noqa: E402
 from sqlmodel import Session, select  # noqa: E402
 
 from bench._service import free_port, wait_healthy  # noqa: E402
+from bench._stats import percentile  # noqa: E402
 from feedback import crud  # noqa: E402
 from feedback.db import make_engine  # noqa: E402
 from feedback.migrate import upgrade  # noqa: E402
@@ -71,9 +72,8 @@ class Load:
     def acknowledged(self) -> int:
         return self.statuses.get(201, 0)
 
-    def percentile(self, q: float) -> float:
-        ordered = sorted(self.latencies_ms)
-        return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+    def percentile(self, share: float) -> float:
+        return percentile(self.latencies_ms, share)
 
 
 def parse_args() -> argparse.Namespace:

@@ -36,6 +36,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach a model hub, whateve
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # run as a script from anywhere
 
+from bench._stats import percentile  # noqa: E402
+
 EXAMPLE = ROOT / "plugins" / "rag" / "example"
 OUT = ROOT / "bench" / "out" / "rag"
 SYNTHETIC_KEY = "bench:synthetic-notes"  # the index's "folder" for the generated notes
@@ -133,11 +135,6 @@ def queries(count: int, pool: list[str], seed: int) -> list[str]:
         start = rng.randrange(0, max(1, len(words) - 6))
         asked.append("What about " + " ".join(words[start:start + rng.randint(4, 10)]) + "?")
     return asked[:count]
-
-
-def percentile(values: list[float], share: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, round(share * len(ordered)) - 1))]
 
 
 def time_each(function, items: list[str]) -> list[float]:  # noqa: ANN001

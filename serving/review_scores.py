@@ -12,7 +12,7 @@ release whose reward model scored it.
 Answers are noticed through the database session, not the chat service: every Response
 committed through this process's engine is queued (SQLAlchemy's session events), whichever
 path stored it. Serving cannot import the trainer, so the app factory hands in the function
-that loads a reward model (`trainer.reward.RewardModel.load`); all this module needs of the
+that loads a reward model (`trainer.reward_model.RewardModel.load`); all this module needs of the
 model is `uncertainties(prompts, completions)`.
 
 The reward model is the one the nightly run saved beside the active release's adapter
@@ -57,7 +57,7 @@ class UncertaintyModel(Protocol):
     def uncertainties(self, prompts: Sequence[Messages], completions: Sequence[str]) -> list[float]: ...
 
 
-# (release, its reward folder) -> the loaded model. The app passes trainer.reward's loader.
+# (release, its reward folder) -> the loaded model. The app passes trainer.reward_model's loader.
 LoadRewardModel = Callable[[Release, Path], UncertaintyModel]
 
 # The scoring thread's nice value (Linux). Scoring is background work that must never

@@ -35,7 +35,7 @@ from feedback.models import (
 from serving.review_scores import ReviewScorer
 from tests.releases import make_adapter
 from tests.test_reward import MARKER, TOPICS, pair, tiny_config
-from trainer.reward import RewardModel, train_reward_model
+from trainer.reward_model import RewardModel, train_reward_model
 from tuneloop.app import create_app
 from tuneloop.settings import Settings
 

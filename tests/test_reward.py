@@ -11,7 +11,7 @@ import pytest
 
 from feedback.export import Row
 from trainer.config import bf16_native
-from trainer.reward import (
+from trainer.reward_model import (
     METRICS_FILE,
     RewardConfig,
     RewardModel,
@@ -82,7 +82,7 @@ def test_training_changes_lora_and_score_head(trained, tiny_model: Path):
     from safetensors.torch import load_file
     from transformers import set_seed
 
-    from trainer.reward import _load_base
+    from trainer.reward_model import _load_base
 
     result, config = trained
     weights = load_file(str(result.adapter_dir / "adapter_model.safetensors"))

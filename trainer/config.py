@@ -44,7 +44,7 @@ class NightlyConfig(DPOConfig):
     dispute_mode: str = field(default="drop", metadata={"help": "drop or downweight items people disagree on"})
     replay_share: float = field(default=0.2, metadata={
         "help": "share of the policy's training rows drawn from data earlier runs trained on (against forgetting)"})
-    # ---- reward model (trainer/reward.py)
+    # ---- reward model (trainer/reward_model.py)
     reward_model: str = field(default="auto", metadata={
         "help": "train a reward model: auto (when there are min_pairs pairs), always (rm+ recipes), or never"})
     reward_learning_rate: float = field(default=1e-4, metadata={"help": "reward model learning rate"})

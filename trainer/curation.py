@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from feedback.export import Row
-from trainer.datasets import jaccard, normalize, prompt_groups, trigrams
+from trainer.datasets import jaccard, linked_groups, normalize, prompt_groups, trigrams
 
 GOLDEN_PATH = Path(__file__).parent / "golden" / "golden.jsonl"
 TextCheck = Callable[[str], str]
@@ -139,22 +139,14 @@ def drop_duplicates(rows: Sequence[Row], near_threshold: float = 0.9) -> tuple[l
 
 
 def _newest_per_near_cluster(rows: Sequence[Row], members: list[int], threshold: float) -> list[int]:
-    shingles = {i: [trigrams(a) for a in _answers(rows[i])] for i in members}
-    parent = {i: i for i in members}
+    shingles = [[trigrams(a) for a in _answers(rows[i])] for i in members]
 
-    def root(i: int) -> int:
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
+    def near(x: int, y: int) -> bool:
+        return all(jaccard(a, b) >= threshold for a, b in zip(shingles[x], shingles[y]))
 
-    for x, i in enumerate(members):
-        for j in members[x + 1:]:
-            if all(jaccard(a, b) >= threshold for a, b in zip(shingles[i], shingles[j])):
-                parent[root(j)] = root(i)
     clusters: dict[int, list[int]] = defaultdict(list)
-    for i in members:
-        clusters[root(i)].append(i)
+    for i, group in zip(members, linked_groups(len(members), near)):
+        clusters[group].append(i)
     return [_newest(rows, c) for c in clusters.values()]
 
 

@@ -8,7 +8,7 @@ out, so evaluation looks like tomorrow's traffic rather than yesterday's.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from datasets import Dataset
@@ -29,15 +29,14 @@ def jaccard(a: set[str], b: set[str]) -> float:
     return len(a & b) / len(a | b) if a and b else float(a == b)
 
 
-def prompt_groups(prompts: Sequence[str], threshold: float) -> list[int]:
-    """A group id per prompt; prompts at least `threshold` similar share one (union-find).
+def linked_groups(count: int, linked: Callable[[int, int], bool]) -> list[int]:
+    """A group id per item 0..count-1: items linked directly or through others share one.
 
-    Pairwise trigram Jaccard is quadratic, which is fine for a night's few thousand
-    distinct prompts; MinHash would take over beyond that.
+    Union-find over every pair, which is quadratic: fine for a night's few thousand items
+    (MinHash would take over beyond that). The one place both prompt grouping and curation's
+    near-duplicate clusters get their groups from.
     """
-    distinct = sorted({normalize(p) for p in prompts})
-    shingles = [trigrams(p) for p in distinct]
-    parent = list(range(len(distinct)))
+    parent = list(range(count))
 
     def root(i: int) -> int:
         while parent[i] != i:
@@ -45,11 +44,19 @@ def prompt_groups(prompts: Sequence[str], threshold: float) -> list[int]:
             i = parent[i]
         return i
 
-    for i in range(len(distinct)):
-        for j in range(i + 1, len(distinct)):
-            if jaccard(shingles[i], shingles[j]) >= threshold:
+    for i in range(count):
+        for j in range(i + 1, count):
+            if root(i) != root(j) and linked(i, j):
                 parent[root(j)] = root(i)
-    group_of = {text: root(i) for i, text in enumerate(distinct)}
+    return [root(i) for i in range(count)]
+
+
+def prompt_groups(prompts: Sequence[str], threshold: float) -> list[int]:
+    """A group id per prompt; prompts at least `threshold` similar (trigram Jaccard) share one."""
+    distinct = sorted({normalize(p) for p in prompts})
+    shingles = [trigrams(p) for p in distinct]
+    groups = linked_groups(len(distinct), lambda i, j: jaccard(shingles[i], shingles[j]) >= threshold)
+    group_of = dict(zip(distinct, groups))
     return [group_of[normalize(p)] for p in prompts]
 
 

@@ -16,7 +16,7 @@ from trl import GRPOConfig, GRPOTrainer
 from feedback.export import Row
 from trainer.config import NightlyConfig, derive
 from trainer.policy import StageOutcome, finish, load_policy, tokenizer_for, train_resumably
-from trainer.rewards import RewardFunction
+from trainer.rl_rewards import RewardFunction
 
 
 def grpo_config(config: NightlyConfig, output_dir: Path, weights: Sequence[float], prompts: int) -> GRPOConfig:

@@ -5,7 +5,7 @@
 1. take the run lease (two runs never overlap), then open a run or, with `--resume`, reopen
    the newest interrupted one;
 2. prepare the data (`trainer.data`: every feedback kind, curated, split, saved with the run);
-3. train a reward model when the recipe needs one or the pairs allow it (`trainer.reward`);
+3. train a reward model when the recipe needs one or the pairs allow it (`trainer.reward_model`);
 4. pick the recipe (`trainer.recipes`) and train its stages, each resumable from checkpoints;
 5. evaluate the candidate against the active release, gate it, write the report;
 6. only then create the release row, in the state the gate decided.
@@ -43,7 +43,7 @@ from trainer.implicit import pair_accuracy
 from trainer.judges import load_judge
 from trainer.policy import StageOutcome
 from trainer.recipes import NEEDS_REWARD_MODEL, Choice, choose, wants_reward_model
-from trainer.reward import METRICS_FILE, RewardConfig, RewardModel, train_reward_model
+from trainer.reward_model import METRICS_FILE, RewardConfig, RewardModel, train_reward_model
 
 log = logging.getLogger("tuneloop.trainer")
 REWARD_JUDGE = "reward model"
@@ -265,7 +265,7 @@ def _reward_stage(config: NightlyConfig, environment: Environment, data: Trainin
 def _train_recipe(choice: Choice, config: NightlyConfig, environment: Environment, data: TrainingData,
                   run: _Run) -> list[StageOutcome]:
     from trainer import dpo, grpo, kto, ppo, sft
-    from trainer.rewards import reward_functions, weighted_sum
+    from trainer.rl_rewards import reward_functions, weighted_sum
 
     model, start, folder = environment.model_path, run.active_adapter, run.folder
     replay = config.replay_share

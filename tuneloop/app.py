@@ -72,7 +72,7 @@ def _review_scorer(settings: Settings, database):
     from serving.weights import resolve_model
 
     def load(release, folder):
-        from trainer.reward import RewardModel
+        from trainer.reward_model import RewardModel
 
         base = resolve_model(release.base_model, settings.models_dir, EMBEDDED_MODEL)
         return RewardModel.load(base, folder, device=pick_device(settings.device))

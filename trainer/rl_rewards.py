@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from trainer.reward import RewardModel
+from trainer.reward_model import RewardModel
 
 RewardFunction = Callable[..., list[float]]
 
