@@ -120,7 +120,7 @@ def choices(database_url: str) -> dict[str, int]:
 def nightly_config(args: argparse.Namespace):  # noqa: ANN201
     from trainer.config import NightlyConfig
 
-    return NightlyConfig(
+    return NightlyConfig.from_flags(
         judge=args.judge, eval_prompts=args.eval_prompts, eval_max_tokens=args.eval_max_tokens or args.max_tokens,
         learning_rate=args.learning_rate, num_train_epochs=args.epochs, beta=args.beta,
         lora_r=args.lora_r, lora_alpha=args.lora_alpha or 2 * args.lora_r,

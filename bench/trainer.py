@@ -107,8 +107,8 @@ class TrainTimer:
 def nightly_config(args: argparse.Namespace, output_dir: str):
     from trainer.config import NightlyConfig
 
-    return NightlyConfig(output_dir=output_dir, max_steps=args.steps, per_device_train_batch_size=args.batch_size,
-                         per_device_eval_batch_size=args.batch_size, disable_tqdm=True)
+    return NightlyConfig.from_flags(output_dir=output_dir, max_steps=args.steps, per_device_train_batch_size=args.batch_size,
+                                    per_device_eval_batch_size=args.batch_size, disable_tqdm=True)
 
 
 def run_tuneloop(args: argparse.Namespace, model: str, train_rows: list[dict], held_out: list[dict]) -> None:

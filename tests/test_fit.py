@@ -15,7 +15,7 @@ from trainer.kto import balance, balanced_weight
 
 
 def config(**overrides) -> NightlyConfig:
-    return NightlyConfig(output_dir="/tmp/unused", **overrides)
+    return NightlyConfig.from_flags(output_dir="/tmp/unused", **overrides)
 
 
 def test_a_handful_of_rows_gets_many_passes_and_thousands_get_one():

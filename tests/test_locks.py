@@ -87,7 +87,7 @@ def test_a_nightly_run_does_not_start_while_another_holds_the_job(database, data
     from trainer.nightly import JOB, Environment, main
 
     with locks.held(database, JOB, "another-machine:42"):
-        result = main(NightlyConfig(output_dir=str(tmp_path)), Environment(database_url, tmp_path, "unused"))
+        result = main(NightlyConfig.from_flags(output_dir=str(tmp_path)), Environment(database_url, tmp_path, "unused"))
     assert result.status == "skipped" and "another-machine:42" in result.message
 
 

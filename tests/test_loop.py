@@ -67,7 +67,7 @@ def test_simulate_train_approve_and_the_next_answer_comes_from_the_new_release(l
     stats = asyncio.run(simulate.run(live_server.url, users=3, events=18, judge=load_judge("tests.judges:shorter")))
     assert stats["comparisons"] == 18 and stats["errors"] == 0
 
-    result = main(NightlyConfig(**TINY_RUN), environment(live_server, tmp_path, GateThresholds.open()))
+    result = main(NightlyConfig.from_flags(**TINY_RUN), environment(live_server, tmp_path, GateThresholds.open()))
     assert result.status == RunStatus.succeeded and result.state == ReleaseState.candidate
     assert result.report["data"]["train"] >= 4 and result.report["evaluation"]["win_rate"]["n"] > 0
     assert (tmp_path / "var" / "releases" / result.release / "report.html").is_file()
@@ -83,7 +83,7 @@ def test_simulate_train_approve_and_the_next_answer_comes_from_the_new_release(l
 
 
 def test_too_little_data_stops_cleanly(live_server, tmp_path):
-    result = main(NightlyConfig(**TINY_RUN), environment(live_server, tmp_path, GateThresholds()))
+    result = main(NightlyConfig.from_flags(**TINY_RUN), environment(live_server, tmp_path, GateThresholds()))
     assert result.status == RunStatus.skipped and "too little new data: 0 new pairs" in result.message
     with Session(live_server.app.state.database) as session:
         assert session.exec(select(Release).where(Release.name != "base")).all() == []
@@ -92,7 +92,7 @@ def test_too_little_data_stops_cleanly(live_server, tmp_path):
 def test_a_failed_gate_leaves_serving_untouched(live_server, tmp_path):
     live_server.app.state.settings.ab_share = 1.0
     asyncio.run(simulate.run(live_server.url, users=2, events=12, judge=load_judge("tests.judges:shorter")))
-    result = main(NightlyConfig(**TINY_RUN), environment(live_server, tmp_path, replace(GateThresholds.open(), min_win_rate=1.01)))
+    result = main(NightlyConfig.from_flags(**TINY_RUN), environment(live_server, tmp_path, replace(GateThresholds.open(), min_win_rate=1.01)))
     assert result.state == ReleaseState.failed_gate
     assert result.message.startswith("Gate failed: win rate against the active release")
     database = live_server.app.state.database

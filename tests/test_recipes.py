@@ -76,7 +76,7 @@ DATA = {  # what each recipe trains on
 def test_each_recipe_trains_a_release(recipe, store, tmp_path, tiny_model):
     database, url, active_adapter = store
     seed(database, **DATA[recipe])
-    result = main(NightlyConfig(recipe=recipe, **FAST), environment(url, tmp_path, tiny_model))
+    result = main(NightlyConfig.from_flags(recipe=recipe, **FAST), environment(url, tmp_path, tiny_model))
 
     assert result.status == RunStatus.succeeded, result.message
     assert result.state == ReleaseState.candidate and result.report["recipe"] == recipe
@@ -112,7 +112,7 @@ def crafted(pairs: int = 0, thumbs: int = 0, corrections: int = 0, prompts: int 
 
 
 def test_auto_picks_from_the_data_and_says_why():
-    config = NightlyConfig(min_pairs=16, min_thumbs=32, min_corrections=8, min_prompts=16)
+    config = NightlyConfig.from_flags(min_pairs=16, min_thumbs=32, min_corrections=8, min_prompts=16)
     assert choose(config, crafted(pairs=20)).recipe == "dpo"
     sft = choose(config, crafted(pairs=20, corrections=9))
     assert sft.recipe == "sft+dpo" and "9 new corrections" in sft.reason
@@ -132,19 +132,19 @@ def test_auto_picks_from_the_data_and_says_why():
     grpo = choose(config, many, reward_accuracy=0.8)
     assert grpo.recipe == "rm+grpo" and "0.80" in grpo.reason
     # A recipe asked for that the data cannot feed stops with the reason.
-    asked = choose(NightlyConfig(recipe="kto", min_thumbs=32), crafted(pairs=10, thumbs=3))
+    asked = choose(NightlyConfig.from_flags(recipe="kto", min_thumbs=32), crafted(pairs=10, thumbs=3))
     assert asked.recipe is None and "kto needs at least 32 new judged answers" in asked.reason
 
 
 def test_a_bad_recipe_name_is_refused_with_the_choices():
     with pytest.raises(ValueError, match="dpo, kto, sft\\+dpo"):
-        NightlyConfig(recipe="ppo-please")
+        NightlyConfig.from_flags(recipe="ppo-please")
 
 
 def test_too_little_data_for_the_recipe_stops_cleanly(store, tmp_path, tiny_model):
     database, url, _ = store
     seed(database, pairs=3)
-    result = main(NightlyConfig(recipe="dpo", **FAST), environment(url, tmp_path, tiny_model))
+    result = main(NightlyConfig.from_flags(recipe="dpo", **FAST), environment(url, tmp_path, tiny_model))
     assert result.status == RunStatus.skipped and "needs at least 8 new preference pairs" in result.message
     with Session(database) as session:
         assert session.exec(select(Release).where(Release.state == ReleaseState.candidate)).first() is None
@@ -155,7 +155,7 @@ import sys
 from trainer.config import NightlyConfig
 from trainer.gate import GateThresholds
 from trainer.nightly import Environment, main
-config = NightlyConfig(**{fast})
+config = NightlyConfig.from_flags(**{fast})
 result = main(config, Environment({url!r}, {var!r}, {model!r}, gate=GateThresholds.open(), device="cpu"))
 print("RESULT", result.status.value, result.message)
 """
@@ -185,7 +185,7 @@ def test_a_killed_run_resumes_from_its_last_checkpoint(store, tmp_path, tiny_mod
         assert session.get(TrainingRun, 1).status == RunStatus.running  # killed: nobody marked it
         assert session.exec(select(Release).where(Release.state == ReleaseState.candidate)).first() is None
 
-    resumed = main(NightlyConfig(**{**fast, "max_steps": saved + 2, "resume": True}),
+    resumed = main(NightlyConfig.from_flags(**{**fast, "max_steps": saved + 2, "resume": True}),
                    environment(url, tmp_path, tiny_model))
     assert resumed.status == RunStatus.succeeded and resumed.run_id == 1, resumed.message
     with Session(database) as session:
@@ -224,12 +224,12 @@ def test_feedback_counts_as_new_until_a_release_that_learned_it_goes_live(store,
 
     database, url, _ = store
     seed(database, pairs=12)
-    fast = NightlyConfig(**{**FAST, "recipe": "dpo", "reward_model": "never"})
+    fast = NightlyConfig.from_flags(**{**FAST, "recipe": "dpo", "reward_model": "never"})
     first = main(fast, environment(url, tmp_path, tiny_model))
     assert first.status == RunStatus.succeeded and first.report["data"]["pairs_new"] == first.report["data"]["pairs_train"]
     with session_scope(database) as session:
         releases.approve(session, first.release, None)  # the candidate goes live: what it learned is no longer new
-    again = main(NightlyConfig(**{**FAST, "recipe": "dpo", "reward_model": "never"}), environment(url, tmp_path, tiny_model))
+    again = main(NightlyConfig.from_flags(**{**FAST, "recipe": "dpo", "reward_model": "never"}), environment(url, tmp_path, tiny_model))
     assert again.status == RunStatus.skipped and "0 new pairs" in again.message
 
 

@@ -8,7 +8,6 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from transformers import HfArgumentParser
 from typer.testing import CliRunner
 
 from feedback import crud
@@ -32,7 +31,7 @@ SPACE = TuneConfig(trials=1, learning_rate=(1e-5, 1e-3), beta=(0.05, 0.5), lora_
 def tiny_run(**extra) -> NightlyConfig:
     knobs = {"max_steps": 1, "per_device_train_batch_size": 2, "per_device_eval_batch_size": 2, "min_pairs": 4,
              "holdout_fraction": 0.25, "max_length": 64}
-    return NightlyConfig(**{**knobs, **extra})
+    return NightlyConfig.from_flags(**{**knobs, **extra})
 
 
 def store_pairs(database_url: str, topics: list[str]) -> None:
@@ -77,12 +76,12 @@ def test_a_two_trial_study_writes_its_best_within_the_search_space(feedback_stor
     assert sorted(p.name for p in (tmp_path / "var" / "tune").iterdir()) == ["best.json", "history.png"]
 
     # `tuneloop train --beta 0.3`: the tuned knobs apply except the one given on the command line.
-    (train_config,) = HfArgumentParser(NightlyConfig).parse_args_into_dataclasses(args=["--beta", "0.3"])
-    applied = apply_tuned(train_config, tmp_path / "var", explicit_flags(["--beta", "0.3"]))
+    given = NightlyConfig.from_args(["--beta", "0.3"])
+    train_config, applied = apply_tuned(given, tmp_path / "var", explicit_flags(["--beta", "0.3"]))
     assert set(applied) == set(params) - {"beta"}
-    assert train_config.beta == 0.3
-    assert train_config.learning_rate == params["learning_rate"] and train_config.lora_r == params["lora_r"]
-    assert train_config.lora_target_modules == params["lora_target_modules"]
+    assert train_config.training.beta == 0.3
+    assert train_config.training.learning_rate == params["learning_rate"] and train_config.adapter.lora_r == params["lora_r"]
+    assert train_config.adapter.lora_target_modules == params["lora_target_modules"]
 
 
 def test_a_study_with_a_timeout_stops(feedback_store, tiny_model, tmp_path):
@@ -113,10 +112,10 @@ def test_an_explicit_rank_keeps_the_tuned_alpha_out(tmp_path):
     (tmp_path / "tune").mkdir()
     tuned = {"learning_rate": 2e-4, "lora_r": 4, "lora_alpha": 8, "not_a_field": 1}
     (tmp_path / "tune" / "best.json").write_text(json.dumps({"params": tuned}))
-    config = NightlyConfig(lora_r=32)
-    assert apply_tuned(config, tmp_path, {"lora_r"}) == ["learning_rate"]
-    assert (config.lora_r, config.lora_alpha, config.learning_rate) == (32, 32, 2e-4)
-    assert apply_tuned(NightlyConfig(), tmp_path / "nowhere", set()) == []
+    config, applied = apply_tuned(NightlyConfig.from_flags(lora_r=32), tmp_path, {"lora_r"})
+    assert applied == ["learning_rate"]
+    assert (config.adapter.lora_r, config.adapter.lora_alpha, config.training.learning_rate) == (32, 32, 2e-4)
+    assert apply_tuned(NightlyConfig(), tmp_path / "nowhere", set())[1] == []
 
 
 def cli(monkeypatch, tmp_path: Path, model: Path, *args: str):

@@ -132,21 +132,21 @@ def weighted(rows: list[Row], seed: int = 0) -> list[Row]:
 
 def curation_config(config: NightlyConfig) -> CurationConfig:
     # Replay is added per recipe stage (policy_rows), after the split, not inside curate.
-    return CurationConfig(near_threshold=max(config.near_duplicate_threshold, 0.9), max_user_share=config.max_user_share,
-                          agreement_floor=config.agreement_floor, dispute_mode=config.dispute_mode,
-                          replay_share=0.0, seed=config.seed)
+    return CurationConfig(near_threshold=max(config.pipeline.near_duplicate_threshold, 0.9), max_user_share=config.pipeline.max_user_share,
+                          agreement_floor=config.pipeline.agreement_floor, dispute_mode=config.pipeline.dispute_mode,
+                          replay_share=0.0, seed=config.training.seed)
 
 
 def prepare(session: Session, config: NightlyConfig, since: datetime | None, check: Any = None) -> TrainingData:
     """Read, curate and split every kind (raises `CurationBlocked` when reviewers agree too little)."""
     curated, reports = {}, {}
     for kind in KINDS:
-        rows = BUILDERS[kind](session) if kind != "prompts" else BUILDERS[kind](session, limit=config.max_prompts)
+        rows = BUILDERS[kind](session) if kind != "prompts" else BUILDERS[kind](session, limit=config.pipeline.max_prompts)
         curated[kind], report = curate(rows, curation_config(config), check=check)
         reports[NAMES[kind]] = {"rows_in": report.rows_in, "rows_out": report.rows_out,
                                 "removed": report.removed(), "lines": report.lines(),
                                 "agreement": _agreement(report)}
-    splits = split_kinds(curated, config.holdout_fraction, config.near_duplicate_threshold)
+    splits = split_kinds(curated, config.pipeline.holdout_fraction, config.pipeline.near_duplicate_threshold)
     return TrainingData(splits, since, reports, choices=choices(session, since))
 
 

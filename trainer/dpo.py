@@ -29,22 +29,22 @@ def _with_pair_accuracy(metrics: dict) -> dict:
 
 def loss(config: NightlyConfig) -> dict:
     """The loss fields: as given, or sigmoid plus the SFT term when only the default was given."""
-    if config.sft_weight > 0 and list(config.loss_type) == ["sigmoid"] and not config.loss_weights:
-        return {"loss_type": ["sigmoid", "sft"], "loss_weights": [1.0, config.sft_weight]}
-    return {"loss_type": list(config.loss_type), "loss_weights": config.loss_weights}
+    if config.training.sft_weight > 0 and list(config.training.loss_type) == ["sigmoid"] and not config.training.loss_weights:
+        return {"loss_type": ["sigmoid", "sft"], "loss_weights": [1.0, config.training.sft_weight]}
+    return {"loss_type": list(config.training.loss_type), "loss_weights": config.training.loss_weights}
 
 
 def dpo_config(config: NightlyConfig, output_dir: Path, schedule: fit.Schedule) -> DPOConfig:
     """The stage's own DPOConfig: every DPO and TrainingArguments field of `config`, with the
     stage's output folder, loss and schedule (the night's config itself is left as it was)."""
-    own = {f.name: getattr(config, f.name) for f in fields(DPOConfig) if f.init}
+    own = {f.name: getattr(config.training, f.name) for f in fields(DPOConfig) if f.init}
     return DPOConfig(**{**own, "output_dir": str(output_dir), **loss(config), **fit.overrides(schedule)})
 
 
 def train(config: NightlyConfig, model_path: str, start_adapter: str | Path | None,
           train_rows: Sequence[Row], held_out: Sequence[Row], stage_dir: Path) -> StageOutcome:
-    held = fit.eval_rows(list(held_out), config.seed)
-    batch = config.per_device_train_batch_size * config.gradient_accumulation_steps
+    held = fit.eval_rows(list(held_out), config.training.seed)
+    batch = config.training.per_device_train_batch_size * config.training.gradient_accumulation_steps
     schedule = fit.plan(config, len(train_rows), len(held), batch)
     args = dpo_config(config, stage_dir / "checkpoints", schedule)
     return run_stage("dpo", DPOTrainer, args, config, model_path, start_adapter, to_dataset(train_rows),

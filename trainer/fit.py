@@ -39,22 +39,22 @@ class Schedule:
                 "reason": self.reason}
 
 
-def plan(config, rows: int, held_out: int, batch: int) -> Schedule:  # noqa: ANN001 - NightlyConfig
+def plan(config, rows: int, held_out: int, batch: int) -> Schedule:  # noqa: ANN001 - trainer.config.NightlyConfig
     """The stage's schedule for `rows` training rows in batches of `batch` (per optimizer step)."""
-    if not config.fit_to_data or config.max_steps > 0:
-        why = "max_steps as given" if config.max_steps > 0 else "fit_to_data is off: num_train_epochs as given"
-        return Schedule(config.num_train_epochs, config.max_steps, None, why)
+    if not config.fit.fit_to_data or config.training.max_steps > 0:
+        why = "max_steps as given" if config.training.max_steps > 0 else "fit_to_data is off: num_train_epochs as given"
+        return Schedule(config.training.num_train_epochs, config.training.max_steps, None, why)
     per_epoch = max(1, math.ceil(rows / batch))
-    epochs = min(config.max_epochs, max(1.0, config.min_examples_seen / max(rows, 1)))
-    steps = min(config.max_policy_steps, max(1, math.ceil(per_epoch * epochs)))
+    epochs = min(config.fit.max_epochs, max(1.0, config.fit.min_examples_seen / max(rows, 1)))
+    steps = min(config.fit.max_policy_steps, max(1, math.ceil(per_epoch * epochs)))
     epochs = steps / per_epoch
-    check = max(1, steps // CHECKS) if held_out and config.early_stopping_patience else None
+    check = max(1, steps // CHECKS) if held_out and config.fit.early_stopping_patience else None
     reason = (f"{rows} rows in batches of {batch}: {epochs:.1f} passes, {steps} steps "
-              f"(about {config.min_examples_seen} examples seen, at most {config.max_epochs:g} passes and "
-              f"{config.max_policy_steps} steps)")
+              f"(about {config.fit.min_examples_seen} examples seen, at most {config.fit.max_epochs:g} passes and "
+              f"{config.fit.max_policy_steps} steps)")
     if check:
         reason += f"; held-out loss checked every {check} steps, best kept, stop after " \
-                  f"{config.early_stopping_patience} checks without improvement"
+                  f"{config.fit.early_stopping_patience} checks without improvement"
     return Schedule(epochs, steps, check, reason)
 
 

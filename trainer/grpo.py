@@ -21,13 +21,13 @@ from trainer.rl_rewards import RewardFunction
 
 def grpo_config(config: NightlyConfig, output_dir: Path, weights: Sequence[float], prompts: int) -> GRPOConfig:
     # A generation batch must hold whole groups: per-device batch a multiple of num_generations.
-    groups = max(1, config.per_device_train_batch_size // config.num_generations)
-    batch = groups * config.num_generations
-    steps = next((s for s in (config.rl_max_steps, config.max_steps) if s > 0), max(1, -(-prompts // groups)))
-    return derive(config, GRPOConfig, output_dir=str(output_dir), num_generations=config.num_generations,
-                  per_device_train_batch_size=batch, max_completion_length=config.max_completion_length,
-                  beta=config.kl_coef, reward_weights=list(weights), max_steps=steps,
-                  learning_rate=config.learning_rate)
+    groups = max(1, config.training.per_device_train_batch_size // config.rl.num_generations)
+    batch = groups * config.rl.num_generations
+    steps = next((s for s in (config.rl.rl_max_steps, config.training.max_steps) if s > 0), max(1, -(-prompts // groups)))
+    return derive(config.training, GRPOConfig, output_dir=str(output_dir), num_generations=config.rl.num_generations,
+                  per_device_train_batch_size=batch, max_completion_length=config.rl.max_completion_length,
+                  beta=config.rl.kl_coef, reward_weights=list(weights), max_steps=steps,
+                  learning_rate=config.training.learning_rate)
 
 
 def train(config: NightlyConfig, model_path: str, start_adapter: str | Path | None, prompts: Sequence[Row],
@@ -42,5 +42,5 @@ def train(config: NightlyConfig, model_path: str, start_adapter: str | Path | No
         train_dataset=Dataset.from_list([{"prompt": row.data["prompt"]} for row in prompts]),
         processing_class=tokenizer_for(model_path),
     )
-    train_resumably(trainer, Path(args.output_dir), config.resume)
+    train_resumably(trainer, Path(args.output_dir), config.pipeline.resume)
     return finish("grpo", trainer, stage_dir)

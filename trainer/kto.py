@@ -47,10 +47,10 @@ def balance(rows: Sequence[Row], max_ratio: float, seed: int = 0) -> list[Row]:
 
 def kto_config(config: NightlyConfig, output_dir: Path, schedule: fit.Schedule, rows: Sequence[Row]) -> KTOConfig:
     # KTO estimates its KL term from mismatched pairs within a batch: one row a batch has none.
-    batch = max(2, config.per_device_train_batch_size)
-    weight = config.desirable_weight if config.desirable_weight is not None else balanced_weight(rows)
-    return derive(config, KTOConfig, output_dir=str(output_dir), beta=config.beta, max_length=config.max_length,
-                  desirable_weight=weight, undesirable_weight=config.undesirable_weight,
+    batch = max(2, config.training.per_device_train_batch_size)
+    weight = config.kto.desirable_weight if config.kto.desirable_weight is not None else balanced_weight(rows)
+    return derive(config.training, KTOConfig, output_dir=str(output_dir), beta=config.training.beta, max_length=config.training.max_length,
+                  desirable_weight=weight, undesirable_weight=config.kto.undesirable_weight,
                   per_device_train_batch_size=batch, per_device_eval_batch_size=batch,
                   # KTO pairs each row with its batch neighbour for the KL term: the order must hold.
                   train_sampling_strategy="sequential", **fit.overrides(schedule))
@@ -59,11 +59,11 @@ def kto_config(config: NightlyConfig, output_dir: Path, schedule: fit.Schedule, 
 def train(config: NightlyConfig, model_path: str, start_adapter: str | Path | None,
           train_rows: Sequence[Row], held_out: Sequence[Row], stage_dir: Path) -> StageOutcome:
     # Sequential batches: shuffle once (seeded), so a batch mixes verdicts and prompts.
-    rows = balance(train_rows, config.max_label_ratio, config.seed)
-    random.Random(config.seed).shuffle(rows)
-    held = fit.eval_rows(list(held_out), config.seed)
+    rows = balance(train_rows, config.kto.max_label_ratio, config.training.seed)
+    random.Random(config.training.seed).shuffle(rows)
+    held = fit.eval_rows(list(held_out), config.training.seed)
     held = held if len(held) >= 2 else []  # KTO's KL term needs two rows a batch
-    batch = max(2, config.per_device_train_batch_size) * config.gradient_accumulation_steps
+    batch = max(2, config.training.per_device_train_batch_size) * config.training.gradient_accumulation_steps
     schedule = fit.plan(config, len(rows), len(held), batch)
     args = kto_config(config, stage_dir / "checkpoints", schedule, rows)
     return run_stage("kto", KTOTrainer, args, config, model_path, start_adapter, to_dataset(rows),

@@ -138,7 +138,7 @@ def _follow(config: NightlyConfig, environment: Environment, processes) -> RunRe
     run = distributed.receive(processes)
     if run is None:
         return RunResult(RunStatus.skipped, "the main process started no run")
-    config.resume = run.resumed
+    config = config.replace(resume=run.resumed)
     data = TrainingData.load(run.folder)
     first = choose(config, data)
     if wants_reward_model(first.recipe, config, data):
@@ -155,7 +155,7 @@ def _open_run(session: Session, config: NightlyConfig, environment: Environment,
     runs = environment.data_dir / "runs"
     interrupted = session.exec(select(TrainingRun).where(TrainingRun.status == RunStatus.running)
                                .order_by(col(TrainingRun.id).desc())).all()
-    resumable = next((r for r in interrupted if config.resume and (runs / str(r.id) / "data.json").is_file()), None)
+    resumable = next((r for r in interrupted if config.pipeline.resume and (runs / str(r.id) / "data.json").is_file()), None)
     for stale in interrupted:
         if stale is not resumable:
             stale.status, stale.finished_at = RunStatus.failed, utcnow()
@@ -165,9 +165,9 @@ def _open_run(session: Session, config: NightlyConfig, environment: Environment,
         log.info("resuming training run %s from its last checkpoint", resumable.id)
         base = session.get(Release, resumable.base_release_id) or active
         return _Run.of(resumable.id, runs / str(resumable.id), None, base, resumed=True)
-    if config.resume:
+    if config.pipeline.resume:
         log.info("nothing to resume (no interrupted run with saved data): starting a new run")
-    run = TrainingRun(recipe=config.recipe, base_release_id=active.id, config=_config_summary(config))
+    run = TrainingRun(recipe=config.pipeline.recipe, base_release_id=active.id, config=_config_summary(config))
     session.add(run)
     session.flush()
     return _Run.of(run.id, runs / str(run.id), _learned_until(session, active), active)
@@ -175,7 +175,7 @@ def _open_run(session: Session, config: NightlyConfig, environment: Environment,
 
 def _run(config: NightlyConfig, environment: Environment, database, run: _Run, captured, lead,  # noqa: ANN001
          lease) -> RunResult:  # noqa: ANN001
-    config.resume = run.resumed  # stages continue from checkpoints only within a reopened run
+    config = config.replace(resume=run.resumed)  # stages continue from checkpoints only within a reopened run
     data = _data(config, environment, database, run)
     counts = data.counts()
     first = choose(config, data)
@@ -190,7 +190,7 @@ def _run(config: NightlyConfig, environment: Environment, database, run: _Run, c
     if wants_reward_model(first.recipe, config, data):
         reward = _reward_stage(config, environment, data, run.folder / "reward")
         lease.check()  # a run whose lease was lost stops here rather than overlap the next one
-    choice = choose(config, data, reward["pair_accuracy"] if reward else None) if config.recipe == "auto" else first
+    choice = choose(config, data, reward["pair_accuracy"] if reward else None) if config.pipeline.recipe == "auto" else first
     lead.send(choice)
     log.info("recipe %s: %s", choice.recipe, choice.reason)
     _set_recipe(database, run.id, choice.recipe)
@@ -251,14 +251,14 @@ def _reward_stage(config: NightlyConfig, environment: Environment, data: Trainin
 
     if (out_dir / METRICS_FILE).is_file():
         return json.loads((out_dir / METRICS_FILE).read_text(encoding="utf-8"))
-    args = derive(config, RewardConfig, output_dir=str(out_dir.parent / "reward-checkpoints"),
-                  learning_rate=config.reward_learning_rate, num_train_epochs=config.reward_epochs,
-                  max_length=config.max_length, lora_r=config.lora_r, lora_alpha=config.lora_alpha,
-                  lora_dropout=config.lora_dropout, lora_target_modules=list(config.lora_target_modules),
+    args = derive(config.training, RewardConfig, output_dir=str(out_dir.parent / "reward-checkpoints"),
+                  learning_rate=config.reward.reward_learning_rate, num_train_epochs=config.reward.reward_epochs,
+                  max_length=config.training.max_length, lora_r=config.adapter.lora_r, lora_alpha=config.adapter.lora_alpha,
+                  lora_dropout=config.adapter.lora_dropout, lora_target_modules=list(config.adapter.lora_target_modules),
                   save_strategy="no")
     log.info("training the reward model on %d pairs", len(data.train("dpo")))
     result = train_reward_model(environment.model_path, data.train("dpo"), data.held_out("dpo"),
-                                data.held_out("kto"), args, out_dir, minutes=config.reward_minutes)
+                                data.held_out("kto"), args, out_dir, minutes=config.reward.reward_minutes)
     return {**result.metrics, "history": result.history}
 
 
@@ -268,10 +268,10 @@ def _train_recipe(choice: Choice, config: NightlyConfig, environment: Environmen
     from trainer.rl_rewards import reward_functions, weighted_sum
 
     model, start, folder = environment.model_path, run.active_adapter, run.folder
-    replay = config.replay_share
+    replay = config.pipeline.replay_share
 
     def policy(kind: str) -> list:
-        return data.policy_rows(kind, replay, config.seed)
+        return data.policy_rows(kind, replay, config.training.seed)
 
     stages: list[StageOutcome] = []
     if choice.recipe.startswith("sft+"):
@@ -280,13 +280,13 @@ def _train_recipe(choice: Choice, config: NightlyConfig, environment: Environmen
     if choice.recipe in ("dpo", "sft+dpo"):
         return [*stages, dpo.train(config, model, start, policy("dpo"), data.held_out("dpo"), folder / "dpo")]
     if choice.recipe == "liked":
-        return [sft.train(config, model, start, data.liked_rows(replay, config.seed), data.liked_held_out(),
+        return [sft.train(config, model, start, data.liked_rows(replay, config.training.seed), data.liked_held_out(),
                           folder / "sft")]
     if choice.recipe in ("kto", "sft+kto"):
-        labelled = data.labelled_rows(replay, config.seed)
+        labelled = data.labelled_rows(replay, config.training.seed)
         return [*stages, kto.train(config, model, start, labelled, data.labelled_held_out(), folder / "kto")]
     judge = RewardModel.load(model, folder / "reward", device=_torch_device(environment.device))
-    functions, weights = reward_functions(judge, environment.reward_functions, config.plugin_reward_weight)
+    functions, weights = reward_functions(judge, environment.reward_functions, config.rl.plugin_reward_weight)
     prompts = data.train("prompts")
     if choice.recipe == "rm+grpo":
         return [grpo.train(config, model, start, prompts, functions, weights, folder / "grpo")]
@@ -302,20 +302,20 @@ def _evaluate(config: NightlyConfig, environment: Environment, data: TrainingDat
     device = _torch_device(environment.device)
     implicit = pair_accuracy(environment.model_path, adapter_dir, run.active_adapter, data.held_out("dpo"),
                              device=device)
-    judges = {spec: load_judge(spec) for spec in judge_specs(config.judge)}
+    judges = {spec: load_judge(spec) for spec in judge_specs(config.pipeline.judge)}
     if reward:
         judges[REWARD_JUDGE] = RewardModel.load(environment.model_path, folder / REWARD_FOLDER, device=device).judge
     # A policy optimised against the reward model would pass that judge whatever users think of it:
     # after rm+grpo / rm+ppo it is reported, never deciding (see _deciding_evidence).
     independent = [name for name in judges if not (name == REWARD_JUDGE and choice.recipe in NEEDS_REWARD_MODEL)]
-    prompts, sources = evaluation_prompts(data, config.eval_prompts, environment.system_prompt)
+    prompts, sources = evaluation_prompts(data, config.pipeline.eval_prompts, environment.system_prompt)
     log.info("evaluating on %d held-out prompts (%s)", len(prompts),
              ", ".join(f"{n} {where}" for where, n in sources.items()))
     result = evaluate_release(environment.model_path, str(adapter_dir), run.active_adapter, prompts,
                               golden_set(), judges, output_check=environment.output_check,
                               system_prompt=environment.system_prompt,
-                              max_tokens=config.eval_max_tokens or environment.max_tokens,
-                              seed=config.seed_eval, device=environment.device,
+                              max_tokens=config.pipeline.eval_max_tokens or environment.max_tokens,
+                              seed=config.pipeline.seed_eval, device=environment.device,
                               cache_dir=environment.data_dir / "eval-cache",
                               primary=independent[0] if independent else None).as_dict()
     evaluation = {**result, "pair_accuracy": implicit, "prompt_sources": sources,
@@ -435,7 +435,7 @@ def _config_summary(config: NightlyConfig) -> dict:
             "gradient_accumulation_steps", "max_steps", "lora_r", "lora_alpha", "lora_target_modules", "min_pairs",
             "min_thumbs", "holdout_fraction", "replay_share", "max_user_share", "agreement_floor", "judge",
             "eval_prompts", "loss_type", "seed")
-    return {key: getattr(config, key) for key in keys}
+    return {key: config.get(key) for key in keys}
 
 
 def _summary(stage: StageOutcome, config: NightlyConfig) -> dict:

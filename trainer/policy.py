@@ -19,9 +19,10 @@ import torch
 from peft import PeftModel, get_peft_model
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from transformers.trainer_utils import get_last_checkpoint
+from trl import get_quantization_config
 
 from trainer import distributed, fit
-from trainer.config import NightlyConfig, lora_config
+from trainer.config import NightlyConfig, peft_config
 from trainer.fit import Schedule
 
 log = logging.getLogger("tuneloop.trainer")
@@ -63,17 +64,17 @@ def tokenizer_for(model_path: str):  # noqa: ANN201
 
 
 def load_base(model_path: str, config: NightlyConfig):  # noqa: ANN201
-    """The base causal LM: bf16 where the hardware computes in it, else fp32; 4-bit for QLoRA."""
-    dtype = torch.bfloat16 if config.bf16 else torch.float32
-    if not config.load_in_4bit:
+    """The base causal LM: bf16 where the hardware computes in it, else fp32; quantized (TRL's
+    get_quantization_config: 4 or 8 bits) for QLoRA."""
+    dtype = torch.bfloat16 if config.training.bf16 else torch.float32
+    quantization = get_quantization_config(config.adapter)
+    if quantization is None:
         return AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype)
     from peft import prepare_model_for_kbit_training
-    from transformers import BitsAndBytesConfig
 
-    quantization = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                                      bnb_4bit_compute_dtype=dtype)
+    quantization.bnb_4bit_compute_dtype = dtype
     base = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype, quantization_config=quantization)
-    return prepare_model_for_kbit_training(base, use_gradient_checkpointing=bool(config.gradient_checkpointing))
+    return prepare_model_for_kbit_training(base, use_gradient_checkpointing=bool(config.training.gradient_checkpointing))
 
 
 def load_policy(model_path: str, start_adapter: str | Path | None, config: NightlyConfig) -> PeftModel:
@@ -81,7 +82,7 @@ def load_policy(model_path: str, start_adapter: str | Path | None, config: Night
     base = load_base(model_path, config)
     if start_adapter:
         return PeftModel.from_pretrained(base, str(start_adapter), is_trainable=True)
-    return get_peft_model(base, lora_config(config, "CAUSAL_LM"))
+    return get_peft_model(base, peft_config(config.adapter))
 
 
 def run_stage(name: str, trainer_class: type, args, config: NightlyConfig, model_path: str,  # noqa: ANN001
@@ -92,11 +93,11 @@ def run_stage(name: str, trainer_class: type, args, config: NightlyConfig, model
     evaluate on `eval_dataset` if any, save. A finished stage is not run again."""
     if done := StageOutcome.finished(stage_dir):
         return done
-    checks = fit.callbacks(schedule, config.early_stopping_patience, config.policy_minutes) if schedule else []
+    checks = fit.callbacks(schedule, config.fit.early_stopping_patience, config.fit.policy_minutes) if schedule else []
     trainer = trainer_class(model=load_policy(model_path, start_adapter, config), args=args,
                             train_dataset=train_dataset, eval_dataset=eval_dataset,
                             processing_class=tokenizer_for(model_path), callbacks=checks)
-    train_resumably(trainer, Path(args.output_dir), config.resume)
+    train_resumably(trainer, Path(args.output_dir), config.pipeline.resume)
     metrics = (_best_check(trainer) or trainer.evaluate()) if eval_dataset is not None else {}
     if schedule:
         budget = next((c for c in checks if isinstance(c, fit.TimeBudget)), None)

@@ -529,9 +529,9 @@ def train(config, model_path: str, start_adapter: str | Path | None, prompts: Se
     if start_adapter:
         model.load_adapter(str(start_adapter), adapter_name=REFERENCE_ADAPTER, is_trainable=False)
         model.set_adapter("default")
-    steps = next((s for s in (config.rl_max_steps, config.max_steps) if s > 0), -1)
-    args = derive(config, PPOConfig, output_dir=str(stage_dir / "checkpoints"), max_steps=steps,
-                  response_length=config.max_completion_length, kl_coef=config.kl_coef, save_strategy="no")
+    steps = next((s for s in (config.rl.rl_max_steps, config.training.max_steps) if s > 0), -1)
+    args = derive(config.training, PPOConfig, output_dir=str(stage_dir / "checkpoints"), max_steps=steps,
+                  response_length=config.rl.max_completion_length, kl_coef=config.rl.kl_coef, save_strategy="no")
     trainer = PPOTrainer(model, tokenizer_for(model_path), reward_fn, args)
     history = trainer.train([row.prompt_text for row in prompts])
     outcome = StageOutcome("ppo", trainer.save(stage_dir / "adapter"), history, {})

@@ -52,60 +52,60 @@ def judged_answers(data: TrainingData) -> int:
 def check(recipe: str, config: NightlyConfig, data: TrainingData) -> str | None:
     """Why `recipe` cannot run on this data, or None when it can."""
     pairs, corrections = len(data.new("dpo")), len(data.new("sft"))
-    if recipe in ("dpo", "sft+dpo") and pairs < config.min_pairs:
-        return f"{recipe} needs at least {config.min_pairs} new preference pairs ({_have(data)})"
+    if recipe in ("dpo", "sft+dpo") and pairs < config.pipeline.min_pairs:
+        return f"{recipe} needs at least {config.pipeline.min_pairs} new preference pairs ({_have(data)})"
     if recipe in ("sft+dpo", "sft+kto") and corrections < 1:
         return f"{recipe} needs new corrections ({_have(data)})"
     if recipe == "liked" and not any(row.data.get("label") for row in data.new("kto")) and not pairs:
         return f"liked needs answers people liked ({_have(data)})"
-    if recipe in ("kto", "sft+kto") and judged_answers(data) < config.min_thumbs:
-        return f"{recipe} needs at least {config.min_thumbs} new judged answers ({_have(data)})"
+    if recipe in ("kto", "sft+kto") and judged_answers(data) < config.pipeline.min_thumbs:
+        return f"{recipe} needs at least {config.pipeline.min_thumbs} new judged answers ({_have(data)})"
     if recipe in NEEDS_REWARD_MODEL:
-        if len(data.train("dpo")) < config.min_pairs:
-            return f"{recipe} needs at least {config.min_pairs} preference pairs for its reward model ({_have(data)})"
-        if len(data.new("prompts")) < config.min_prompts:
-            return f"{recipe} needs at least {config.min_prompts} new logged prompts ({_have(data)})"
+        if len(data.train("dpo")) < config.pipeline.min_pairs:
+            return f"{recipe} needs at least {config.pipeline.min_pairs} preference pairs for its reward model ({_have(data)})"
+        if len(data.new("prompts")) < config.pipeline.min_prompts:
+            return f"{recipe} needs at least {config.pipeline.min_prompts} new logged prompts ({_have(data)})"
     return None
 
 
 def wants_reward_model(recipe: str, config: NightlyConfig, data: TrainingData) -> bool:
     """Whether to train a reward model before the policy: rm+ recipes need one, and with
     enough pairs it also judges candidate against active and orders the reviewers' queue."""
-    if recipe in NEEDS_REWARD_MODEL or config.reward_model == "always":
+    if recipe in NEEDS_REWARD_MODEL or config.pipeline.reward_model == "always":
         return True
-    return config.reward_model == "auto" and len(data.train("dpo")) >= config.min_pairs
+    return config.pipeline.reward_model == "auto" and len(data.train("dpo")) >= config.pipeline.min_pairs
 
 
 def choose(config: NightlyConfig, data: TrainingData, reward_accuracy: float | None = None) -> Choice:
     """The recipe asked for, if the data allows it; for `auto`, the best the data allows."""
-    if config.recipe != "auto":
-        problem = check(config.recipe, config, data)
-        return Choice(None, f"too little new data: {problem}") if problem else Choice(config.recipe, "asked for")
+    if config.pipeline.recipe != "auto":
+        problem = check(config.pipeline.recipe, config, data)
+        return Choice(None, f"too little new data: {problem}") if problem else Choice(config.pipeline.recipe, "asked for")
     pairs, singles, corrections = len(data.new("dpo")), len(data.new("kto")), len(data.new("sft"))
-    sft_first = corrections >= config.min_corrections
-    first = (f"{corrections} new corrections (≥ {config.min_corrections}) teach reviewers' own answers first; "
+    sft_first = corrections >= config.pipeline.min_corrections
+    first = (f"{corrections} new corrections (≥ {config.pipeline.min_corrections}) teach reviewers' own answers first; "
              if sft_first else "")
-    if pairs >= config.min_pairs:
+    if pairs >= config.pipeline.min_pairs:
         unrated = unrated_prompts(data)
-        trusted = reward_accuracy is not None and reward_accuracy >= config.auto_rl_accuracy
-        if trusted and unrated >= max(config.min_prompts, pairs) and not check("rm+grpo", config, data):
+        trusted = reward_accuracy is not None and reward_accuracy >= config.pipeline.auto_rl_accuracy
+        if trusted and unrated >= max(config.pipeline.min_prompts, pairs) and not check("rm+grpo", config, data):
             return Choice("rm+grpo", f"the reward model's held-out pair accuracy is {reward_accuracy:.2f} "
-                                     f"(≥ {config.auto_rl_accuracy}) and {unrated} logged prompts have no human "
+                                     f"(≥ {config.pipeline.auto_rl_accuracy}) and {unrated} logged prompts have no human "
                                      f"feedback against {pairs} new pairs, so GRPO can learn from all of them")
-    if singles >= max(pairs, 1) and judged_answers(data) >= config.min_thumbs:
+    if singles >= max(pairs, 1) and judged_answers(data) >= config.pipeline.min_thumbs:
         return Choice("sft+kto" if sft_first else "kto",
                       first + f"{singles} new single verdicts (thumbs, stars, both bad) and {pairs} new pairs: "
                               f"KTO learns from all {judged_answers(data)} judged answers in one objective, each "
                               f"pair as one good and one bad answer")
-    if pairs >= config.min_pairs:
+    if pairs >= config.pipeline.min_pairs:
         return Choice("sft+dpo" if sft_first else "dpo",
-                      first + f"{pairs} new preference pairs (≥ {config.min_pairs}) against {singles} single "
+                      first + f"{pairs} new preference pairs (≥ {config.pipeline.min_pairs}) against {singles} single "
                               f"verdicts: DPO learns from the pairs, with an SFT term on the chosen answers"
-                      + (f"; {corrections} corrections are too few for an SFT stage (< {config.min_corrections}) "
+                      + (f"; {corrections} corrections are too few for an SFT stage (< {config.pipeline.min_corrections}) "
                          f"and train as pairs" if corrections and not sft_first else ""))
-    if judged_answers(data) >= config.min_thumbs:
+    if judged_answers(data) >= config.pipeline.min_thumbs:
         return Choice("sft+kto" if sft_first else "kto",
-                      first + f"only {pairs} new pairs (< {config.min_pairs}) but {judged_answers(data)} judged "
-                              f"answers (≥ {config.min_thumbs}): KTO learns from them one by one")
-    return Choice(None, f"too little new data: {_have(data)}; need at least {config.min_pairs} new preference pairs "
-                        f"or {config.min_thumbs} new judged answers")
+                      first + f"only {pairs} new pairs (< {config.pipeline.min_pairs}) but {judged_answers(data)} judged "
+                              f"answers (≥ {config.pipeline.min_thumbs}): KTO learns from them one by one")
+    return Choice(None, f"too little new data: {_have(data)}; need at least {config.pipeline.min_pairs} new preference pairs "
+                        f"or {config.pipeline.min_thumbs} new judged answers")

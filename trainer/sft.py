@@ -22,16 +22,16 @@ def as_prompt_completion(rows: Sequence[Row]) -> Dataset:
 
 
 def sft_config(config: NightlyConfig, output_dir: Path, schedule: fit.Schedule | None = None) -> SFTConfig:
-    planned = {"num_train_epochs": config.sft_epochs, **(fit.overrides(schedule) if schedule else {})}
-    return derive(config, SFTConfig, output_dir=str(output_dir), learning_rate=config.sft_learning_rate,
-                  max_length=config.max_length, completion_only_loss=True, **planned)
+    planned = {"num_train_epochs": config.sft.sft_epochs, **(fit.overrides(schedule) if schedule else {})}
+    return derive(config.training, SFTConfig, output_dir=str(output_dir), learning_rate=config.sft.sft_learning_rate,
+                  max_length=config.training.max_length, completion_only_loss=True, **planned)
 
 
 def train(config: NightlyConfig, model_path: str, start_adapter: str | Path | None,
           train_rows: Sequence[Row], held_out: Sequence[Row], stage_dir: Path) -> StageOutcome:
-    held = fit.eval_rows(list(held_out), config.seed)
+    held = fit.eval_rows(list(held_out), config.training.seed)
     schedule = fit.plan(config, len(train_rows), len(held),
-                        config.per_device_train_batch_size * config.gradient_accumulation_steps)
+                        config.training.per_device_train_batch_size * config.training.gradient_accumulation_steps)
     return run_stage("sft", SFTTrainer, sft_config(config, stage_dir / "checkpoints", schedule), config, model_path,
                      start_adapter, as_prompt_completion(train_rows),
                      as_prompt_completion(held) if held else None, stage_dir, schedule=schedule)

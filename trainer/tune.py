@@ -13,7 +13,6 @@ so its rank and wrapped modules are fixed: the search then leaves the LoRA shape
 
 from __future__ import annotations
 
-import copy
 import json
 import logging
 import math
@@ -104,12 +103,12 @@ def load_data(environment, config: NightlyConfig) -> tuple[str | None, Split]:
 def main(config: TuneConfig, environment) -> TuneResult:
     import optuna
 
-    base = copy.deepcopy(config.training) if config.training is not None else NightlyConfig()
+    base = config.training if config.training is not None else NightlyConfig()
     adapter, split = load_data(environment, base)
     pairs = len(split.train) + len(split.held_out)
-    if pairs < base.min_pairs or not split.train or not split.held_out:
+    if pairs < base.pipeline.min_pairs or not split.train or not split.held_out:
         message = (f"too little data to tune on: {pairs} preference pairs ({len(split.train)} to train on, "
-                   f"{len(split.held_out)} held out), need at least {base.min_pairs} with some on each side")
+                   f"{len(split.held_out)} held out), need at least {base.pipeline.min_pairs} with some on each side")
         log.info(message)
         return TuneResult(RunStatus.skipped, message)
 
@@ -153,9 +152,8 @@ def _objective(config: TuneConfig, base: NightlyConfig, model_path: str, adapter
 
     def objective(trial) -> float:
         params = suggest(trial, config, base, shape)
-        trial_config = trial_training_config(base, params)
         with tempfile.TemporaryDirectory(prefix=f"trial-{trial.number}-", dir=folder) as scratch:
-            trial_config.output_dir = str(Path(scratch) / "checkpoints")
+            trial_config = trial_training_config(base, {**params, "output_dir": str(Path(scratch) / "checkpoints")})
             outcome = dpo.train(trial_config, model_path, adapter, split.train, split.held_out, Path(scratch))
         eval_loss = outcome.metrics.get("eval_loss")
         trial.set_user_attr("config", params)
@@ -175,7 +173,7 @@ def suggest(trial, config: TuneConfig, base: NightlyConfig, shape: bool) -> dict
     if shape:
         rank = trial.suggest_categorical("lora_r", list(config.lora_r))
         layers = trial.suggest_categorical("target_layers", list(config.target_layers))
-        params |= {"lora_r": rank, "lora_alpha": max(1, round(rank * base.lora_alpha / base.lora_r)),
+        params |= {"lora_r": rank, "lora_alpha": max(1, round(rank * base.adapter.lora_alpha / base.adapter.lora_r)),
                    "lora_target_modules": list(TARGET_LAYERS[layers])}
     return params
 
@@ -184,32 +182,34 @@ def trial_training_config(base: NightlyConfig, params: dict) -> NightlyConfig:
     """The base config with a trial's knobs: no checkpoints, no per-step logs (Optuna's bar shows progress)."""
     from transformers.trainer_utils import IntervalStrategy, SaveStrategy
 
-    trial_config = copy.deepcopy(base)
-    for name, value in params.items():
-        setattr(trial_config, name, value)
-    trial_config.save_strategy = SaveStrategy.NO
-    trial_config.resume = False  # every trial starts afresh in its own folder
-    trial_config.load_best_model_at_end = False
-    trial_config.disable_tqdm = True
-    trial_config.logging_strategy = IntervalStrategy.NO
-    return trial_config
+    return base.replace(**params, save_strategy=SaveStrategy.NO, load_best_model_at_end=False, disable_tqdm=True,
+                        logging_strategy=IntervalStrategy.NO,
+                        resume=False)  # every trial starts afresh in its own folder
 
 
-def apply_tuned(config: NightlyConfig, data_dir: Path, explicit: set[str]) -> list[str]:
-    """Set the knobs `tuneloop tune` found best on `config`, except those given explicitly.
+def apply_tuned(config: NightlyConfig, data_dir: Path, explicit: set[str]) -> tuple[NightlyConfig, list[str]]:
+    """`config` with the knobs `tuneloop tune` found best, except those given explicitly, and
+    their names.
 
-    Precedence: NightlyConfig defaults < best.json < explicit flags. Returns the names set."""
+    Precedence: NightlyConfig defaults < best.json < explicit flags."""
     path = Path(data_dir) / "tune" / TUNED_FILE
     if not path.is_file():
-        return []
+        return config, []
     params = json.loads(path.read_text())["params"]
-    applied = []
+    applied = {}
     for name, value in params.items():
-        if name in explicit or TIED.get(name) in explicit or not hasattr(config, name):
+        if name in explicit or TIED.get(name) in explicit or not _is_knob(config, name):
             continue
-        setattr(config, name, value)
-        applied.append(name)
-    return applied
+        applied[name] = value
+    return config.replace(**applied), list(applied)
+
+
+def _is_knob(config: NightlyConfig, name: str) -> bool:
+    try:
+        config.get(name)
+    except AttributeError:
+        return False
+    return True
 
 
 def explicit_flags(args: Sequence[str]) -> set[str]:

@@ -115,22 +115,19 @@ def model_prepare() -> None:
 def train(ctx: typer.Context) -> None:
     """Train a candidate release from stored feedback on a LoRA adapter (--recipe auto, dpo, kto, sft+dpo,
     rm+grpo or rm+ppo; --resume continues a killed run). `tuneloop train --help` lists every knob: tuneloop's
-    first, then TRL's DPOConfig and transformers' TrainingArguments."""
-    from transformers import HfArgumentParser
-
+    first, then TRL's DPOConfig and transformers' TrainingArguments, then TRL's ModelConfig and each stage's."""
     from trainer.config import NightlyConfig
     from trainer.nightly import main
     from trainer.tune import apply_tuned, explicit_flags
     from tuneloop.jobs import training_environment
 
-    parser = HfArgumentParser(NightlyConfig, prog="tuneloop train", description=train.__doc__)
-    (config,) = parser.parse_args_into_dataclasses(args=ctx.args)
+    config = NightlyConfig.from_args(ctx.args, prog="tuneloop train", description=train.__doc__)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = get_settings()
-    tuned = apply_tuned(config, settings.data_dir, explicit_flags(ctx.args))  # defaults < tune/best.json < flags
+    config, tuned = apply_tuned(config, settings.data_dir, explicit_flags(ctx.args))  # defaults < tune/best.json < flags
     if tuned:
         logging.getLogger("tuneloop.trainer").info("from tune/best.json: %s", ", ".join(tuned))
-    config.judge = config.judge or settings.judge
+    config = config.replace(judge=config.pipeline.judge or settings.judge)
     result = main(config, training_environment(settings))
     typer.echo(f"{result.status.value}: {result.message}" + (f" -> release {result.release} ({result.state.value})"
                                                               if result.release else ""))
@@ -156,15 +153,13 @@ def tune(
     feedback; the best go to DATA_DIR/tune/best.json, which `tuneloop train` starts from. Any other
     `tuneloop train` flag (e.g. --max_steps 50) fixes that knob for every trial."""
     import datasets
-    from transformers import HfArgumentParser
     from transformers.utils import logging as hf_logging
 
     from trainer.config import NightlyConfig
     from trainer.tune import TuneConfig, main, parse_search
     from tuneloop.jobs import training_environment
 
-    parser = HfArgumentParser(NightlyConfig, prog="tuneloop tune")
-    (training,) = parser.parse_args_into_dataclasses(args=ctx.args)
+    training = NightlyConfig.from_args(ctx.args, prog="tuneloop tune")
     try:
         config = TuneConfig(
             trials=trials or None, timeout=timeout, seed=seed, storage=storage, study_name=study_name,
