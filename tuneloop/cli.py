@@ -73,12 +73,18 @@ def slack(
     _serve(settings, host, port, nightly)
 
 
+def _log_to_stderr() -> None:
+    """The long-running commands (serve, train, tune) log INFO and up, one format."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
 def _serve(settings: Settings, host: str | None, port: int | None, nightly: str | None) -> None:
     import uvicorn
 
     from tuneloop.app import create_app
 
-    settings.host, settings.port = host or settings.host, port or settings.port
+    # The options win over the environment: a copy with them, so the settings read are never changed.
+    chosen = {"host": host or settings.host, "port": port or settings.port}
     if nightly:
         from trainer.schedule import parse_hhmm
 
@@ -86,8 +92,9 @@ def _serve(settings: Settings, host: str | None, port: int | None, nightly: str 
             parse_hhmm(nightly)
         except ValueError as error:
             raise typer.BadParameter(str(error), param_hint="--nightly") from error
-        settings.nightly_at = nightly
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        chosen["nightly_at"] = nightly
+    settings = settings.model_copy(update=chosen)
+    _log_to_stderr()
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port)
 
 
@@ -125,7 +132,7 @@ def train(ctx: typer.Context) -> None:
 
     parser = HfArgumentParser(NightlyConfig, prog="tuneloop train", description=train.__doc__)
     (config,) = parser.parse_args_into_dataclasses(args=ctx.args)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    _log_to_stderr()
     settings = get_settings()
     tuned = apply_tuned(config, settings.data_dir, explicit_flags(ctx.args))  # defaults < tune/best.json < flags
     if tuned:
@@ -174,7 +181,7 @@ def tune(
         )
     except (TypeError, ValueError) as error:
         raise typer.BadParameter(str(error)) from error
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    _log_to_stderr()
     datasets.disable_progress_bars()  # one bar: Optuna's, over the trials
     hf_logging.disable_progress_bar()
     result = main(config, training_environment(get_settings()))
