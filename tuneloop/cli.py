@@ -12,7 +12,7 @@ from pydantic import ValidationError
 
 from plugins.cli import plugins_app
 from plugins.rag.cli import rag_app
-from tuneloop.cli_releases import releases_app, users_app
+from tuneloop.cli_operator import releases_app, users_app
 from tuneloop.settings import EMBEDDED_MODEL, Settings, get_settings
 
 app = typer.Typer(help="tuneloop: a self-hosted assistant that learns from its users.", no_args_is_help=True)
