@@ -52,9 +52,9 @@ class Plugins:
         self.feedback_listeners: list[FeedbackListener] = self._collect("register_feedback_listeners")
         self.reward_functions: list[RewardFunction] = self._collect("register_reward_functions")
         self.redactors: list[Redactor] = self._collect("register_redactors")
-        for item in self.input_checks + self.output_checks + self.alternatives + self.feedback_listeners:
-            if item.name in settings.plugins_fail_closed:
-                item.fail_closed = True
+        for check in self.input_checks + self.output_checks:  # the only ones that can refuse a turn
+            if check.name in settings.plugins_fail_closed:
+                check.fail_closed = True
 
     def _collect(self, hook_name: str) -> list:
         found: list = []

@@ -49,6 +49,8 @@ class RagAlternative:
     always: bool = False
     min_score: float = MIN_SCORE
     name: str = "rag"
+    # Not part of `Alternative` and read by nothing: a failed retrieval sits the turn out
+    # (plugins/turns.py). Kept False so that callers that look at it see the truth.
     fail_closed: bool = False
 
     def prepare(self, prompt: str, messages: list[dict[str, str]]) -> AlternativeTurn | None:
