@@ -11,11 +11,10 @@ import importlib
 import logging
 from collections import Counter
 from dataclasses import dataclass
-from typing import Any
-
 import pluggy
 
 from plugins import hookspecs
+from plugins.config import PluginSettings
 from plugins.protocols import (
     Alternative,
     FeedbackEvent,
@@ -43,7 +42,7 @@ class PluginInfo:
 class Plugins:
     """Everything plugins registered, as typed lists; errors of plugins are counted here."""
 
-    def __init__(self, manager: pluggy.PluginManager, settings: Any) -> None:
+    def __init__(self, manager: pluggy.PluginManager, settings: PluginSettings) -> None:
         self.manager, self.settings = manager, settings
         self.errors: Counter[str] = Counter()  # by plugin object name
         self.input_checks: list[InputCheck] = self._collect("register_input_checks")
@@ -80,7 +79,7 @@ class Plugins:
         ]
 
 
-def load_plugins(settings: Any) -> Plugins:
+def load_plugins(settings: PluginSettings) -> Plugins:
     manager = pluggy.PluginManager("tuneloop")
     manager.add_hookspecs(hookspecs)
     disabled = set(settings.plugins_disabled)

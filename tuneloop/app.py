@@ -33,6 +33,7 @@ from serving.router import router as openai_router
 from serving.service import ChatService
 from tuneloop.http import BodySizeLimit, document_errors, install_error_handlers
 from tuneloop.settings import EMBEDDED_MODEL, Settings, get_settings
+from tuneloop.wiring import plugin_settings
 
 log = logging.getLogger(__name__)
 
@@ -152,7 +153,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
         following = asyncio.create_task(reconciler.run(), name="tuneloop-reconciler")
         app.state.database, app.state.engine, app.state.live = database, model, live
         app.state.reconciler = reconciler
-        app.state.plugins = await asyncio.to_thread(load_plugins, settings)
+        app.state.plugins = await asyncio.to_thread(load_plugins, plugin_settings(settings))
         hooks = PluginHooks(app.state.plugins)
         app.state.redact = hooks.redact  # every free text on its way into the store (feedback/redaction.py)
         app.state.chat = ChatService(model, database, live, system_prompt=settings.system_prompt, hooks=hooks,

@@ -10,10 +10,11 @@ from pathlib import Path
 import typer
 from pydantic import ValidationError
 
-from plugins.cli import plugins_app
-from plugins.rag.cli import rag_app
+from plugins.cli import make_plugins_app
+from plugins.rag.cli import make_rag_app
 from tuneloop.cli_operator import releases_app, users_app
 from tuneloop.settings import EMBEDDED_MODEL, Settings, get_settings
+from tuneloop.wiring import plugin_settings, rag_commands_config
 
 app = typer.Typer(help="tuneloop: a self-hosted assistant that learns from its users.", no_args_is_help=True)
 db_app = typer.Typer(help="The feedback store's schema.", no_args_is_help=True)
@@ -22,8 +23,9 @@ app.add_typer(db_app, name="db")
 app.add_typer(model_app, name="model")
 app.add_typer(releases_app, name="releases")
 app.add_typer(users_app, name="users")
-app.add_typer(plugins_app, name="plugins")
-app.add_typer(rag_app, name="rag")
+# Commands that belong to a plugin get their config from here, read when one runs.
+app.add_typer(make_plugins_app(lambda: plugin_settings(get_settings())), name="plugins")
+app.add_typer(make_rag_app(lambda: rag_commands_config(get_settings())), name="rag")
 
 
 class ExportFormat(str, Enum):

@@ -13,10 +13,12 @@ Importing this module is cheap; the index and the embedding model open on first 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from plugins.config import PluginSettings
 from plugins.hookspecs import hookimpl
 from plugins.protocols import AlternativeTurn
 
@@ -123,6 +125,6 @@ def cite(answer: str, trace: dict[str, Any]) -> str:
 
 
 @hookimpl
-def register_alternatives(register, settings) -> None:  # noqa: ANN001
+def register_alternatives(register: Callable[[RagAlternative], None], settings: PluginSettings) -> None:
     register(RagAlternative(rag_dir=Path(settings.rag_dir), k=settings.rag_top_k,
                             share=settings.rag_share, always=settings.rag_always))
