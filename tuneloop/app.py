@@ -33,7 +33,7 @@ from serving.router import router as openai_router
 from serving.service import ChatService
 from tuneloop.http import BodySizeLimit, document_errors, install_error_handlers
 from tuneloop.settings import EMBEDDED_MODEL, Settings, get_settings
-from tuneloop.wiring import plugin_settings
+from tuneloop.wiring import plugin_settings, slack_config
 
 log = logging.getLogger(__name__)
 
@@ -109,23 +109,25 @@ def _feedback_notifier(plugins: Plugins) -> _FeedbackNotifier | None:
 
 def _mount_slack(app: FastAPI, settings: Settings) -> None:
     """The Slack app, when its tokens are set: `/slack/events` in HTTP mode."""
-    app.state.slack = None
+    app.state.slack = app.state.slack_config = None
     if not settings.slack_enabled:
         return
     from bot.slack.app import build_app, router
 
-    app.state.slack = build_app(settings, lambda: app.state.slack_services)
-    if not settings.slack_socket_mode:  # over Socket Mode nothing unsigned may come in by HTTP
+    app.state.slack_config = config = slack_config(settings)
+    app.state.slack = build_app(config, lambda: app.state.slack_services)
+    if not config.socket_mode:  # over Socket Mode nothing unsigned may come in by HTTP
         app.include_router(router(app.state.slack))
 
 
-async def _start_slack(app: FastAPI, settings: Settings, database):  # noqa: ANN001, ANN202
+async def _start_slack(app: FastAPI, database):  # noqa: ANN001, ANN202
     if app.state.slack is None:
         return None
     from bot.slack.app import SlackRuntime
     from bot.slack.services import SlackServices
 
-    app.state.slack_services = SlackServices(settings, database, app.state.chat, app.state.notify_feedback)
+    app.state.slack_services = SlackServices(app.state.slack_config, database, app.state.chat,
+                                             app.state.notify_feedback)
     runtime = SlackRuntime(app.state.slack, app.state.slack_services)
     await runtime.start()
     return runtime
@@ -162,7 +164,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
         app.state.ratings = RatingWriter(database, notify=app.state.notify_feedback)
         app.state.ratings.start()
         app.state.review_scorer = _review_scorer(settings, database)
-        slack = await _start_slack(app, settings, database)
+        slack = await _start_slack(app, database)
         nightly = _nightly(settings)
         # Everything loaded so far (torch, transformers, the model) lives as long as the
         # process: keep it out of the collector's full passes, which otherwise walk millions

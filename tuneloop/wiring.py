@@ -6,6 +6,7 @@ and this module builds it from the one `Settings`. The jobs' configs are in `tun
 
 from __future__ import annotations
 
+from bot.slack.config import SlackConfig
 from plugins.config import PluginSettings, RagCommandsConfig
 from tuneloop.settings import Settings
 
@@ -27,3 +28,23 @@ def plugin_settings(settings: Settings) -> PluginSettings:
 
 def rag_commands_config(settings: Settings) -> RagCommandsConfig:
     return RagCommandsConfig(rag_dir=settings.rag_dir, database_url=settings.database_url)
+
+
+def slack_config(settings: Settings) -> SlackConfig:
+    """The Slack app's config; only called when `settings.slack_enabled`."""
+    return SlackConfig(
+        bot_token=settings.slack_bot_token,
+        signing_secret=settings.slack_signing_secret,
+        app_token=settings.slack_app_token,
+        socket_mode=settings.slack_socket_mode,
+        api_url=settings.slack_api_url,
+        reviewers=tuple(settings.slack_reviewers),
+        operators=tuple(settings.slack_operators),
+        operators_channel=settings.slack_operators_channel,
+        announce_interval=settings.slack_announce_interval,
+        canary_share=settings.slack_canary_share,
+        public_url=settings.public_url,
+        ab_share=settings.ab_share,
+        temperature=settings.temperature,
+        max_tokens=settings.max_tokens,
+    )
