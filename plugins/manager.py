@@ -11,6 +11,7 @@ import importlib
 import logging
 from collections import Counter
 from dataclasses import dataclass
+
 import pluggy
 
 from plugins import hookspecs

@@ -1,7 +1,7 @@
 """Plugins on the chat path: the `serving.hooks.TurnHooks` the app factory hands to serving.
 
 A plugin that raises never breaks a turn: the error is logged and counted and the turn
-goes on, unless that plugin fails closed, in which case the turn is refused.
+goes on, unless it is a check that fails closed (`fail_closed`), in which case the turn is refused.
 """
 
 from __future__ import annotations
