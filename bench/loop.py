@@ -137,9 +137,10 @@ def train(out: Path, model: str, args: argparse.Namespace):  # noqa: ANN201
 
     from plugins.manager import load_plugins
     from tuneloop.settings import Settings
+    from tuneloop.wiring import plugin_settings
 
     # As `tuneloop train` does: the plugins' output checks and reward functions.
-    plugins = load_plugins(Settings(data_dir=out))
+    plugins = load_plugins(plugin_settings(Settings(data_dir=out)))
     # The bench measures rather than gates: a candidate is written whatever its figures.
     environment = Environment(f"sqlite:///{out / 'tuneloop.db'}", out, model, gate=GateThresholds.open(),
                               device="cpu", output_check=plugins, reward_functions=plugins.reward_functions)

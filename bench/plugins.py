@@ -227,6 +227,7 @@ def bench_guardrails(args: argparse.Namespace) -> dict:
     from serving.service import ChatService
     from tests.engines import ScriptedEngine
     from tuneloop.settings import Settings
+    from tuneloop.wiring import plugin_settings
 
     tmp = Path(tempfile.mkdtemp(prefix="tuneloop-bench-guard-"))
     settings = Settings(_env_file=None, data_dir=tmp, plugins_disabled=["rag"])
@@ -241,7 +242,7 @@ def bench_guardrails(args: argparse.Namespace) -> dict:
     services = {
         "no plugins": ChatService(engine, database, live, system_prompt=settings.system_prompt),
         "guardrails": ChatService(engine, database, live, system_prompt=settings.system_prompt,
-                                  hooks=PluginHooks(load_plugins(settings))),
+                                  hooks=PluginHooks(load_plugins(plugin_settings(settings)))),
     }
     params = SamplingParams(temperature=0.0, max_tokens=256)
 

@@ -11,11 +11,11 @@ import importlib
 import logging
 from collections import Counter
 from dataclasses import dataclass
-from typing import Any
 
 import pluggy
 
 from plugins import hookspecs
+from plugins.config import PluginSettings
 from plugins.protocols import (
     Alternative,
     FeedbackEvent,
@@ -43,7 +43,7 @@ class PluginInfo:
 class Plugins:
     """Everything plugins registered, as typed lists; errors of plugins are counted here."""
 
-    def __init__(self, manager: pluggy.PluginManager, settings: Any) -> None:
+    def __init__(self, manager: pluggy.PluginManager, settings: PluginSettings) -> None:
         self.manager, self.settings = manager, settings
         self.errors: Counter[str] = Counter()  # by plugin object name
         self.input_checks: list[InputCheck] = self._collect("register_input_checks")
@@ -52,9 +52,9 @@ class Plugins:
         self.feedback_listeners: list[FeedbackListener] = self._collect("register_feedback_listeners")
         self.reward_functions: list[RewardFunction] = self._collect("register_reward_functions")
         self.redactors: list[Redactor] = self._collect("register_redactors")
-        for item in self.input_checks + self.output_checks + self.alternatives + self.feedback_listeners:
-            if item.name in settings.plugins_fail_closed:
-                item.fail_closed = True
+        for check in self.input_checks + self.output_checks:  # the only ones that can refuse a turn
+            if check.name in settings.plugins_fail_closed:
+                check.fail_closed = True
 
     def _collect(self, hook_name: str) -> list:
         found: list = []
@@ -80,7 +80,7 @@ class Plugins:
         ]
 
 
-def load_plugins(settings: Any) -> Plugins:
+def load_plugins(settings: PluginSettings) -> Plugins:
     manager = pluggy.PluginManager("tuneloop")
     manager.add_hookspecs(hookspecs)
     disabled = set(settings.plugins_disabled)

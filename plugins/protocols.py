@@ -33,7 +33,9 @@ class TurnContext:
 @runtime_checkable
 class InputCheck(Protocol):
     name: str
-    fail_closed: bool  # when it raises: refuse the turn (True) or log, count and go on (False)
+    # When it raises: refuse the turn (True) or log, count and go on (False); plugins/turns.py
+    # honours it, and names in TUNELOOP_PLUGINS_FAIL_CLOSED set it (plugins/manager.py).
+    fail_closed: bool
 
     def check_input(self, text: str, context: TurnContext) -> Verdict: ...
 
@@ -67,12 +69,18 @@ class AlternativeTurn:
 
 @runtime_checkable
 class Alternative(Protocol):
+    """Another way to answer. One that raises sits the turn out (logged and counted): the
+    model's own answer is still there, so there is nothing to fail closed."""
+
     name: str  # stored as the A/B pair's kind, such as "rag"
     share: float  # of turns on which this pair is shown
-    fail_closed: bool
+    always: bool  # instead of pairs: every turn's one answer is made this way, and cited
 
     def prepare(self, prompt: str, messages: list[dict[str, str]]) -> AlternativeTurn | None:
         """The alternative's messages for this turn, or None to sit this turn out."""
+
+    def citation(self, trace: dict[str, Any]) -> str:
+        """What an `always` answer made from `prepare`'s turn (its trace) ends with; "" for nothing."""
 
 
 @dataclass
@@ -85,8 +93,10 @@ class FeedbackEvent:
 
 @runtime_checkable
 class FeedbackListener(Protocol):
+    """Hears of feedback once it is stored; one that raises is logged and counted (the
+    feedback is already kept, so there is nothing to fail closed)."""
+
     name: str
-    fail_closed: bool
 
     def on_feedback(self, event: FeedbackEvent) -> None: ...
 

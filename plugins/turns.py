@@ -1,7 +1,7 @@
 """Plugins on the chat path: the `serving.hooks.TurnHooks` the app factory hands to serving.
 
 A plugin that raises never breaks a turn: the error is logged and counted and the turn
-goes on, unless that plugin fails closed, in which case the turn is refused.
+goes on, unless it is a check that fails closed (`fail_closed`), in which case the turn is refused.
 """
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ class PluginHooks:
 
     def plan_pair(self, prompt: str, messages: list[dict[str, str]]) -> PairPlan | None:
         for alternative in self.plugins.alternatives:
-            if getattr(alternative, "always", False) or self.chance() >= alternative.share:
+            if alternative.always or self.chance() >= alternative.share:
                 continue
             prepared = self._guarded(alternative, lambda: alternative.prepare(prompt, messages))
             if prepared is not None:
@@ -68,11 +68,10 @@ class PluginHooks:
 
     def augment(self, prompt: str, messages: list[dict[str, str]]) -> Augmented | None:
         for alternative in self.plugins.alternatives:
-            if getattr(alternative, "always", False):
+            if alternative.always:
                 prepared = self._guarded(alternative, lambda: alternative.prepare(prompt, messages))
                 if prepared is not None:
-                    cite = getattr(alternative, "citation", None)
-                    return Augmented(prepared.messages, prepared.trace, cite(prepared.trace) if cite else "")
+                    return Augmented(prepared.messages, prepared.trace, alternative.citation(prepared.trace))
         return None
 
     def _run(self, checks: list, text: str, apply: Callable) -> Checked:

@@ -15,6 +15,7 @@ import pytest
 from plugins.guardrails.config import DEFAULT_CONFIG, GuardrailsConfigError, load_config
 from plugins.protocols import InputCheck, OutputCheck, TurnContext
 from tuneloop.settings import Settings
+from tuneloop.wiring import plugin_settings
 
 ROOT = Path(__file__).resolve().parents[1]
 WEB = TurnContext(channel="web")
@@ -84,7 +85,7 @@ def checks(tmp_path_factory):
     """(input check, output check, reward function) registered by the plugin's hooks."""
     from plugins.guardrails import plugin
 
-    settings = Settings(guardrails_config=write_config(tmp_path_factory.mktemp("guardrails"), CONFIG))
+    settings = plugin_settings(Settings(guardrails_config=write_config(tmp_path_factory.mktemp("guardrails"), CONFIG)))
     found: list = []
     plugin.register_input_checks(found.append, settings)
     plugin.register_output_checks(found.append, settings)
@@ -404,7 +405,7 @@ def test_every_problem_of_a_file_is_listed(tmp_path):
 def test_a_bad_file_stops_the_plugin_from_registering(tmp_path):
     from plugins.guardrails import plugin
 
-    settings = Settings(guardrails_config=write_config(tmp_path, "output:\n  - {validator: pii}\n"))
+    settings = plugin_settings(Settings(guardrails_config=write_config(tmp_path, "output:\n  - {validator: pii}\n")))
     with pytest.raises(GuardrailsConfigError, match="on_fail: Field required"):
         plugin.register_output_checks(lambda check: None, settings)
 
@@ -497,8 +498,8 @@ def test_checks_give_the_same_verdicts_from_many_threads(checks):
 def test_the_plugin_manager_registers_the_checks_by_name(tmp_path):
     from plugins.manager import load_plugins
 
-    settings = Settings(guardrails_config=write_config(tmp_path, CONFIG), plugins_disabled=["rag"],
-                        plugins_fail_closed=["guardrails.output"])
+    settings = plugin_settings(Settings(guardrails_config=write_config(tmp_path, CONFIG), plugins_disabled=["rag"],
+                                        plugins_fail_closed=["guardrails.output"]))
     plugins = load_plugins(settings)
     names = {check.name: check for check in plugins.input_checks + plugins.output_checks}
     assert names["guardrails.input"].fail_closed is False
@@ -509,7 +510,8 @@ def test_the_plugin_manager_registers_the_checks_by_name(tmp_path):
 def test_a_file_with_output_rules_only_registers_no_input_check(tmp_path):
     from plugins.guardrails import plugin
 
-    settings = Settings(guardrails_config=write_config(tmp_path, "output:\n  - {validator: secrets, on_fail: fix}\n"))
+    config = write_config(tmp_path, "output:\n  - {validator: secrets, on_fail: fix}\n")
+    settings = plugin_settings(Settings(guardrails_config=config))
     found: list = []
     plugin.register_input_checks(found.append, settings)
     assert found == []
@@ -521,7 +523,7 @@ def test_the_bundled_default_redacts_and_refuses(tmp_path):
     from plugins.guardrails import plugin
 
     found: list = []
-    settings = Settings(guardrails_config=None, system_prompt="You are a helpful, concise assistant.")
+    settings = plugin_settings(Settings(guardrails_config=None, system_prompt="You are a helpful, concise assistant."))
     plugin.register_input_checks(found.append, settings)
     plugin.register_output_checks(found.append, settings)
     input_check, output_check = found
@@ -555,7 +557,7 @@ def test_reward_ignores_a_flag(tmp_path):
     from plugins.guardrails import plugin
 
     path = write_config(tmp_path, "output:\n  - {validator: profanity, on_fail: flag}\n")
-    settings = Settings(guardrails_config=path)
+    settings = plugin_settings(Settings(guardrails_config=path))
     found: list = []
     plugin.register_reward_functions(found.append, settings)
     assert found[0]([None, None], ["What the fuck?", "Fine."]) == [0.0, 0.0]
@@ -603,9 +605,10 @@ def test_checks_touch_no_network_and_send_no_telemetry_at_exit():
         from plugins.guardrails.plugin import register_input_checks, register_output_checks
         from plugins.protocols import TurnContext
         from tuneloop.settings import Settings
+        from tuneloop.wiring import plugin_settings
         found = []
-        register_input_checks(found.append, Settings())
-        register_output_checks(found.append, Settings())
+        register_input_checks(found.append, plugin_settings(Settings()))
+        register_output_checks(found.append, plugin_settings(Settings()))
         print(found[0].check_input("mail jane@corp.com", TurnContext("web")).action,
               found[1].check_output("call +1 415 555 2671", TurnContext("web")).action)
     """)
@@ -629,7 +632,7 @@ def test_an_ordinary_question_and_answer_pass_both_checks():
     from plugins.guardrails import plugin
 
     found: list = []
-    settings = Settings(guardrails_config=None)
+    settings = plugin_settings(Settings(guardrails_config=None))
     plugin.register_input_checks(found.append, settings)
     plugin.register_output_checks(found.append, settings)
     input_check, output_check = found

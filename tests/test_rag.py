@@ -22,10 +22,11 @@ from feedback.migrate import upgrade
 from feedback.models import Comparison, Response, Winner
 from plugins.protocols import Alternative, AlternativeTurn
 from plugins.rag import documents, scoreboard, store
-from plugins.rag.cli import rag_app
 from plugins.rag.plugin import INSTRUCTIONS, RagAlternative, citation_line, cite
 from tests.test_store import make_turn
+from tuneloop.cli import app as tuneloop_cli
 from tuneloop.settings import Settings, get_settings
+from tuneloop.wiring import plugin_settings
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "plugins" / "rag" / "example"
 MIN_TOP3_SHARE = 0.9
@@ -279,7 +280,7 @@ def test_the_plugin_registers_the_rag_alternative_from_settings(tmp_path):
 
     settings = Settings(_env_file=None, data_dir=tmp_path / "var", plugins_disabled=["guardrails"],
                         rag_share=0.35, rag_always=True, rag_top_k=3)
-    (alternative,) = load_plugins(settings).alternatives
+    (alternative,) = load_plugins(plugin_settings(settings)).alternatives
     assert isinstance(alternative, Alternative)
     assert (alternative.name, alternative.share, alternative.always, alternative.k, alternative.fail_closed) == (
         "rag", 0.35, True, 3, False)
@@ -295,11 +296,11 @@ def test_the_chat_path_gets_a_rag_pair_or_a_cited_answer(example_index, tmp_path
     messages = [{"role": "system", "content": "You are helpful."}, {"role": "user", "content": prompt}]
     common = {"_env_file": None, "data_dir": tmp_path / "var", "plugins_disabled": ["guardrails"],
               "rag_index_dir": example_index}
-    pair = PluginHooks(load_plugins(Settings(**common, rag_share=1.0))).plan_pair(prompt, messages)
+    pair = PluginHooks(load_plugins(plugin_settings(Settings(**common, rag_share=1.0)))).plan_pair(prompt, messages)
     assert pair.kind == "rag" and pair.messages[-1] == messages[-1] and len(pair.messages) == 3
     assert pair.trace["rag"]["sources"]
 
-    always = PluginHooks(load_plugins(Settings(**common, rag_always=True)))
+    always = PluginHooks(load_plugins(plugin_settings(Settings(**common, rag_always=True))))
     assert always.plan_pair(prompt, messages) is None  # every answer uses retrieval: no pair of that kind
     augmented = always.augment(prompt, messages)
     sources = [item["source"] for item in augmented.trace["rag"]["sources"]]
@@ -403,7 +404,7 @@ def rag_cli(monkeypatch, tmp_path, *args: str):
     monkeypatch.setenv("TUNELOOP_DATA_DIR", str(tmp_path / "var"))
     get_settings.cache_clear()
     try:
-        return CliRunner().invoke(rag_app, list(args))
+        return CliRunner().invoke(tuneloop_cli, ["rag", *args])  # as tuneloop's CLI mounts it
     finally:
         get_settings.cache_clear()
 

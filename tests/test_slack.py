@@ -47,13 +47,18 @@ def slack():
 
 
 @pytest.fixture
-def app(settings, tiny_engine, slack) -> TestClient:
+def app(request, settings, tiny_engine, slack) -> TestClient:
+    """The service with Slack on; `@pytest.mark.app_settings(name=value)` sets more before it starts
+    (the Slack app is handed its config at start, so later changes to the settings are not seen)."""
     from tuneloop.app import create_app
 
     settings.slack_bot_token, settings.slack_signing_secret = "xoxb-test", SIGNING_SECRET
     settings.slack_api_url = slack.url
     settings.slack_reviewers, settings.slack_operators = [RITA], [OPAL]
     settings.slack_operators_channel, settings.slack_announce_interval = "C0OPS", 0.2
+    marker = request.node.get_closest_marker("app_settings")
+    if marker is not None:
+        settings = settings.model_copy(update=marker.kwargs)
     with TestClient(create_app(settings, engine=tiny_engine)) as client:
         yield client
 
@@ -154,8 +159,8 @@ def test_thumbs_are_stored_changed_and_shown_and_thumbs_down_asks_why(app, slack
     assert len(rows(app, Rating)) == 1
 
 
+@pytest.mark.app_settings(ab_share=1.0)
 def test_an_ab_turn_shows_two_answers_and_stores_the_choice_as_shown(app, slack):
-    app.app.state.settings.ab_share = 1.0
     message = ask(app, slack)
     pair = json.loads(button(message["blocks"], "tl_compare_a_better"))
     responses = wait_rows(app, Response, count=2)
@@ -337,6 +342,7 @@ def test_slack_is_off_without_tokens(client):
     assert client.post("/slack/events", content="{}").status_code == 404
 
 
+@pytest.mark.app_settings(max_tokens=24)
 def test_the_answer_is_edited_in_as_it_is_generated(app, slack, monkeypatch):
     from bot.slack import answering
 
@@ -344,7 +350,6 @@ def test_the_answer_is_edited_in_as_it_is_generated(app, slack, monkeypatch):
 
     monkeypatch.setattr(answering, "EDIT_EVERY_S", 0.0)  # an edit for every token, to see them all
     app.app.state.chat.hooks = NoHooks()  # output checks hold short answers back whole (tests/test_plugins.py)
-    app.app.state.settings.max_tokens = 24
     message = ask(app, slack)
 
     edits = slack.calls_to("chat.update")
@@ -376,8 +381,8 @@ def test_half_set_slack_settings_say_what_to_set(values, fix):
         Settings(_env_file=None, **values)
 
 
+@pytest.mark.app_settings(ab_share=1.0)
 def test_a_reviewer_compares_an_ab_pair_with_its_context(app, slack):
-    app.app.state.settings.ab_share = 1.0
     ask(app, slack)
     wait_rows(app, Response, count=2)
 
@@ -395,10 +400,10 @@ def test_a_reviewer_compares_an_ab_pair_with_its_context(app, slack):
     assert str(comparison.response_a_id if comparison.winner == "a" else comparison.response_b_id) == shown_second
 
 
+@pytest.mark.app_settings(public_url="https://tuneloop.example")
 def test_the_announced_report_link_opens_with_its_key_alone(app, slack, tmp_path, tiny_model):
     from tests.releases import add_candidate, make_adapter
 
-    app.app.state.settings.public_url = "https://tuneloop.example"
     add_candidate(app.app.state.database, "r3", make_adapter(tiny_model, tmp_path / "r3"))
     (tmp_path / "report.html").write_text("<h1>Report of r3</h1>")
     announcement = slack.wait_for("chat.postMessage", lambda a: a["channel"] == "C0OPS")

@@ -33,6 +33,7 @@ from serving.router import router as openai_router
 from serving.service import ChatService
 from tuneloop.http import BodySizeLimit, document_errors, install_error_handlers
 from tuneloop.settings import EMBEDDED_MODEL, Settings, get_settings
+from tuneloop.wiring import plugin_settings, slack_config
 
 log = logging.getLogger(__name__)
 
@@ -108,23 +109,25 @@ def _feedback_notifier(plugins: Plugins) -> _FeedbackNotifier | None:
 
 def _mount_slack(app: FastAPI, settings: Settings) -> None:
     """The Slack app, when its tokens are set: `/slack/events` in HTTP mode."""
-    app.state.slack = None
+    app.state.slack = app.state.slack_config = None
     if not settings.slack_enabled:
         return
     from bot.slack.app import build_app, router
 
-    app.state.slack = build_app(settings, lambda: app.state.slack_services)
-    if not settings.slack_socket_mode:  # over Socket Mode nothing unsigned may come in by HTTP
+    app.state.slack_config = config = slack_config(settings)
+    app.state.slack = build_app(config, lambda: app.state.slack_services)
+    if not config.socket_mode:  # over Socket Mode nothing unsigned may come in by HTTP
         app.include_router(router(app.state.slack))
 
 
-async def _start_slack(app: FastAPI, settings: Settings, database):  # noqa: ANN001, ANN202
+async def _start_slack(app: FastAPI, database):  # noqa: ANN001, ANN202
     if app.state.slack is None:
         return None
     from bot.slack.app import SlackRuntime
     from bot.slack.services import SlackServices
 
-    app.state.slack_services = SlackServices(settings, database, app.state.chat, app.state.notify_feedback)
+    app.state.slack_services = SlackServices(app.state.slack_config, database, app.state.chat,
+                                             app.state.notify_feedback)
     runtime = SlackRuntime(app.state.slack, app.state.slack_services)
     await runtime.start()
     return runtime
@@ -152,7 +155,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
         following = asyncio.create_task(reconciler.run(), name="tuneloop-reconciler")
         app.state.database, app.state.engine, app.state.live = database, model, live
         app.state.reconciler = reconciler
-        app.state.plugins = await asyncio.to_thread(load_plugins, settings)
+        app.state.plugins = await asyncio.to_thread(load_plugins, plugin_settings(settings))
         hooks = PluginHooks(app.state.plugins)
         app.state.redact = hooks.redact  # every free text on its way into the store (feedback/redaction.py)
         app.state.chat = ChatService(model, database, live, system_prompt=settings.system_prompt, hooks=hooks,
@@ -161,7 +164,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
         app.state.ratings = RatingWriter(database, notify=app.state.notify_feedback)
         app.state.ratings.start()
         app.state.review_scorer = _review_scorer(settings, database)
-        slack = await _start_slack(app, settings, database)
+        slack = await _start_slack(app, database)
         nightly = _nightly(settings)
         # Everything loaded so far (torch, transformers, the model) lives as long as the
         # process: keep it out of the collector's full passes, which otherwise walk millions

@@ -10,10 +10,11 @@ from pathlib import Path
 import typer
 from pydantic import ValidationError
 
-from plugins.cli import plugins_app
-from plugins.rag.cli import rag_app
-from tuneloop.cli_releases import releases_app, users_app
+from plugins.cli import make_plugins_app
+from plugins.rag.cli import make_rag_app
+from tuneloop.cli_operator import releases_app, users_app
 from tuneloop.settings import EMBEDDED_MODEL, Settings, get_settings
+from tuneloop.wiring import plugin_settings, rag_commands_config
 
 app = typer.Typer(help="tuneloop: a self-hosted assistant that learns from its users.", no_args_is_help=True)
 db_app = typer.Typer(help="The feedback store's schema.", no_args_is_help=True)
@@ -22,8 +23,9 @@ app.add_typer(db_app, name="db")
 app.add_typer(model_app, name="model")
 app.add_typer(releases_app, name="releases")
 app.add_typer(users_app, name="users")
-app.add_typer(plugins_app, name="plugins")
-app.add_typer(rag_app, name="rag")
+# Commands that belong to a plugin get their config from here, read when one runs.
+app.add_typer(make_plugins_app(lambda: plugin_settings(get_settings())), name="plugins")
+app.add_typer(make_rag_app(lambda: rag_commands_config(get_settings())), name="rag")
 
 
 class ExportFormat(str, Enum):
@@ -73,12 +75,18 @@ def slack(
     _serve(settings, host, port, nightly)
 
 
+def _log_to_stderr() -> None:
+    """The long-running commands (serve, train, tune) log INFO and up, one format."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
 def _serve(settings: Settings, host: str | None, port: int | None, nightly: str | None) -> None:
     import uvicorn
 
     from tuneloop.app import create_app
 
-    settings.host, settings.port = host or settings.host, port or settings.port
+    # The options win over the environment: a copy with them, so the settings read are never changed.
+    chosen = {"host": host or settings.host, "port": port or settings.port}
     if nightly:
         from trainer.schedule import parse_hhmm
 
@@ -86,8 +94,9 @@ def _serve(settings: Settings, host: str | None, port: int | None, nightly: str 
             parse_hhmm(nightly)
         except ValueError as error:
             raise typer.BadParameter(str(error), param_hint="--nightly") from error
-        settings.nightly_at = nightly
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        chosen["nightly_at"] = nightly
+    settings = settings.model_copy(update=chosen)
+    _log_to_stderr()
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port)
 
 
@@ -122,7 +131,7 @@ def train(ctx: typer.Context) -> None:
     from tuneloop.jobs import training_environment
 
     config = NightlyConfig.from_args(ctx.args, prog="tuneloop train", description=train.__doc__)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    _log_to_stderr()
     settings = get_settings()
     config, tuned = apply_tuned(config, settings.data_dir, explicit_flags(ctx.args))  # defaults < tune/best.json < flags
     if tuned:
@@ -169,7 +178,7 @@ def tune(
         )
     except (TypeError, ValueError) as error:
         raise typer.BadParameter(str(error)) from error
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    _log_to_stderr()
     datasets.disable_progress_bars()  # one bar: Optuna's, over the trials
     hf_logging.disable_progress_bar()
     result = main(config, training_environment(get_settings()))

@@ -5,6 +5,7 @@ from __future__ import annotations
 from trainer.gate import GateThresholds
 from trainer.nightly import Environment
 from tuneloop.settings import EMBEDDED_MODEL, Settings
+from tuneloop.wiring import plugin_settings
 
 
 def gate_thresholds(settings: Settings) -> GateThresholds:
@@ -24,7 +25,8 @@ def training_environment(settings: Settings) -> Environment:
     from plugins.manager import load_plugins
     from serving.weights import resolve_model
 
-    plugins = load_plugins(settings)  # their output checks scrub data and count violations; rewards for RL
+    # Their output checks scrub data and count violations; their reward functions are for RL.
+    plugins = load_plugins(plugin_settings(settings))
     return Environment(
         database_url=settings.database_url,
         data_dir=settings.data_dir,

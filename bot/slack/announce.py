@@ -31,18 +31,18 @@ class Announcer:
                 await self.announce_new()
             except Exception:  # a database hiccup: logged, and the next look tries again
                 log.exception("looking for candidate releases to announce failed")
-            await asyncio.sleep(self.services.settings.slack_announce_interval)
+            await asyncio.sleep(self.services.config.announce_interval)
 
     async def announce_new(self) -> int:
         """Post each candidate not yet announced; how many were posted."""
         claimed = await self.services.in_session(self._claim_new)
         posted = 0
         for name, report in claimed:
-            settings = self.services.settings
-            url = f"{settings.public_url.rstrip('/')}{report_link(name, report)}" if settings.public_url else ""
-            sent = await call(self.client, "chat.postMessage", channel=settings.slack_operators_channel,
+            config = self.services.config
+            url = f"{config.public_url.rstrip('/')}{report_link(name, report)}" if config.public_url else ""
+            sent = await call(self.client, "chat.postMessage", channel=config.operators_channel,
                               text=f"Release {name} is a candidate",
-                              blocks=blocks.release_candidate(name, report, url, settings.slack_canary_share))
+                              blocks=blocks.release_candidate(name, report, url, config.canary_share))
             if sent is None:
                 await self.services.in_session(lambda session, key=_key(name): crud.forget_slack_delivery(session, key))
             else:

@@ -25,17 +25,17 @@ async def answer_in_thread(
     services: SlackServices, client: AsyncWebClient, *, team: str, channel: str, thread_ts: str, user: str, text: str,
     context: AsyncBoltContext | None = None,
 ) -> None:
-    settings = services.settings
+    config = services.config
 
     def open_conversation(session):  # noqa: ANN001, ANN202
-        return thread_conversation(session, slack_user(session, settings, user), team, channel, thread_ts)
+        return thread_conversation(session, slack_user(session, config, user), team, channel, thread_ts)
 
     conversation_id = await services.in_session(open_conversation)
-    turn = await services.chat.open_turn(conversation_id, text, ab=random.random() < settings.ab_share, channel="slack")
+    turn = await services.chat.open_turn(conversation_id, text, ab=random.random() < config.ab_share, channel="slack")
     display = sorted(range(len(turn.response_ids)), key=lambda index: turn.positions[index])
     texts = [""] * len(display)
     ts = await _answer_message(client, context, channel, thread_ts, blocks.writing(texts))
-    params = SamplingParams(temperature=settings.temperature, max_tokens=settings.max_tokens)
+    params = SamplingParams(temperature=config.temperature, max_tokens=config.max_tokens)
     last_edit = time.monotonic()
     try:
         async for event in services.chat.stream(turn, params):

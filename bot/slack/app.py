@@ -22,24 +22,24 @@ from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.slack import inbox, listeners
 from bot.slack.announce import Announcer
+from bot.slack.config import SlackConfig
 from bot.slack.services import SlackServices
-from tuneloop.settings import Settings
 
 log = logging.getLogger(__name__)
 
 
-def web_client(settings: Settings) -> AsyncWebClient:
+def web_client(config: SlackConfig) -> AsyncWebClient:
     retries = [AsyncRateLimitErrorRetryHandler(max_retry_count=3), AsyncConnectionErrorRetryHandler(max_retry_count=2)]
-    return AsyncWebClient(token=settings.slack_bot_token, base_url=settings.slack_api_url, retry_handlers=retries)
+    return AsyncWebClient(token=config.bot_token, base_url=config.api_url, retry_handlers=retries)
 
 
-def build_app(settings: Settings, services: Any) -> AsyncApp:
+def build_app(config: SlackConfig, services: Any) -> AsyncApp:
     """The bolt app. `services()` returns the SlackServices once the FastAPI app has started."""
     app = AsyncApp(
-        client=web_client(settings),
-        signing_secret=settings.slack_signing_secret or None,
+        client=web_client(config),
+        signing_secret=config.signing_secret or None,
         # Socket Mode messages come over our own authenticated connection, unsigned.
-        request_verification_enabled=not settings.slack_socket_mode,
+        request_verification_enabled=not config.socket_mode,
     )
 
     @app.middleware
@@ -87,15 +87,15 @@ class SlackRuntime:
         self._socket = None
 
     async def start(self) -> None:
-        settings = self.services.settings
+        config = self.services.config
         self._tasks.append(asyncio.create_task(inbox.Recovery(self.app, self.services).run(),
                                                name="tuneloop-slack-recovery"))
-        if settings.slack_operators_channel:
+        if config.operators_channel:
             self._tasks.append(asyncio.create_task(self.announcer.run(), name="tuneloop-slack-announcer"))
-        if settings.slack_socket_mode:
+        if config.socket_mode:
             from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler
 
-            self._socket = AsyncSocketModeHandler(self.app, settings.slack_app_token)
+            self._socket = AsyncSocketModeHandler(self.app, config.app_token)
             # connect_async() retries a refused app token forever, and start-up would hang with
             # nothing served: ask for the first address here, where a refusal stops the start.
             try:

@@ -7,22 +7,22 @@ import uuid
 from sqlmodel import Session, select
 
 from feedback import crud
+from bot.slack.config import SlackConfig
 from feedback.models import Channel, Conversation, Role, User
-from tuneloop.settings import Settings
 
 
 def external_id(slack_user_id: str) -> str:
     return f"slack:{slack_user_id}"
 
 
-def slack_user(session: Session, settings: Settings, slack_user_id: str) -> User:
+def slack_user(session: Session, config: SlackConfig, slack_user_id: str) -> User:
     """The tuneloop user for a Slack id, created on first contact.
 
-    A Slack id listed in the settings gets that role (and keeps it while listed); anyone
+    A Slack id listed in the config (TUNELOOP_SLACK_OPERATORS, _REVIEWERS) gets that role (and keeps it while listed); anyone
     else keeps the role `tuneloop users` gave them, `user` by default.
     """
-    granted = (Role.operator if slack_user_id in settings.slack_operators
-               else Role.reviewer if slack_user_id in settings.slack_reviewers else None)
+    granted = (Role.operator if slack_user_id in config.operators
+               else Role.reviewer if slack_user_id in config.reviewers else None)
     user = crud.get_or_create_user(session, external_id(slack_user_id), slack_user_id, granted or Role.user)
     if granted is not None and user.role != granted:
         user.role = granted

@@ -10,15 +10,15 @@ from typing import TypeVar
 from sqlalchemy.engine import Engine as Database
 from sqlmodel import Session
 
+from bot.slack.config import SlackConfig
 from serving.service import ChatService
-from tuneloop.settings import Settings
 
 T = TypeVar("T")
 
 
 @dataclass
 class SlackServices:
-    settings: Settings
+    config: SlackConfig
     database: Database
     chat: ChatService
     notify: Callable[[str, list[str], int, dict], None] | None = None  # plugins hear of stored feedback

@@ -13,6 +13,7 @@ import threading
 from collections.abc import Callable
 from typing import Any, Literal
 
+from plugins.config import PluginSettings
 from plugins.guardrails.config import GuardrailsConfig, load_config
 from plugins.hookspecs import hookimpl
 from plugins.protocols import TurnContext, Verdict
@@ -49,12 +50,12 @@ _SHARED: dict[str, LazyGuards] = {}
 _SHARED_LOCK = threading.Lock()
 
 
-def shared_guards(settings: Any) -> LazyGuards:
+def shared_guards(settings: PluginSettings | None) -> LazyGuards:
     """The guards of the settings' file, one per configuration in this process (checks and the
     reward function share them). Reads and checks the file each time: a bad one raises
     `GuardrailsConfigError` saying what to fix."""
-    config = load_config(getattr(settings, "guardrails_config", None))
-    system_prompt = getattr(settings, "system_prompt", "") or ""
+    config = load_config(settings.guardrails_config if settings else None)
+    system_prompt = (settings.system_prompt if settings else "") or ""
     key = f"{config.model_dump_json()}\0{system_prompt}"
     with _SHARED_LOCK:
         return _SHARED.setdefault(key, LazyGuards(config, system_prompt))
@@ -129,28 +130,28 @@ def completion_text(completion: Any) -> str:
 
 
 @hookimpl
-def register_input_checks(register: Callable[[Any], None], settings: Any) -> None:
+def register_input_checks(register: Callable[[Any], None], settings: PluginSettings) -> None:
     guards = shared_guards(settings)
     if guards.config.input:
         register(GuardrailsInputCheck(guards))
 
 
 @hookimpl
-def register_output_checks(register: Callable[[Any], None], settings: Any) -> None:
+def register_output_checks(register: Callable[[Any], None], settings: PluginSettings) -> None:
     guards = shared_guards(settings)
     if guards.config.output:
         register(GuardrailsOutputCheck(guards))
 
 
 @hookimpl
-def register_reward_functions(register: Callable[[Any], None], settings: Any) -> None:
+def register_reward_functions(register: Callable[[Any], None], settings: PluginSettings) -> None:
     guards = shared_guards(settings)
     if guards.config.output:
         register(make_guardrail_reward(GuardrailsOutputCheck(guards)))
 
 
 @hookimpl
-def register_redactors(register: Callable[[Any], None], settings: Any) -> None:
+def register_redactors(register: Callable[[Any], None], settings: PluginSettings) -> None:
     guards = shared_guards(settings)
     if guards.config.store:
         register(GuardrailsRedactor(guards))

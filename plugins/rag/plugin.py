@@ -13,10 +13,12 @@ Importing this module is cheap; the index and the embedding model open on first 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from plugins.config import PluginSettings
 from plugins.hookspecs import hookimpl
 from plugins.protocols import AlternativeTurn
 
@@ -49,6 +51,8 @@ class RagAlternative:
     always: bool = False
     min_score: float = MIN_SCORE
     name: str = "rag"
+    # Not part of `Alternative` and read by nothing: a failed retrieval sits the turn out
+    # (plugins/turns.py). Kept False so that callers that look at it see the truth.
     fail_closed: bool = False
 
     def prepare(self, prompt: str, messages: list[dict[str, str]]) -> AlternativeTurn | None:
@@ -121,6 +125,6 @@ def cite(answer: str, trace: dict[str, Any]) -> str:
 
 
 @hookimpl
-def register_alternatives(register, settings) -> None:  # noqa: ANN001
+def register_alternatives(register: Callable[[RagAlternative], None], settings: PluginSettings) -> None:
     register(RagAlternative(rag_dir=Path(settings.rag_dir), k=settings.rag_top_k,
                             share=settings.rag_share, always=settings.rag_always))

@@ -226,12 +226,8 @@ def info(rag_dir: str | Path) -> dict | None:
         return None
 
 
-def retrieve(query: str, k: int = 4, rag_dir: str | Path | None = None) -> list[Chunk]:
-    """The `k` chunks closest to `query`, best first; empty when there is no index."""
-    if rag_dir is None:
-        from tuneloop.settings import get_settings
-
-        rag_dir = get_settings().rag_dir
+def retrieve(query: str, k: int, rag_dir: str | Path) -> list[Chunk]:
+    """The `k` chunks closest to `query` in the index at `rag_dir`, best first; empty when there is none."""
     with _reading(Path(rag_dir)) as reader:
         if reader is None:
             return []

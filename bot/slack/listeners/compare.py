@@ -45,7 +45,7 @@ async def choose(ack: AsyncAck, body: dict, context: AsyncBoltContext, client: A
         a, b = session.get(Response, uuid.UUID(pair["a"])), session.get(Response, uuid.UUID(pair["b"]))
         if a is None or b is None:
             return None
-        user = slack_user(session, services.settings, who)
+        user = slack_user(session, services.config, who)
         crud.save_comparison(session, user, a, b, winner=winner, a_position=pair["a_position"])
         told(session, "comparison", [a.id, b.id], user.id, {"winner": winner.value})
         choices = {}

@@ -26,10 +26,10 @@ async def decide(ack: AsyncAck, body: dict, context: AsyncBoltContext, client: A
     services: SlackServices = context["tuneloop"]
     action = body["actions"][0]
     who, name, channel, message = body["user"]["id"], action["value"], body["channel"]["id"], body["message"]
-    share = services.settings.slack_canary_share
+    share = services.config.canary_share
 
     def act(session: Session) -> tuple[bool, str]:
-        operator = slack_user(session, services.settings, who)
+        operator = slack_user(session, services.config, who)
         if operator.role != Role.operator:
             return False, REFUSED
         try:

@@ -30,7 +30,7 @@ async def command(ack: AsyncAck, command: dict, context: AsyncBoltContext, clien
     who = command["user_id"]
 
     def find(session: Session) -> list[dict] | str:
-        reviewer = slack_user(session, services.settings, who)
+        reviewer = slack_user(session, services.config, who)
         if reviewer.role not in STAFF:
             return REFUSED
         task = review.next_task(session, reviewer)
@@ -75,7 +75,7 @@ async def save_correction(ack: AsyncAck, body: dict, view: dict, context: AsyncB
     response_id = uuid.UUID(view["private_metadata"])
 
     def save(session: Session) -> str | None:
-        reviewer = slack_user(session, services.settings, body["user"]["id"])
+        reviewer = slack_user(session, services.config, body["user"]["id"])
         response = session.get(Response, response_id)
         if reviewer.role not in STAFF:
             return "Only reviewers can write corrections."

@@ -66,7 +66,7 @@ def _save(session: Session, services: SlackServices, who: str, response_id: uuid
     response = session.get(Response, response_id)
     if response is None:
         return None
-    user = slack_user(session, services.settings, who)
+    user = slack_user(session, services.config, who)
     crud.save_rating(session, user, response, **fields)
     told(session, "rating", [response_id], user.id, {k: getattr(v, "value", v) for k, v in fields.items() if v})
     ratings = crud.ratings_for_response(session, response_id)

@@ -1,4 +1,4 @@
-"""`tuneloop releases ...` and `tuneloop users ...`: operator work from a shell."""
+"""`tuneloop releases ...` and `tuneloop users ...`: the operator's release and people commands, from a shell."""
 
 from __future__ import annotations
 
