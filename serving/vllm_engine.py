@@ -1,0 +1,190 @@
+"""An engine that is a fleet of vLLM servers, through their OpenAI-compatible API.
+
+Each replica runs `vllm.entrypoints.openai.api_server --enable-lora` with
+`VLLM_ALLOW_RUNTIME_LORA_UPDATING=True`. A release's adapter is loaded on every replica under
+its own versioned name (`/v1/load_lora_adapter`) and a request names it in `model`, so the
+release routing above (canary share, stickiness, rollback) needs nothing vLLM-specific.
+
+- **Requests** go to the replica with the fewest requests in flight from this process; a
+  replica that cannot be reached before the first token is skipped for the next, so a replica
+  that is down costs a retry, not a failed turn. Once text has streamed, an error ends the
+  turn with EngineError (the user has seen half an answer; sending it again elsewhere would
+  repeat it). Closing the stream (a client that went away) closes the upstream request,
+  which vLLM aborts.
+- **Adapters** load in two phases: on every replica, each warmed by a one-token generation
+  (vLLM loads an adapter's weights on its first request, seconds on a CPU), and only then is
+  the name served. If one replica fails, the adapter is unloaded from those that took it and
+  the load fails, so no replica ever routes to a release another one lacks.
+- **Unloading** waits until the requests in flight on that adapter are done.
+
+The OpenAI SDK streams the answers (it parses the server-sent events and maps errors); the
+LoRA routes are vLLM's own, not OpenAI's, and go through plain httpx.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import Counter
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+
+import httpx
+import openai
+
+from serving.engine import Completion, EngineError, GenerationRequest, StreamEvent
+
+log = logging.getLogger(__name__)
+
+BASE_MODEL = "base"  # the name the servers serve the base model under (--served-model-name)
+WARM_UP = [{"role": "user", "content": "Hi"}]
+
+
+@dataclass
+class Replica:
+    url: str
+    api: openai.AsyncOpenAI
+    admin: httpx.AsyncClient
+    in_flight: int = 0
+    adapters: Counter = field(default_factory=Counter)  # adapter -> requests in flight on it here
+
+
+class VLLMEngine:
+    def __init__(self, urls: Sequence[str], *, api_key: str | None = None, timeout_s: float = 120.0,
+                 model_name: str = BASE_MODEL, connect_timeout_s: float = 5.0) -> None:
+        if not urls:
+            raise ValueError("the vLLM engine needs at least one server URL (TUNELOOP_VLLM_URLS)")
+        self.model_name = model_name
+        timeout = httpx.Timeout(timeout_s, connect=connect_timeout_s)
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self.replicas = [
+            Replica(url.rstrip("/"),
+                    openai.AsyncOpenAI(base_url=f"{url.rstrip('/')}/v1", api_key=api_key or "unused", timeout=timeout,
+                                       max_retries=0),  # failing over is this engine's job, not the SDK's
+                    httpx.AsyncClient(base_url=url.rstrip("/"), timeout=timeout, headers=headers))
+            for url in urls
+        ]
+        self._served: dict[str, str] = {}  # adapter name -> path, loaded on every replica
+        self._idle: dict[str, asyncio.Event] = {}
+
+    # ------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        """Check that at least one replica answers; the others are tried again per request."""
+        healthy = await asyncio.gather(*(self._healthy(r) for r in self.replicas))
+        if not any(healthy):
+            raise EngineError(f"no vLLM server answers at {', '.join(r.url for r in self.replicas)}")
+
+    async def close(self) -> None:
+        for replica in self.replicas:
+            await replica.api.close()
+            await replica.admin.aclose()
+
+    async def _healthy(self, replica: Replica) -> bool:
+        try:
+            return (await replica.admin.get("/health")).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    # ------------------------------------------------------------ requests
+
+    async def stream(self, request: GenerationRequest) -> AsyncIterator[StreamEvent]:
+        model = request.adapter or self.model_name
+        if request.adapter and request.adapter not in self._served:
+            raise EngineError(f"adapter {request.adapter!r} is not loaded")
+        failures = []
+        for replica in sorted(self.replicas, key=lambda r: r.in_flight):  # least outstanding requests first
+            started = False
+            self._enter(replica, request.adapter)
+            try:
+                async for event in self._stream_from(replica, model, request):
+                    started = True
+                    yield event
+                return
+            except (openai.APIConnectionError, openai.InternalServerError) as error:
+                if started:
+                    raise EngineError(f"vLLM at {replica.url} failed mid-answer: {error}") from error
+                log.warning("vLLM at %s unavailable, trying the next replica: %s", replica.url, error)
+                failures.append(f"{replica.url}: {error}")
+            except openai.APIStatusError as error:
+                raise EngineError(f"vLLM refused the request ({error.status_code}): {_message(error)}") from error
+            finally:
+                self._leave(replica, request.adapter)
+        raise EngineError("no vLLM replica could answer: " + "; ".join(failures))
+
+    async def _stream_from(self, replica: Replica, model: str, request: GenerationRequest) -> AsyncIterator[StreamEvent]:
+        params = request.params
+        stream = await replica.api.chat.completions.create(
+            model=model, messages=request.messages, stream=True, stream_options={"include_usage": True},
+            temperature=params.temperature, top_p=params.top_p, max_tokens=params.max_tokens,
+            stop=list(params.stop) or None,
+        )
+        finish, text = "stop", []
+        async with stream:  # leaving early closes the connection, and vLLM aborts the request
+            async for chunk in stream:
+                for choice in chunk.choices:
+                    piece = choice.delta.content or ""
+                    if piece:
+                        text.append(piece)
+                        yield StreamEvent(text=piece)
+                    finish = choice.finish_reason or finish
+                if chunk.usage is not None:
+                    yield StreamEvent(completion=Completion("".join(text), "length" if finish == "length" else "stop",
+                                                            chunk.usage.prompt_tokens, chunk.usage.completion_tokens))
+                    return
+        raise EngineError(f"vLLM at {replica.url} ended the stream without its usage")
+
+    def _enter(self, replica: Replica, adapter: str | None) -> None:
+        replica.in_flight += 1
+        if adapter:
+            replica.adapters[adapter] += 1
+            self._idle.setdefault(adapter, asyncio.Event()).clear()
+
+    def _leave(self, replica: Replica, adapter: str | None) -> None:
+        replica.in_flight -= 1
+        if adapter:
+            replica.adapters[adapter] -= 1
+            if not any(r.adapters[adapter] for r in self.replicas):
+                self._idle.setdefault(adapter, asyncio.Event()).set()
+
+    # ------------------------------------------------------------ adapters
+
+    async def load_adapter(self, name: str, path: str) -> None:
+        """Load `name` on every replica and warm it there; all or none (see the module's note)."""
+        if name in self._served:
+            return
+        results = await asyncio.gather(*(self._load_on(r, name, path) for r in self.replicas), return_exceptions=True)
+        failed = [f"{r.url}: {e}" for r, e in zip(self.replicas, results) if isinstance(e, BaseException)]
+        if failed:
+            took = [r for r, e in zip(self.replicas, results) if not isinstance(e, BaseException)]
+            await asyncio.gather(*(self._unload_on(r, name) for r in took), return_exceptions=True)
+            raise EngineError(f"adapter {name!r} not loaded on every replica, so on none: " + "; ".join(failed))
+        self._served[name] = path
+
+    async def _load_on(self, replica: Replica, name: str, path: str) -> None:
+        response = await replica.admin.post("/v1/load_lora_adapter", json={"lora_name": name, "lora_path": path})
+        if response.status_code >= 400 and "already been loaded" not in response.text:
+            raise EngineError(f"load_lora_adapter answered {response.status_code}: {response.text[:300]}")
+        # The first request on an adapter pays for loading its weights: pay it here, not a user.
+        await replica.api.chat.completions.create(model=name, messages=WARM_UP, max_tokens=1, temperature=0.0)
+
+    async def unload_adapter(self, name: str) -> None:
+        """Stop serving `name`, then unload it everywhere once its requests in flight are done."""
+        if self._served.pop(name, None) is None:
+            return
+        idle = self._idle.get(name)
+        if idle is not None and any(r.adapters[name] for r in self.replicas):
+            await idle.wait()
+        await asyncio.gather(*(self._unload_on(r, name) for r in self.replicas), return_exceptions=True)
+
+    async def _unload_on(self, replica: Replica, name: str) -> None:
+        response = await replica.admin.post("/v1/unload_lora_adapter", json={"lora_name": name})
+        if response.status_code >= 400:
+            log.warning("vLLM at %s did not unload %s: %s", replica.url, name, response.text[:300])
+
+    def adapters(self) -> set[str]:
+        return set(self._served)
+
+
+def _message(error: openai.APIStatusError) -> str:
+    return error.message  # the SDK's reading of the OpenAI-shaped error body vLLM sends

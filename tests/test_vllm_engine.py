@@ -1,0 +1,163 @@
+"""The vLLM engine against a real vLLM server (the CPU build, `make vllm`) serving the tiny model.
+
+One server is started for the module (about half a minute). A "replica that is down" is a
+port nobody listens on: what a crashed or unreachable server looks like to a client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import httpx
+import pytest
+
+from serving.engine import EngineError, GenerationRequest, SamplingParams, generate
+from serving.vllm_engine import VLLMEngine
+from serving.vllm_server import VLLMServer, VLLMServerConfig, free_port
+from tests.models import vllm_tiny_model_dir
+from tests.releases import make_adapter  # TEMP
+
+pytestmark = pytest.mark.timeout(900)
+ASK = [{"role": "user", "content": "Name three colours."}]
+
+
+@pytest.fixture(scope="module")
+def vllm_model():
+    return vllm_tiny_model_dir()
+
+
+@pytest.fixture(scope="module")
+def vllm_url(vllm_model, tmp_path_factory):
+    log = tmp_path_factory.mktemp("vllm") / "vllm.log"
+    server = VLLMServer(VLLMServerConfig(model=str(vllm_model), dtype="float32", max_model_len=512), log_path=log)
+    try:
+        yield server.start()
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def adapter_dir(vllm_model, tmp_path_factory):
+    return make_adapter(vllm_model, tmp_path_factory.mktemp("adapter") / "release-2")
+
+
+def down() -> str:
+    return f"http://127.0.0.1:{free_port()}"
+
+
+def run(coroutine):
+    return asyncio.run(coroutine)
+
+
+async def using(urls, work):
+    engine = VLLMEngine(urls, timeout_s=120)
+    await engine.start()
+    try:
+        return await work(engine)
+    finally:
+        await engine.close()
+
+
+def served(url: str) -> set[str]:
+    return {model["id"] for model in httpx.get(f"{url}/v1/models").json()["data"]}
+
+
+def test_streams_token_by_token_with_usage_counted(vllm_url):
+    async def work(engine):
+        request = GenerationRequest(ASK, SamplingParams(temperature=0.0, max_tokens=12))
+        events = [event async for event in engine.stream(request)]
+        return events
+
+    events = run(using([vllm_url], work))
+    pieces, last = [e.text for e in events if e.text], events[-1].completion
+    assert len(pieces) > 1 and last is not None  # streamed in pieces, then the finished completion
+    assert last.text == "".join(pieces)
+    assert last.completion_tokens == 12 and last.finish_reason == "length" and last.prompt_tokens > 3
+
+
+def test_a_replica_that_is_down_is_skipped_and_all_down_is_a_clear_error(vllm_url):
+    async def work(engine):
+        return await generate(engine, GenerationRequest(ASK, SamplingParams(temperature=0.0, max_tokens=4)))
+
+    assert run(using([down(), vllm_url], work)).completion_tokens == 4
+
+    async def all_down():
+        engine = VLLMEngine([down(), down()], connect_timeout_s=1)
+        with pytest.raises(EngineError, match="no vLLM server answers"):
+            await engine.start()
+        with pytest.raises(EngineError, match="no vLLM replica could answer"):
+            await generate(engine, GenerationRequest(ASK))
+        await engine.close()
+
+    run(all_down())
+
+
+def test_bad_sampling_is_refused_with_the_servers_reason(vllm_url):
+    async def work(engine):
+        return await generate(engine, GenerationRequest(ASK, SamplingParams(max_tokens=10_000)))
+
+    with pytest.raises(EngineError, match="refused the request \\(400\\)"):
+        run(using([vllm_url], work))
+
+
+def test_an_adapter_loads_on_every_replica_or_on_none(vllm_url, adapter_dir):
+    async def fleet_with_one_down(engine):
+        with pytest.raises(EngineError, match="on none"):
+            await engine.load_adapter("release-2-a", str(adapter_dir))
+        return engine.adapters()
+
+    assert run(using([vllm_url, down()], fleet_with_one_down)) == set()
+    assert "release-2-a" not in served(vllm_url)  # the replica that took it let it go again
+
+    async def whole_fleet(engine):
+        await engine.load_adapter("release-2-b", str(adapter_dir))
+        assert "release-2-b" in served(vllm_url)
+        on_adapter = GenerationRequest(ASK, SamplingParams(temperature=0.0, max_tokens=8), adapter="release-2-b")
+        on_base = GenerationRequest(ASK, SamplingParams(temperature=0.0, max_tokens=8))
+        tuned, base = await generate(engine, on_adapter), await generate(engine, on_base)
+        await engine.unload_adapter("release-2-b")
+        return tuned, base
+
+    tuned, base = run(using([vllm_url], whole_fleet))
+    assert tuned.text != base.text  # the request really went through the adapter
+    assert "release-2-b" not in served(vllm_url)
+
+
+def test_unloading_waits_for_the_requests_in_flight_on_that_adapter(vllm_url, adapter_dir):
+    async def work(engine):
+        await engine.load_adapter("release-2-c", str(adapter_dir))
+        request = GenerationRequest(ASK, SamplingParams(temperature=0.0, max_tokens=200), adapter="release-2-c")
+        stream = engine.stream(request)
+        first = await anext(stream)  # the answer has begun on the adapter
+        unloading = asyncio.create_task(engine.unload_adapter("release-2-c"))
+        await asyncio.sleep(0.5)
+        waited = not unloading.done()
+        rest = [event async for event in stream]
+        await unloading
+        return first, rest, waited
+
+    first, rest, waited = run(using([vllm_url], work))
+    assert waited  # the unload did not cut the answer off ...
+    assert rest[-1].completion is not None and rest[-1].completion.completion_tokens == 200  # ... which finished whole
+    assert "release-2-c" not in served(vllm_url)
+
+
+def test_a_client_that_goes_away_cancels_its_upstream_request(vllm_url):
+    def running() -> float:
+        metrics = httpx.get(f"{vllm_url}/metrics").text
+        return sum(float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines()
+                   if line.startswith("vllm:num_requests_running"))
+
+    async def work(engine):
+        stream = engine.stream(GenerationRequest(ASK, SamplingParams(max_tokens=400)))
+        await anext(stream)
+        during = running()
+        await stream.aclose()  # what the service does when the client disconnects
+        for _ in range(100):  # vLLM notices the closed connection at its next step
+            if running() == 0:
+                break
+            await asyncio.sleep(0.1)
+        return during, running()
+
+    during, after = run(using([vllm_url], work))
+    assert during == 1 and after == 0
