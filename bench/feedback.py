@@ -40,9 +40,9 @@ from sqlmodel import Session, select  # noqa: E402
 
 from bench._service import free_port, wait_healthy  # noqa: E402
 from feedback import crud  # noqa: E402
-from feedback.db import make_engine  # noqa: E402
-from feedback.migrate import upgrade  # noqa: E402
-from feedback.models import Channel, MessageRole, Rating, Response  # noqa: E402
+from store.db import make_engine  # noqa: E402
+from store.migrate import upgrade  # noqa: E402
+from store.models import Channel, MessageRole, Rating, Response  # noqa: E402
 
 POSTGRES_URL = os.environ.get("TUNELOOP_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 TARGET_RATE, TARGET_P99_MS = 500.0, 100.0

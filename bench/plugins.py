@@ -220,9 +220,9 @@ def bench_guardrails(args: argparse.Namespace) -> dict:
     import tempfile
 
     from feedback import crud
-    from feedback.db import make_engine, session_scope
-    from feedback.migrate import upgrade
-    from feedback.models import Channel
+    from store.db import make_engine, session_scope
+    from store.migrate import upgrade
+    from store.models import Channel
     from plugins.manager import load_plugins
     from plugins.turns import PluginHooks
     from serving.engine import SamplingParams

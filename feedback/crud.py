@@ -14,8 +14,8 @@ from sqlalchemy import bindparam, case, func
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
-from feedback.db import DIALECT_INSERT, dialect_insert
-from feedback.models import (
+from store.db import DIALECT_INSERT, dialect_insert
+from store.models import (
     AuditLog,
     Channel,
     Comparison,

@@ -10,7 +10,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
 from feedback import crud
-from feedback.models import User
+from store.models import User
 
 ANONYMOUS_API_USER = "api:anonymous"
 

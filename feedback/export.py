@@ -23,7 +23,7 @@ from typing import Literal
 
 from sqlmodel import Session, col, select
 
-from feedback.models import Comparison, Conversation, Correction, Message, Rating, Response, Thumb, Winner
+from store.models import Comparison, Conversation, Correction, Message, Rating, Response, Thumb, Winner
 
 Format = Literal["dpo", "kto", "sft"]
 MIN_SCORE_GAP = 0.5  # thumbs up against down, or two stars apart

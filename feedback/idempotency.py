@@ -17,7 +17,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session
 
 from feedback import crud
-from feedback.models import IdempotencyRecord, User
+from store.models import IdempotencyRecord, User
 
 MAX_KEY_LENGTH = 200
 REPLAYED_HEADER = "Idempotent-Replayed"

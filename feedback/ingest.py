@@ -32,7 +32,7 @@ from sqlmodel import Session
 
 from feedback import crud
 from feedback.idempotency import replay, request_hash
-from feedback.models import STAFF
+from store.models import STAFF
 from feedback.protocol import RatingIn, RatingOut
 
 log = logging.getLogger(__name__)

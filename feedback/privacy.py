@@ -18,7 +18,7 @@ from sqlalchemy import delete, or_, update
 from sqlmodel import Session, col, select
 
 from feedback import crud
-from feedback.models import (
+from store.models import (
     Comparison,
     Conversation,
     Correction,

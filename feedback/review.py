@@ -19,7 +19,7 @@ from sqlalchemy.orm import aliased
 from sqlmodel import Session, col, select
 
 from feedback import crud
-from feedback.models import (
+from store.models import (
     Comparison,
     Correction,
     Message,

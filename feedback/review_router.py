@@ -21,7 +21,7 @@ from sqlmodel import Session, col, select
 
 from feedback import review
 from feedback.deps import CurrentUser, SessionDep
-from feedback.models import STAFF, Release, User
+from store.models import STAFF, Release, User
 from feedback.protocol import UtcDatetime, error_responses
 
 router = APIRouter(prefix="/api/review", tags=["review"])

@@ -14,8 +14,8 @@ from feedback import crud, privacy
 from feedback.deps import BearerToken, CurrentUser, SessionDep
 from feedback.idempotency import MAX_KEY_LENGTH, REPLAYED_HEADER, check_key, run_once
 from feedback.ingest import RatingRequest
-from feedback.models import STAFF, Conversation, User
-from feedback.models import Response as Answer  # FastAPI's Response is the HTTP one here
+from store.models import STAFF, Conversation, User
+from store.models import Response as Answer  # FastAPI's Response is the HTTP one here
 from feedback.redaction import Redact, keep, redact_optional
 from feedback.protocol import (
     error_responses,

@@ -17,8 +17,8 @@ from pathlib import Path
 from sqlalchemy.engine import Engine as Database
 
 from feedback import crud
-from feedback.artifacts import directory_checksum
-from feedback.db import session_scope
+from store.artifacts import directory_checksum
+from store.db import session_scope
 from serving.engine import Engine
 from serving.releases import LiveReleases, ReleaseChoice, choice_of
 

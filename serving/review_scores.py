@@ -16,7 +16,7 @@ that loads a reward model (`trainer.reward.RewardModel.load`); all this module n
 model is `uncertainties(prompts, completions)`.
 
 The reward model is the one the nightly run saved beside the active release's adapter
-(`feedback.artifacts.reward_dir_for`). It is reloaded when the active release changes or
+(`store.artifacts.reward_dir_for`). It is reloaded when the active release changes or
 its folder's files do; with none (the base release, or a release trained without one),
 nothing is scored and ids are let go. When a model is loaded, the newest unscored answers
 (those from before it, and any dropped) are queued as far as the queue has room.
@@ -41,12 +41,12 @@ from sqlalchemy.orm import Session
 from sqlmodel import col, select
 
 from feedback import crud
-from feedback.artifacts import reward_dir_for
-from feedback.db import session_scope
+from store.artifacts import reward_dir_for
+from store.db import session_scope
 from feedback.export import (
     _Context as PromptContext,  # the prompts the reward model was trained on
 )
-from feedback.models import Release, Response
+from store.models import Release, Response
 
 log = logging.getLogger(__name__)
 

@@ -16,8 +16,8 @@ from dataclasses import dataclass, field, replace
 from sqlalchemy.engine import Engine as Database
 
 from feedback import crud
-from feedback.db import session_scope
-from feedback.models import Channel, Message, MessageRole, Response, User
+from store.db import session_scope
+from store.models import Channel, Message, MessageRole, Response, User
 from feedback.redaction import redact_or_withhold
 from serving.engine import Completion, Engine, GenerationRequest, SamplingParams, StreamEvent
 from serving.hooks import Checked, NoHooks, TurnHooks

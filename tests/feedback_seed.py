@@ -6,8 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from feedback import crud
-from feedback.db import session_scope
-from feedback.models import Channel, MessageRole, Response, Thumb, Winner
+from store.db import session_scope
+from store.models import Channel, MessageRole, Response, Thumb, Winner
 
 TOPICS = ["boil an egg", "plant tomatoes", "fix a leaking tap", "learn spanish verbs", "bake bread", "tie a tie",
           "change a tyre", "write a haiku", "fold a shirt", "brew green tea", "sharpen a knife", "paint a door",

@@ -8,9 +8,9 @@ import torch
 from sqlalchemy.engine import Engine
 
 from feedback import crud
-from feedback.artifacts import directory_checksum
-from feedback.db import session_scope
-from feedback.models import Release, ReleaseState, Role
+from store.artifacts import directory_checksum
+from store.db import session_scope
+from store.models import Release, ReleaseState, Role
 
 
 def make_adapter(model_dir: Path, out: Path, seed: int = 1, alpha: int = 64) -> Path:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 
-from feedback.models import Message, MessageRole
+from store.models import Message, MessageRole
 from serving.service import _answered_history
 
 
@@ -27,8 +27,8 @@ def test_an_ab_turn_puts_the_plain_answer_beside_a_contrast_and_stores_only_the_
     import asyncio
 
     from feedback import crud
-    from feedback.db import session_scope
-    from feedback.models import Channel, Response
+    from store.db import session_scope
+    from store.models import Channel, Response
     from serving.engine import SamplingParams
     from serving.pairs import CONTRASTS
     from serving.releases import LiveReleases, choice_of

@@ -9,8 +9,8 @@ import sys
 from typer.testing import CliRunner
 
 from feedback import crud
-from feedback.db import make_engine, session_scope
-from feedback.models import Winner
+from store.db import make_engine, session_scope
+from store.models import Winner
 from tests.test_store import make_turn
 from tuneloop.cli import app
 from tuneloop.settings import Settings, get_settings
@@ -144,7 +144,7 @@ def test_slack_socket_runs_the_serve_service_in_socket_mode(monkeypatch, tmp_pat
 def test_users_add_slack_gives_a_slack_user_a_role(monkeypatch, tmp_path):
     from sqlmodel import select
 
-    from feedback.models import AuditLog, User
+    from store.models import AuditLog, User
 
     result = cli(monkeypatch, tmp_path, "users", "add", "rita", "--role", "reviewer", "--slack", "U0RITA")
     assert result.exit_code == 0, result.output

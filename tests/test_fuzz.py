@@ -15,8 +15,8 @@ import sys
 from pathlib import Path
 
 from feedback import crud
-from feedback.db import session_scope
-from feedback.models import Role
+from store.db import session_scope
+from store.models import Role
 
 CONFIG = Path(__file__).parent / "fuzz" / "schemathesis.toml"  # every check on, and the two exceptions
 

@@ -11,9 +11,9 @@ from fastapi.responses import JSONResponse
 from sqlmodel import Session, func, select
 
 from feedback import crud
-from feedback.db import session_scope
+from store.db import session_scope
 from feedback.ingest import RatingRequest, RatingWriter
-from feedback.models import Rating, Role
+from store.models import Rating, Role
 from feedback.protocol import RatingIn
 from tests.test_store import make_turn
 

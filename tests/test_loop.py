@@ -15,7 +15,7 @@ import httpx
 import pytest
 from sqlmodel import Session, select
 
-from feedback.models import AuditLog, Release, ReleaseState, Response, RunStatus, TrainingRun
+from store.models import AuditLog, Release, ReleaseState, Response, RunStatus, TrainingRun
 from tests.conftest import LiveServer, free_port
 from tests.releases import add_candidate, make_adapter, operator_token
 from trainer import simulate

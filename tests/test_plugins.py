@@ -12,7 +12,7 @@ from fastapi.testclient import TestClient
 from sqlmodel import Session, select
 
 from feedback import crud
-from feedback.models import Message, Response
+from store.models import Message, Response
 from tests.engines import ScriptedEngine
 
 SECRET_ANSWER = "Your code is 1234-5678 and the rest of this answer is long enough to stream in pieces. " * 8
@@ -199,7 +199,7 @@ def test_plugins_list_shows_what_is_loaded_and_from_where(third_party, monkeypat
 def test_feedback_listeners_hear_of_stored_feedback_and_their_errors_lose_nothing(settings, third_party):
     import time
 
-    from feedback.models import Rating
+    from store.models import Rating
 
     settings.plugins_disabled = ["guardrails", "rag", "broken"]
     with chat_client(settings, ScriptedEngine("fine")) as client:
@@ -293,7 +293,7 @@ def test_a_prompt_injection_gets_the_configured_refusal(settings):
 
 
 def test_a_rag_turn_is_an_ab_pair_stored_with_its_sources_and_kind(settings, tmp_path):
-    from feedback.models import Comparison
+    from store.models import Comparison
     from plugins.rag import store
 
     example = Path(__file__).parent.parent / "plugins" / "rag" / "example" / "docs"

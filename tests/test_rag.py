@@ -17,9 +17,9 @@ from sqlmodel import select
 from typer.testing import CliRunner
 
 from feedback import crud
-from feedback.db import make_engine, session_scope
-from feedback.migrate import upgrade
-from feedback.models import Comparison, Response, Winner
+from store.db import make_engine, session_scope
+from store.migrate import upgrade
+from store.models import Comparison, Response, Winner
 from plugins.protocols import Alternative, AlternativeTurn
 from plugins.rag import documents, scoreboard, store
 from plugins.rag.cli import rag_app

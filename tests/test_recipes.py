@@ -17,11 +17,11 @@ from safetensors.torch import load_file
 from sqlmodel import Session, select
 
 from feedback import crud
-from feedback.artifacts import directory_checksum
-from feedback.db import make_engine, session_scope
+from store.artifacts import directory_checksum
+from store.db import make_engine, session_scope
 from feedback.export import Row
-from feedback.migrate import upgrade
-from feedback.models import Release, ReleaseState, RunStatus, TrainingRun
+from store.migrate import upgrade
+from store.models import Release, ReleaseState, RunStatus, TrainingRun
 from tests.conftest import free_port
 from tests.feedback_seed import seed
 from tests.releases import make_adapter
@@ -220,7 +220,7 @@ def test_two_processes_train_one_release(store, tmp_path, tiny_model):
 
 
 def test_feedback_counts_as_new_until_a_release_that_learned_it_goes_live(store, tmp_path, tiny_model):
-    from feedback import releases
+    from store import releases
 
     database, url, _ = store
     seed(database, pairs=12)

@@ -8,9 +8,10 @@ import httpx
 import pytest
 from sqlmodel import Session, col, select
 
-from feedback import crud, releases
-from feedback.db import session_scope
-from feedback.models import AuditLog, ReleaseState, Role
+from feedback import crud
+from store import releases
+from store.db import session_scope
+from store.models import AuditLog, ReleaseState, Role
 from serving.releases import in_canary
 from tests.releases import add_candidate, make_adapter, operator_token
 
@@ -74,8 +75,8 @@ def test_only_operators_approve_over_http(live_server, adapter):
 def test_the_store_allows_one_active_and_one_canary_release_whatever_the_code_does(database):
     from sqlalchemy.exc import IntegrityError
 
-    from feedback.db import session_scope
-    from feedback.models import Release, ReleaseState
+    from store.db import session_scope
+    from store.models import Release, ReleaseState
 
     with session_scope(database) as session:
         session.add(Release(name="first", base_model="tiny", state=ReleaseState.active))

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from feedback import crud, review
-from feedback.db import session_scope
-from feedback.models import MessageRole, Response, Role, Thumb, Winner
+from store.db import session_scope
+from store.models import MessageRole, Response, Role, Thumb, Winner
 from tests.test_store import make_turn
 
 

@@ -20,10 +20,10 @@ from sqlmodel import Session, select
 
 from bot.slack.listeners.review import task_blocks
 from feedback import crud, review
-from feedback.artifacts import directory_checksum, reward_dir_for
-from feedback.db import make_engine, session_scope
-from feedback.migrate import upgrade
-from feedback.models import (
+from store.artifacts import directory_checksum, reward_dir_for
+from store.db import make_engine, session_scope
+from store.migrate import upgrade
+from store.models import (
     Channel,
     MessageRole,
     Release,

@@ -12,7 +12,7 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlmodel import Session, func, select
 
-from feedback.models import (
+from store.models import (
     AuditLog,
     Channel,
     Comparison,
@@ -278,8 +278,8 @@ def test_an_event_whose_holder_died_mid_answer_is_answered_once_in_the_message_i
     from datetime import timedelta
 
     from bot.slack.inbox import Recovery
-    from feedback.db import session_scope
-    from feedback.models import SlackDelivery, utcnow
+    from store.db import session_scope
+    from store.models import SlackDelivery, utcnow
 
     body = event_body(dm("What is WAL?"), "EvCrash")
     placeholder = "1700000999.000100"
@@ -300,7 +300,7 @@ def test_an_event_whose_holder_died_mid_answer_is_answered_once_in_the_message_i
 
 
 def wait_for_done(app: TestClient, key: str, timeout: float = 30) -> None:
-    from feedback.models import SlackDelivery
+    from store.models import SlackDelivery
 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

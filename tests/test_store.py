@@ -10,10 +10,10 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, select
 
 from feedback import crud
-from feedback.db import session_scope
+from store.db import session_scope
 from feedback.export import export, kto_rows, preference_rows, sft_rows
-from feedback.migrate import current_revision
-from feedback.models import (
+from store.migrate import current_revision
+from store.models import (
     Channel,
     Comparison,
     Message,
@@ -190,8 +190,8 @@ def test_processes_starting_together_upgrade_one_after_another(database_url):
     # Four engines (as four workers or replicas would have) upgrade the same fresh database at once.
     from concurrent.futures import ThreadPoolExecutor
 
-    from feedback.db import make_engine
-    from feedback.migrate import upgrade
+    from store.db import make_engine
+    from store.migrate import upgrade
 
     engines = [make_engine(database_url) for _ in range(4)]
     with ThreadPoolExecutor(4) as pool:

@@ -12,9 +12,9 @@ from transformers import HfArgumentParser
 from typer.testing import CliRunner
 
 from feedback import crud
-from feedback.db import make_engine, session_scope
-from feedback.migrate import upgrade
-from feedback.models import RunStatus, Winner
+from store.db import make_engine, session_scope
+from store.migrate import upgrade
+from store.models import RunStatus, Winner
 from tests.test_store import make_turn
 from trainer.config import NightlyConfig
 from trainer.nightly import Environment

@@ -27,11 +27,12 @@ from typing import Any
 
 from sqlmodel import Session, col, select
 
-from feedback import crud, locks
-from feedback.artifacts import REWARD_FOLDER, directory_checksum
-from feedback.db import make_engine, session_scope
-from feedback.migrate import upgrade
-from feedback.models import Release, ReleaseState, RunStatus, TrainingRun, utcnow
+from feedback import crud
+from store import locks
+from store.artifacts import REWARD_FOLDER, directory_checksum
+from store.db import make_engine, session_scope
+from store.migrate import upgrade
+from store.models import Release, ReleaseState, RunStatus, TrainingRun, utcnow
 from trainer import distributed, report
 from trainer.config import NightlyConfig, derive
 from trainer.curation import CurationBlocked, golden_set
@@ -201,7 +202,7 @@ def _run(config: NightlyConfig, environment: Environment, database, run: _Run, c
     folder = environment.data_dir / "releases" / name
     adapter_dir = _copy(stages[-1].adapter_dir, folder / "adapter")
     if reward:
-        _copy(run.folder / "reward", folder / REWARD_FOLDER)  # where feedback.artifacts.reward_dir_for looks
+        _copy(run.folder / "reward", folder / REWARD_FOLDER)  # where store.artifacts.reward_dir_for looks
     checksum = directory_checksum(adapter_dir)
     evaluation, metrics = _evaluate(config, environment, data, run, adapter_dir, folder, reward, choice)
     thresholds, decided_by = _deciding_evidence(environment.gate, choice, evaluation)

@@ -24,9 +24,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from feedback import crud
-from feedback.db import make_engine, session_scope
-from feedback.migrate import upgrade
-from feedback.models import RunStatus
+from store.db import make_engine, session_scope
+from store.migrate import upgrade
+from store.models import RunStatus
 from trainer.config import NightlyConfig
 from trainer.datasets import Split
 

@@ -16,10 +16,10 @@ from bot.operator.router import router as releases_router
 from bot.web.pages import router as pages_router
 from bot.web.router import router as widget_router
 from feedback import crud
-from feedback.db import make_engine, session_scope
+from store.db import make_engine, session_scope
 from feedback.ingest import RatingWriter
 from feedback.limits import RateLimits
-from feedback.migrate import upgrade
+from store.migrate import upgrade
 from feedback.review_router import router as review_router
 from feedback.router import router as feedback_router
 from plugins.manager import Plugins, load_plugins

@@ -18,9 +18,9 @@ users_app = typer.Typer(help="People and their roles.", no_args_is_help=True)
 
 def _session_and_actor():
     from feedback import crud
-    from feedback.db import make_engine
-    from feedback.migrate import upgrade
-    from feedback.models import Role
+    from store.db import make_engine
+    from store.migrate import upgrade
+    from store.models import Role
     from sqlmodel import Session
 
     database = make_engine(get_settings().database_url)
@@ -32,7 +32,7 @@ def _session_and_actor():
 
 
 def _act(action: Callable) -> None:  # noqa: ANN001
-    from feedback import releases
+    from store import releases
 
     session, actor = _session_and_actor()
     with session:
@@ -49,7 +49,7 @@ def _act(action: Callable) -> None:  # noqa: ANN001
 @releases_app.command("list")
 def list_releases() -> None:
     """Every release, newest first, with its state and gate line."""
-    from feedback import releases
+    from store import releases
 
     session, _ = _session_and_actor()
     with session:
@@ -64,7 +64,7 @@ def show(name: str) -> None:
     """A release's report (JSON) and where its HTML page is."""
     from pathlib import Path
 
-    from feedback import releases
+    from store import releases
 
     session, _ = _session_and_actor()
     with session:
@@ -79,14 +79,14 @@ def show(name: str) -> None:
 @releases_app.command("approve")
 def approve(name: str, canary: float = typer.Option(None, help="serve it to this share of conversations first")) -> None:
     """Approve a candidate: active at once, or a canary with --canary 0.2."""
-    from feedback import releases
+    from store import releases
 
     _act(lambda session, actor: releases.approve(session, name, actor, canary=canary))
 
 
 @releases_app.command("reject")
 def reject(name: str, reason: str = typer.Option("", help="kept in the audit log")) -> None:
-    from feedback import releases
+    from store import releases
 
     _act(lambda session, actor: releases.reject(session, name, actor, reason=reason))
 
@@ -94,7 +94,7 @@ def reject(name: str, reason: str = typer.Option("", help="kept in the audit log
 @releases_app.command("promote")
 def promote() -> None:
     """Make the canary the active release for everyone."""
-    from feedback import releases
+    from store import releases
 
     _act(lambda session, actor: releases.promote(session, actor))
 
@@ -102,7 +102,7 @@ def promote() -> None:
 @releases_app.command("rollback")
 def rollback(reason: str = typer.Option("", help="kept in the audit log")) -> None:
     """End the canary, or return to the previously active release."""
-    from feedback import releases
+    from store import releases
 
     _act(lambda session, actor: releases.rollback(session, actor, reason=reason))
 
@@ -118,7 +118,7 @@ def add_user(
     With --slack, set the role of that Slack user instead; they need no token, the Slack app knows them.
     """
     from feedback import crud
-    from feedback.models import Role
+    from store.models import Role
 
     try:
         chosen = Role(role)
@@ -166,7 +166,7 @@ def forget_user(
     from sqlmodel import select
 
     from feedback import privacy
-    from feedback.models import User
+    from store.models import User
 
     session, actor = _session_and_actor()
     with session:

@@ -11,9 +11,10 @@ from fastapi.responses import FileResponse
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.exc import IntegrityError
 
-from feedback import crud, releases
+from feedback import crud
+from store import releases
 from feedback.deps import CurrentUser, SessionDep, current_user
-from feedback.models import Release, Role, User
+from store.models import Release, Role, User
 from feedback.protocol import error_responses
 
 router = APIRouter(prefix="/api/releases", tags=["releases"])

@@ -16,7 +16,7 @@ from bot.slack import blocks
 from bot.slack.calls import call
 from bot.slack.services import SlackServices
 from feedback import crud
-from feedback.models import Release, ReleaseState
+from store.models import Release, ReleaseState
 
 log = logging.getLogger(__name__)
 

@@ -4,7 +4,7 @@ Slack wants an answer within three seconds and retries an event it got none for;
 answer from the model) takes longer, so bolt acknowledges first and works after. Marking an
 event handled when it arrives loses it if the process dies mid-work (Slack got its 200 and never
 retries); marking it when the work ends answers twice when a retry comes while the work goes on.
-So an event is an inbox entry (`feedback.models.SlackDelivery`):
+So an event is an inbox entry (`store.models.SlackDelivery`):
 
 - `take`: kept with its body and leased to this process (a retry, or a replica, whose lease
   is still running, is answered 200 and dropped);

@@ -7,7 +7,7 @@ import uuid
 from sqlmodel import Session, select
 
 from feedback import crud
-from feedback.models import Channel, Conversation, Role, User
+from store.models import Channel, Conversation, Role, User
 from tuneloop.settings import Settings
 
 

@@ -8,7 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlmodel import Session
 
 from feedback import crud
-from feedback.models import Conversation, MessageRole, User
+from store.models import Conversation, MessageRole, User
 
 
 class SessionOut(BaseModel):

@@ -17,7 +17,7 @@ from feedback import crud
 from feedback.deps import CurrentUser, SessionDep
 from feedback.limits import limited
 from feedback.protocol import error_responses
-from feedback.models import Channel, Conversation, User
+from store.models import Channel, Conversation, User
 from serving.engine import SamplingParams
 from serving.router import ChatDep
 from serving.service import AnswerDelta, AnswerDone, ChatService, Turn

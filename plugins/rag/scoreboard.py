@@ -22,7 +22,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import aliased
 from sqlmodel import Session
 
-from feedback.models import Comparison, Message, Response, Winner
+from store.models import Comparison, Message, Response, Winner
 from feedback.stats import wilson
 
 KIND = "rag"

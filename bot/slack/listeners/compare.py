@@ -18,7 +18,7 @@ from bot.slack.calls import call
 from bot.slack.people import slack_id_of, slack_user
 from bot.slack.services import SlackServices, told
 from feedback import crud
-from feedback.models import Response, Winner
+from store.models import Response, Winner
 
 ACTION = "tl_compare_"
 GONE = "Those answers are no longer in the store, so the choice was not kept."

@@ -14,7 +14,7 @@ from bot.slack.calls import call
 from bot.slack.people import slack_user
 from bot.slack.services import SlackServices, told
 from feedback import crud, review
-from feedback.models import STAFF, Response
+from store.models import STAFF, Response
 from feedback.redaction import RedactionUnavailable, redact_optional
 
 HELP = "Usage: `/tuneloop review` sends you the next answer to rate or pair to compare."

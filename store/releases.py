@@ -13,7 +13,7 @@ from __future__ import annotations
 from sqlmodel import Session, col, select
 
 from feedback import crud
-from feedback.models import Release, ReleaseState, User, utcnow
+from store.models import Release, ReleaseState, User, utcnow
 
 
 class ReleaseError(ValueError):
