@@ -16,7 +16,7 @@ from pydantic import BaseModel
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session
 
-from feedback import crud
+from store import idempotency
 from store.models import IdempotencyRecord, User
 
 MAX_KEY_LENGTH = 200
@@ -47,7 +47,8 @@ def run_once(
     # A key that is already taken rolls the work back and answers as the first request did.
     status, body = store()
     try:
-        claimed = crud.remember_idempotent(session, user, key, digest, status, body)
+        claimed = idempotency.remember_idempotent(session, user=user, key=key, request_hash=digest,
+                                                  status_code=status, body=body)
     except IntegrityError:  # SQLite may report a concurrent claim as a conflict error
         claimed = False
     if not claimed:
@@ -61,7 +62,7 @@ def run_once(
 
 
 def _replay(session: Session, user: User, key: str, digest: str) -> JSONResponse | None:
-    record = crud.find_idempotent(session, user, key)
+    record = idempotency.find_idempotent(session, user=user, key=key)
     return None if record is None else replay(record, digest)
 
 

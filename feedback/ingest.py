@@ -30,7 +30,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
-from feedback import crud
+from store import conversations, idempotency, judgments, users
 from feedback.idempotency import replay, request_hash
 from store.models import STAFF
 from feedback.protocol import RatingIn, RatingOut
@@ -51,7 +51,7 @@ class RatingRequest:
     digest: str = field(init=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "token_hash", crud.hash_token(self.token))
+        object.__setattr__(self, "token_hash", users.hash_token(self.token))
         object.__setattr__(self, "digest", request_hash("ratings", self.body))
 
 
@@ -70,15 +70,15 @@ def store_ratings(session: Session, requests: list[RatingRequest], written: list
     (`RatingWriter` holds such repeats back for a later batch). Raises KeyTaken when an
     Idempotency-Key was claimed concurrently: roll back and try again to replay it.
     """
-    users = crud.users_by_token_hash(session, {r.token_hash for r in requests})
-    owners = crud.response_owners(session, {r.body.response_id for r in requests})
-    records = crud.idempotency_records(
-        session, {(users[r.token_hash].id, r.key) for r in requests if r.key and r.token_hash in users}
+    callers = users.users_by_token_hash(session, token_hashes={r.token_hash for r in requests})
+    owners = conversations.response_owners(session, response_ids={r.body.response_id for r in requests})
+    records = idempotency.idempotency_records(
+        session, keys={(callers[r.token_hash].id, r.key) for r in requests if r.key and r.token_hash in callers}
     )
     outcomes: list[Outcome | None] = []
     writes: list[tuple[int, Any, RatingRequest]] = []
     for index, request in enumerate(requests):
-        user = users.get(request.token_hash)
+        user = callers.get(request.token_hash)
         refusal = _refusal(request, user, owners)
         record = records.get((user.id, request.key)) if user and request.key else None
         if refusal is None and record is not None:
@@ -111,8 +111,8 @@ def _replayed(record: Any, digest: str) -> Outcome:
 
 
 def _write(session: Session, writes: list[tuple[int, Any, RatingRequest]], outcomes: list) -> None:
-    stored = crud.save_ratings(
-        session, [{"user_id": user.id, **request.body.model_dump(exclude={"response_id"}),
+    stored = judgments.save_ratings(
+        session, ratings=[{"user_id": user.id, **request.body.model_dump(exclude={"response_id"}),
                    "response_id": request.body.response_id} for _, user, request in writes]
     )
     remembered = []
@@ -123,7 +123,7 @@ def _write(session: Session, writes: list[tuple[int, Any, RatingRequest]], outco
         if request.key:
             remembered.append({"user_id": user.id, "key": request.key, "request_hash": request.digest,
                                "status_code": 201, "body": body})
-    claimed = crud.remember_idempotent_many(session, remembered)
+    claimed = idempotency.remember_idempotent_many(session, records=remembered)
     if len(claimed) != len(remembered):
         raise KeyTaken
 

@@ -10,7 +10,8 @@ from fastapi import APIRouter, Header, HTTPException, Path, Request
 from fastapi.responses import JSONResponse, Response
 from sqlmodel import Session, select
 
-from feedback import crud, privacy
+from feedback import privacy
+from store import judgments
 from feedback.deps import BearerToken, CurrentUser, SessionDep
 from feedback.idempotency import MAX_KEY_LENGTH, REPLAYED_HEADER, check_key, run_once
 from feedback.ingest import RatingRequest
@@ -71,7 +72,8 @@ def compare(body: ComparisonIn, request: Request, session: SessionDep, user: Cur
         b = visible_response(session, user, body.response_b_id)
         if a.prompt_message_id != b.prompt_message_id:
             raise HTTPException(422, "response_a_id and response_b_id must answer the same prompt")
-        comparison = crud.save_comparison(session, user, a, b, winner=body.winner, a_position=body.a_position)
+        comparison = judgments.save_comparison(session, user=user, response_a=a, response_b=b, winner=body.winner,
+                                               a_position=body.a_position)
         return 201, ComparisonOut.model_validate(comparison, from_attributes=True).model_dump(mode="json")
 
     reply = run_once(session, user, key, "comparisons", body, store)
@@ -84,7 +86,8 @@ def correct(body: CorrectionIn, request: Request, session: SessionDep, user: Cur
     def store() -> tuple[int, dict]:
         response = visible_response(session, user, body.response_id)
         redact = redactor(request)
-        correction = crud.add_correction(session, user, response, redact(body.text), redact_optional(redact, body.comment))
+        correction = judgments.add_correction(session, user=user, response=response, text=redact(body.text),
+                                              comment=redact_optional(redact, body.comment))
         return 201, CorrectionOut.model_validate(correction, from_attributes=True).model_dump(mode="json")
 
     reply = run_once(session, user, key, "corrections", body, store)

@@ -40,7 +40,7 @@ from sqlalchemy.engine import Engine as Database
 from sqlalchemy.orm import Session
 from sqlmodel import col, select
 
-from feedback import crud
+from store import releases
 from store.artifacts import reward_dir_for
 from store.db import session_scope
 from feedback.export import (
@@ -203,7 +203,7 @@ class ReviewScorer:
 
     def _follow_active_release(self) -> UncertaintyModel | None:
         with session_scope(self.database) as session:
-            release = crud.active_release(session)
+            release = releases.active_release(session)
         folder = reward_dir_for(release) if release is not None else None
         stamp = _stamp(folder) if folder is not None else None
         key = (release.id, str(folder), stamp) if stamp is not None else None

@@ -26,7 +26,7 @@ def test_a_prompt_that_was_never_answered_is_not_sent_again():
 def test_an_ab_turn_puts_the_plain_answer_beside_a_contrast_and_stores_only_the_users_words(database):
     import asyncio
 
-    from feedback import crud
+    from store import conversations, releases, users
     from store.db import session_scope
     from store.models import Channel, Response
     from serving.engine import SamplingParams
@@ -36,9 +36,9 @@ def test_an_ab_turn_puts_the_plain_answer_beside_a_contrast_and_stores_only_the_
     from tests.engines import ScriptedEngine
 
     with session_scope(database) as session:
-        base = crud.ensure_base_release(session, "scripted")
-        user = crud.get_or_create_user(session, "web:contrast", "visitor")
-        conversation = crud.create_conversation(session, user, Channel.web).id
+        base = releases.ensure_base_release(session, base_model="scripted")
+        user = users.get_or_create_user(session, external_id="web:contrast", name="visitor")
+        conversation = conversations.create_conversation(session, user=user, channel=Channel.web).id
         live = LiveReleases()
         live.set(choice_of(base), None, 0.0)
     engine = ScriptedEngine("An answer.")
@@ -57,7 +57,7 @@ def test_an_ab_turn_puts_the_plain_answer_beside_a_contrast_and_stores_only_the_
     assert contrast.params["temperature"] == 1.0 and "contrast" not in plain.trace
     assert plain.trace["pair_kind"] == contrast.trace["pair_kind"] == "contrast"
     with session_scope(database) as session:
-        texts = [m.content for m in crud.conversation_messages(session, conversation)]
+        texts = [m.content for m in conversations.conversation_messages(session, conversation_id=conversation)]
         stored = session.get(Response, contrast.id)
     assert CONTRASTS[name] not in " ".join(texts) and stored.trace["contrast_instruction"] == CONTRASTS[name]
 

@@ -11,7 +11,7 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlmodel import Session, select
 
-from feedback import crud
+from store import judgments, releases, users
 from store.models import Message, Response
 from tests.engines import ScriptedEngine
 
@@ -238,7 +238,7 @@ def test_check_outcomes_are_counted_per_release(settings, third_party):
         shown = client.get("/api/releases/base", headers={"Authorization": f"Bearer {token}"}).json()
         with Session(client.app.state.database) as session:
             release_id = session.exec(select(Response.release_id)).one()
-            counted = crud.check_outcomes(session, release_id)
+            counted = releases.check_outcomes(session, release_id=release_id)
 
     assert counted == shown["checks"]
     assert counted["responses"] == 1
@@ -258,8 +258,8 @@ def test_a_card_number_in_an_answer_reaches_neither_the_user_nor_the_training_da
     with chat_client(settings, ScriptedEngine(CARD_ANSWER)) as client:
         events, response = widget_turn(client, "What card do I have on file?")
         with Session(client.app.state.database) as session:
-            crud.add_correction(session, crud.get_or_create_user(session, "local:rita", "rita"), response,
-                                "Your card ends in 1111.", None)
+            judgments.add_correction(session, user=users.get_or_create_user(session, external_id="local:rita", name="rita"),
+                                     response=response, text="Your card ends in 1111.", comment=None)
             session.commit()
             export(session, "sft", tmp_path / "sft.jsonl")
 

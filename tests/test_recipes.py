@@ -16,7 +16,7 @@ import torch
 from safetensors.torch import load_file
 from sqlmodel import Session, select
 
-from feedback import crud
+from store import releases
 from store.artifacts import directory_checksum
 from store.db import make_engine, session_scope
 from feedback.export import Row
@@ -46,7 +46,7 @@ def store(tmp_path: Path, tiny_model: Path):
     upgrade(database)
     adapter = make_adapter(tiny_model, tmp_path / "active-adapter")
     with session_scope(database) as session:
-        base = crud.ensure_base_release(session, "tiny")
+        base = releases.ensure_base_release(session, base_model="tiny")
         base.state = ReleaseState.retired
         session.add(Release(name="active", base_model="tiny", adapter_path=str(adapter),
                             checksum=directory_checksum(adapter), state=ReleaseState.active))

@@ -8,8 +8,7 @@ import httpx
 import pytest
 from sqlmodel import Session, col, select
 
-from feedback import crud
-from store import releases
+from store import releases, users
 from store.db import session_scope
 from store.models import AuditLog, ReleaseState, Role
 from serving.releases import in_canary
@@ -23,8 +22,8 @@ def adapter(tiny_model, tmp_path_factory):
 
 def test_life_cycle_with_canary_promote_and_rollback(database, adapter):
     with session_scope(database) as session:
-        crud.ensure_base_release(session, "tiny")
-        olga = crud.get_or_create_user(session, "local:olga", "olga", Role.operator)
+        releases.ensure_base_release(session, base_model="tiny")
+        olga = users.get_or_create_user(session, external_id="local:olga", name="olga", role=Role.operator)
     add_candidate(database, "r1", adapter)
     add_candidate(database, "r2", adapter)
     with session_scope(database) as session:
@@ -38,7 +37,7 @@ def test_life_cycle_with_canary_promote_and_rollback(database, adapter):
             releases.approve(session, "r2", olga)
         assert releases.rollback(session, olga, reason="users liked it less").name == "base"
         assert releases.get(session, "r1").state == ReleaseState.rolled_back
-        assert crud.active_release(session).name == "base"
+        assert releases.active_release(session).name == "base"
     with Session(database) as session:
         trail = [(e.action, e.actor) for e in session.exec(select(AuditLog).order_by(col(AuditLog.id)))
                  if e.actor == "olga"]

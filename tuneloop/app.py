@@ -15,7 +15,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from bot.operator.router import router as releases_router
 from bot.web.pages import router as pages_router
 from bot.web.router import router as widget_router
-from feedback import crud
+from store import releases
 from store.db import make_engine, session_scope
 from feedback.ingest import RatingWriter
 from feedback.limits import RateLimits
@@ -143,7 +143,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
         database = make_engine(settings.database_url, pool_size=settings.worker_threads + 16)
         await asyncio.to_thread(upgrade, database)
         with session_scope(database) as session:
-            crud.ensure_base_release(session, settings.model)
+            releases.ensure_base_release(session, base_model=settings.model)
         model = engine or await asyncio.to_thread(build_engine, settings)
         await model.start()
         live = LiveReleases()

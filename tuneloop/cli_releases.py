@@ -17,7 +17,7 @@ users_app = typer.Typer(help="People and their roles.", no_args_is_help=True)
 
 
 def _session_and_actor():
-    from feedback import crud
+    from store import users
     from store.db import make_engine
     from store.migrate import upgrade
     from store.models import Role
@@ -27,7 +27,8 @@ def _session_and_actor():
     upgrade(database)
     session = Session(database, expire_on_commit=False)
     # Whoever can reach the database from a shell is trusted as an operator; the audit log names them.
-    actor = crud.get_or_create_user(session, f"cli:{getpass.getuser()}", getpass.getuser(), Role.operator)
+    actor = users.get_or_create_user(session, external_id=f"cli:{getpass.getuser()}", name=getpass.getuser(),
+                                     role=Role.operator)
     return session, actor
 
 
@@ -117,7 +118,7 @@ def add_user(
 
     With --slack, set the role of that Slack user instead; they need no token, the Slack app knows them.
     """
-    from feedback import crud
+    from store import audit, users
     from store.models import Role
 
     try:
@@ -132,23 +133,24 @@ def add_user(
         if slack:
             _set_slack_role(session, actor, name, slack, chosen)
             return
-        user = crud.get_or_create_user(session, f"local:{name}", name, chosen)
+        user = users.get_or_create_user(session, external_id=f"local:{name}", name=name, role=chosen)
         user.role = chosen
-        token = crud.issue_token(session, user)
-        crud.audit(session, actor, "user.token", f"user:{name}", {"role": chosen.value})
+        token = users.issue_token(session, user=user)
+        audit.record(session, actor=actor, action="user.token", target=f"user:{name}", details={"role": chosen.value})
         session.commit()
     typer.echo(token)
 
 
 def _set_slack_role(session, actor, name: str, slack_id: str, role) -> None:  # noqa: ANN001
     from bot.slack.people import external_id
-    from feedback import crud
+    from store import audit, users
 
     # The same user the Slack app finds or creates on first contact (bot/slack/people.py).
-    user = crud.get_or_create_user(session, external_id(slack_id), name, role)
+    user = users.get_or_create_user(session, external_id=external_id(slack_id), name=name, role=role)
     user.name, user.role = name, role
     session.add(user)
-    crud.audit(session, actor, "user.role", external_id(slack_id), {"role": role.value, "name": name})
+    audit.record(session, actor=actor, action="user.role", target=external_id(slack_id),
+                 details={"role": role.value, "name": name})
     session.commit()
     typer.echo(f"{name} (Slack {slack_id}): {role.value}")
     settings = get_settings()

@@ -11,7 +11,6 @@ from fastapi.responses import FileResponse
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.exc import IntegrityError
 
-from feedback import crud
 from store import releases
 from feedback.deps import CurrentUser, SessionDep, current_user
 from store.models import Release, Role, User
@@ -107,7 +106,7 @@ def rollback(request: Request, session: SessionDep, user: Operator, body: Reason
 @router.get("/{name}", responses=error_responses(401, 403, 404))
 def show_release(name: str, session: SessionDep, _: Operator) -> dict:
     release = _get(session, name)
-    checks = crud.check_outcomes(session, release.id)
+    checks = releases.check_outcomes(session, release_id=release.id)
     return {**summary(release).model_dump(), "report": release.report, "checks": checks}
 
 
@@ -115,7 +114,7 @@ def report_reader(request: Request, name: str, session: SessionDep, key: str | N
     """An operator, or anyone holding the report's shared key (from the link posted to operators)."""
     if key is not None:
         release = _get(session, name)
-        shared = (release.report or {}).get(crud.REPORT_KEY)
+        shared = (release.report or {}).get(releases.REPORT_KEY)
         if shared and secrets.compare_digest(key, shared):
             return
         raise HTTPException(403, "This report link's key is not valid; ask an operator for the current link")
