@@ -219,15 +219,15 @@ def bench_guardrails(args: argparse.Namespace) -> dict:
     import asyncio
     import tempfile
 
-    from store import conversations, releases, users
-    from store.db import make_engine, session_scope
-    from store.migrate import upgrade
-    from store.models import Channel
     from plugins.manager import load_plugins
     from plugins.turns import PluginHooks
     from serving.engine import SamplingParams
     from serving.releases import LiveReleases, choice_of
     from serving.service import ChatService
+    from store import conversations, releases, users
+    from store.db import make_engine, session_scope
+    from store.migrate import upgrade
+    from store.models import Channel
     from tests.engines import ScriptedEngine
     from tuneloop.settings import Settings
 

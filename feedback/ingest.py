@@ -25,19 +25,18 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
-from fastapi import HTTPException
-from fastapi.responses import JSONResponse
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
-from store import conversations, idempotency, judgments, users
-from feedback.idempotency import replay, request_hash
-from store.models import STAFF
+from feedback.idempotency import Reply, key_in_use, replay, request_hash
 from feedback.protocol import RatingIn, RatingOut
+from store import conversations, idempotency, judgments, users
+from store.errors import NotFound, StoreError, Unauthenticated, Unavailable
+from store.models import STAFF
 
 log = logging.getLogger(__name__)
 
-Outcome = JSONResponse | HTTPException
+Outcome = Reply | StoreError  # a refusal ends the request's future as its exception
 
 
 @dataclass(frozen=True)
@@ -95,18 +94,18 @@ def store_ratings(session: Session, requests: list[RatingRequest], written: list
 
 def _refusal(request: RatingRequest, user: Any, owners: dict[uuid.UUID, int]) -> Outcome | None:
     if user is None:
-        return HTTPException(401, "Unknown or revoked token")
+        return Unauthenticated("Unknown or revoked token")
     owner = owners.get(request.body.response_id)
     # Someone else's answer is as good as unknown to this caller.
     if owner is None or (user.role not in STAFF and owner != user.id):
-        return HTTPException(404, f"No response with id {request.body.response_id}")
+        return NotFound(f"No response with id {request.body.response_id}")
     return None
 
 
 def _replayed(record: Any, digest: str) -> Outcome:
     try:
         return replay(record, digest)
-    except HTTPException as refusal:
+    except StoreError as refusal:
         return refusal
 
 
@@ -119,7 +118,7 @@ def _write(session: Session, writes: list[tuple[int, Any, RatingRequest]], outco
     for index, user, request in writes:
         row = stored[(request.body.response_id, user.id)]
         body = RatingOut.model_validate(row, from_attributes=True).model_dump(mode="json")
-        outcomes[index] = JSONResponse(body, status_code=201)
+        outcomes[index] = Reply(201, body)
         if request.key:
             remembered.append({"user_id": user.id, "key": request.key, "request_hash": request.digest,
                                "status_code": 201, "body": body})
@@ -158,13 +157,13 @@ class RatingWriter:
         for thread in self._threads:
             thread.join()
 
-    def submit(self, request: RatingRequest) -> Future[JSONResponse]:
-        """Queue a rating (from any thread); the future ends after the commit."""
-        future: Future[JSONResponse] = Future()
+    def submit(self, request: RatingRequest) -> Future[Reply]:
+        """Queue a rating (from any thread); the future ends after the commit, with the reply or a refusal."""
+        future: Future[Reply] = Future()
         self._queue.put((request, future))
         return future
 
-    async def rate(self, request: RatingRequest) -> JSONResponse:
+    async def rate(self, request: RatingRequest) -> Reply:
         return await asyncio.wrap_future(self.submit(request))
 
     def _run(self) -> None:
@@ -223,8 +222,8 @@ class RatingWriter:
                 continue
             except Exception:  # answered, logged, and the writer goes on
                 log.exception("could not store a rating for response %s", request.body.response_id)
-                return HTTPException(503, "The rating could not be stored; retry with the same Idempotency-Key")
-        return HTTPException(409, f"Idempotency-Key '{request.key}' is in use by a request still running; retry shortly")
+                return Unavailable("The rating could not be stored; retry with the same Idempotency-Key")
+        return key_in_use(request.key)
 
 
 def _split_repeats(batch: list[tuple[RatingRequest, Future]]) -> tuple[list, list]:
@@ -243,7 +242,7 @@ def _split_repeats(batch: list[tuple[RatingRequest, Future]]) -> tuple[list, lis
 
 def _settle(future: Future, outcome: Outcome) -> None:
     if future.set_running_or_notify_cancel():
-        if isinstance(outcome, HTTPException):
+        if isinstance(outcome, StoreError):
             future.set_exception(outcome)
         else:
             future.set_result(outcome)

@@ -18,6 +18,7 @@ from sqlalchemy import delete, or_, update
 from sqlmodel import Session, col, select
 
 from store import audit
+from store.errors import NotFound
 from store.models import (
     Comparison,
     Conversation,
@@ -35,12 +36,8 @@ Kind = Literal["ratings", "comparisons", "corrections"]
 TABLES = {"ratings": Rating, "comparisons": Comparison, "corrections": Correction}
 
 
-class NotFound(LookupError):
-    """Nothing of that id is the caller's."""
-
-
 def withdraw(session: Session, user: User, kind: Kind, item_id: int) -> None:
-    """Delete one of the caller's own votes or corrections; NotFound if it is not theirs."""
+    """Delete one of the caller's own votes or corrections; NotFound if nothing of that id is theirs."""
     model = TABLES[kind]
     item = session.get(model, item_id)
     if item is None or item.user_id != user.id:

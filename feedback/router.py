@@ -11,13 +11,9 @@ from fastapi.responses import JSONResponse, Response
 from sqlmodel import Session, select
 
 from feedback import privacy
-from store import judgments
 from feedback.deps import BearerToken, CurrentUser, SessionDep
-from feedback.idempotency import MAX_KEY_LENGTH, REPLAYED_HEADER, check_key, run_once
+from feedback.idempotency import MAX_KEY_LENGTH, Reply, check_key, run_once
 from feedback.ingest import RatingRequest
-from store.models import STAFF, Conversation, User
-from store.models import Response as Answer  # FastAPI's Response is the HTTP one here
-from feedback.redaction import Redact, keep, redact_optional
 from feedback.protocol import (
     error_responses,
     ComparisonIn,
@@ -27,6 +23,10 @@ from feedback.protocol import (
     RatingIn,
     RatingOut,
 )
+from feedback.redaction import Redact, keep, redact_optional
+from store import judgments
+from store.models import STAFF, Conversation, User
+from store.models import Response as Answer  # FastAPI's Response is the HTTP one here
 
 router = APIRouter(prefix="/api/feedback", tags=["feedback"])
 IdempotencyKey = Annotated[str | None, Header(alias="Idempotency-Key", min_length=1, max_length=MAX_KEY_LENGTH,
@@ -57,7 +57,11 @@ async def rate(body: RatingIn, request: Request, token: BearerToken, key: Idempo
     if body.comment:
         comment = await asyncio.to_thread(redactor(request), body.comment)
         body = body.model_copy(update={"comment": comment})
-    return await request.app.state.ratings.rate(RatingRequest(token, body, key))
+    return _json(await request.app.state.ratings.rate(RatingRequest(token, body, key)))
+
+
+def _json(reply: Reply) -> JSONResponse:
+    return JSONResponse(reply.body, status_code=reply.status_code, headers=reply.headers)
 
 
 def redactor(request: Request) -> Redact:
@@ -78,7 +82,7 @@ def compare(body: ComparisonIn, request: Request, session: SessionDep, user: Cur
 
     reply = run_once(session, user, key, "comparisons", body, store)
     _tell(request, reply, "comparison", [body.response_a_id, body.response_b_id], user, {"winner": body.winner.value})
-    return reply
+    return _json(reply)
 
 
 @router.post("/corrections", status_code=201, responses=WRITE_ERRORS, response_model=CorrectionOut)
@@ -92,7 +96,7 @@ def correct(body: CorrectionIn, request: Request, session: SessionDep, user: Cur
 
     reply = run_once(session, user, key, "corrections", body, store)
     _tell(request, reply, "correction", [body.response_id], user, {})
-    return reply
+    return _json(reply)
 
 
 # A row id is a signed 64-bit integer in both stores; a bigger one cannot name a row, and SQLite
@@ -104,16 +108,13 @@ RowId = Annotated[int, Path(ge=1, le=2**63 - 1, description="the id the feedback
 def withdraw(kind: privacy.Kind, item_id: RowId, session: SessionDep, user: CurrentUser) -> Response:
     """Take back one of your own ratings, A/B choices or corrections: it leaves the store and
     every dataset built after."""
-    try:
-        privacy.withdraw(session, user, kind, item_id)
-    except privacy.NotFound as error:
-        raise HTTPException(404, str(error)) from error
+    privacy.withdraw(session, user, kind, item_id)  # NotFound: a 404 (tuneloop/http.py)
     session.commit()
     return Response(status_code=204)
 
 
-def _tell(request: Request, reply: JSONResponse, kind: str, ids: list[uuid.UUID], user: User, details: dict) -> None:
+def _tell(request: Request, reply: Reply, kind: str, ids: list[uuid.UUID], user: User, details: dict) -> None:
     """Tell whoever listens (plugins) of feedback that was stored just now, not of a replay."""
     notify = getattr(request.app.state, "notify_feedback", None)
-    if notify is not None and reply.status_code == 201 and REPLAYED_HEADER not in reply.headers:
+    if notify is not None and reply.status_code == 201 and not reply.replayed:
         notify(kind, [str(i) for i in ids], user.id, details)

@@ -40,12 +40,12 @@ from sqlalchemy.engine import Engine as Database
 from sqlalchemy.orm import Session
 from sqlmodel import col, select
 
-from store import releases
-from store.artifacts import reward_dir_for
-from store.db import session_scope
 from feedback.export import (
     _Context as PromptContext,  # the prompts the reward model was trained on
 )
+from store import releases
+from store.artifacts import reward_dir_for
+from store.db import session_scope
 from store.models import Release, Response
 
 log = logging.getLogger(__name__)

@@ -15,14 +15,14 @@ from dataclasses import dataclass, field, replace
 
 from sqlalchemy.engine import Engine as Database
 
-from store import conversations
-from store.db import session_scope
-from store.models import Channel, Message, MessageRole, Response, User
 from feedback.redaction import redact_or_withhold
 from serving.engine import Completion, Engine, GenerationRequest, SamplingParams, StreamEvent
 from serving.hooks import Checked, NoHooks, TurnHooks
 from serving.pairs import draw_contrast
 from serving.releases import LiveReleases, ReleaseChoice
+from store import conversations
+from store.db import session_scope
+from store.models import Channel, Message, MessageRole, Response, User
 
 
 @dataclass

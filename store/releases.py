@@ -18,14 +18,15 @@ from typing import Any
 from sqlmodel import Session, col, select
 
 from store import audit
+from store.errors import Conflict, NotFound
 from store.models import Release, ReleaseState, Response, User, utcnow
 
 
-class ReleaseError(ValueError):
+class ReleaseError(Conflict, ValueError):
     """A release action that does not fit the release's state; the message says why."""
 
 
-class ReleaseNotFound(LookupError):
+class ReleaseNotFound(NotFound):
     pass
 
 

@@ -6,9 +6,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from store import conversations, judgments, releases
-from store.users import get_or_create_user
 from store.db import session_scope
 from store.models import Channel, MessageRole, Response, Thumb, Winner
+from store.users import get_or_create_user
 
 TOPICS = ["boil an egg", "plant tomatoes", "fix a leaking tap", "learn spanish verbs", "bake bread", "tie a tie",
           "change a tyre", "write a haiku", "fold a shirt", "brew green tea", "sharpen a knife", "paint a door",

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import uuid
 
-from store.models import Message, MessageRole
 from serving.service import _answered_history
+from store.models import Message, MessageRole
 
 
 def test_a_prompt_that_was_never_answered_is_not_sent_again():
@@ -26,13 +26,13 @@ def test_a_prompt_that_was_never_answered_is_not_sent_again():
 def test_an_ab_turn_puts_the_plain_answer_beside_a_contrast_and_stores_only_the_users_words(database):
     import asyncio
 
-    from store import conversations, releases, users
-    from store.db import session_scope
-    from store.models import Channel, Response
     from serving.engine import SamplingParams
     from serving.pairs import CONTRASTS
     from serving.releases import LiveReleases, choice_of
     from serving.service import ChatService
+    from store import conversations, releases, users
+    from store.db import session_scope
+    from store.models import Channel, Response
     from tests.engines import ScriptedEngine
 
     with session_scope(database) as session:

@@ -6,15 +6,15 @@ import uuid
 from concurrent.futures import Future
 
 import pytest
-from fastapi import HTTPException
-from fastapi.responses import JSONResponse
 from sqlmodel import Session, func, select
 
+from feedback.idempotency import Reply as JSONResponse  # the writer answers plain values
+from feedback.ingest import RatingRequest, RatingWriter
+from feedback.protocol import RatingIn
 from store import users
 from store.db import session_scope
-from feedback.ingest import RatingRequest, RatingWriter
+from store.errors import StoreError as HTTPException  # and refuses with domain errors, not HTTP
 from store.models import Rating, Role
-from feedback.protocol import RatingIn
 from tests.test_store import make_turn
 
 

@@ -293,8 +293,8 @@ def test_a_prompt_injection_gets_the_configured_refusal(settings):
 
 
 def test_a_rag_turn_is_an_ab_pair_stored_with_its_sources_and_kind(settings, tmp_path):
-    from store.models import Comparison
     from plugins.rag import store
+    from store.models import Comparison
 
     example = Path(__file__).parent.parent / "plugins" / "rag" / "example" / "docs"
     settings.plugins_disabled, settings.rag_share = ["guardrails"], 1.0

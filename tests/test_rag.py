@@ -16,14 +16,14 @@ import pytest
 from sqlmodel import select
 from typer.testing import CliRunner
 
-from store import judgments, users
-from store.db import make_engine, session_scope
-from store.migrate import upgrade
-from store.models import Comparison, Response, Winner
 from plugins.protocols import Alternative, AlternativeTurn
 from plugins.rag import documents, scoreboard, store
 from plugins.rag.cli import rag_app
 from plugins.rag.plugin import INSTRUCTIONS, RagAlternative, citation_line, cite
+from store import judgments, users
+from store.db import make_engine, session_scope
+from store.migrate import upgrade
+from store.models import Comparison, Response, Winner
 from tests.test_store import make_turn
 from tuneloop.settings import Settings, get_settings
 

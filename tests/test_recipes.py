@@ -16,10 +16,10 @@ import torch
 from safetensors.torch import load_file
 from sqlmodel import Session, select
 
+from feedback.export import Row
 from store import releases
 from store.artifacts import directory_checksum
 from store.db import make_engine, session_scope
-from feedback.export import Row
 from store.migrate import upgrade
 from store.models import Release, ReleaseState, RunStatus, TrainingRun
 from tests.conftest import free_port

@@ -8,10 +8,10 @@ import httpx
 import pytest
 from sqlmodel import Session, col, select
 
+from serving.releases import in_canary
 from store import releases, users
 from store.db import session_scope
 from store.models import AuditLog, ReleaseState, Role
-from serving.releases import in_canary
 from tests.releases import add_candidate, make_adapter, operator_token
 
 

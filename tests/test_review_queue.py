@@ -20,6 +20,7 @@ from sqlmodel import Session, select
 
 from bot.slack.listeners.review import task_blocks
 from feedback import review
+from serving.review_scores import ReviewScorer
 from store import conversations, judgments, users
 from store.artifacts import directory_checksum, reward_dir_for
 from store.db import make_engine, session_scope
@@ -33,7 +34,6 @@ from store.models import (
     Role,
     Winner,
 )
-from serving.review_scores import ReviewScorer
 from tests.releases import make_adapter
 from tests.test_reward import MARKER, TOPICS, pair, tiny_config
 from trainer.reward import RewardModel, train_reward_model

@@ -9,9 +9,9 @@ from sqlalchemy import inspect, text
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, select
 
+from feedback.export import export, kto_rows, preference_rows, sft_rows
 from store import conversations, judgments, releases, users
 from store.db import session_scope
-from feedback.export import export, kto_rows, preference_rows, sft_rows
 from store.migrate import current_revision
 from store.models import (
     Channel,

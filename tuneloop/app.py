@@ -15,11 +15,8 @@ from fastapi.middleware.cors import CORSMiddleware
 from bot.operator.router import router as releases_router
 from bot.web.pages import router as pages_router
 from bot.web.router import router as widget_router
-from store import releases
-from store.db import make_engine, session_scope
 from feedback.ingest import RatingWriter
 from feedback.limits import RateLimits
-from store.migrate import upgrade
 from feedback.review_router import router as review_router
 from feedback.router import router as feedback_router
 from plugins.manager import Plugins, load_plugins
@@ -31,6 +28,9 @@ from serving.releases import LiveReleases
 from serving.router import RESPONSE_ID_HEADER
 from serving.router import router as openai_router
 from serving.service import ChatService
+from store import releases
+from store.db import make_engine, session_scope
+from store.migrate import upgrade
 from tuneloop.http import BodySizeLimit, document_errors, install_error_handlers
 from tuneloop.settings import EMBEDDED_MODEL, Settings, get_settings
 

@@ -207,8 +207,8 @@ def export(
     out: Path = typer.Option(..., "--out", help="the JSONL file to write"),
 ) -> None:
     """Write stored feedback as a dataset in TRL's format."""
-    from store.db import make_engine, session_scope
     from feedback.export import export as write_rows
+    from store.db import make_engine, session_scope
     from store.migrate import upgrade
 
     engine = make_engine(get_settings().database_url)

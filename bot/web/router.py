@@ -13,14 +13,14 @@ from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.responses import StreamingResponse
 
 from bot.web.protocol import ConversationOut, MessageIn, SessionOut, build_conversation
-from store import conversations, users
 from feedback.deps import CurrentUser, SessionDep
 from feedback.limits import limited
 from feedback.protocol import error_responses
-from store.models import Channel, Conversation, User
 from serving.engine import SamplingParams
 from serving.router import ChatDep
 from serving.service import AnswerDelta, AnswerDone, ChatService, Turn
+from store import conversations, users
+from store.models import Channel, Conversation, User
 
 router = APIRouter(prefix="/api", tags=["widget"])
 log = logging.getLogger(__name__)

@@ -41,9 +41,9 @@ def index_command(
 @rag_app.command("report")
 def report_command(as_json: bool = typer.Option(False, "--json", help="print the report as JSON")) -> None:
     """RAG's win rate against the model alone, overall and per topic, with 95% intervals."""
+    from plugins.rag import scoreboard
     from store.db import make_engine
     from store.migrate import upgrade
-    from plugins.rag import scoreboard
 
     database = make_engine(get_settings().database_url)
     try:

@@ -14,9 +14,9 @@ from bot.slack.calls import call
 from bot.slack.people import slack_user
 from bot.slack.services import SlackServices, told
 from feedback import review
+from feedback.redaction import RedactionUnavailable, redact_optional
 from store import judgments
 from store.models import STAFF, Response
-from feedback.redaction import RedactionUnavailable, redact_optional
 
 HELP = "Usage: `/tuneloop review` sends you the next answer to rate or pair to compare."
 REFUSED = "Only reviewers get review tasks. An operator can give you the role (`tuneloop users`)."

@@ -15,9 +15,9 @@ from bot.slack import blocks
 from bot.slack.calls import call
 from bot.slack.people import slack_id_of, slack_user
 from bot.slack.services import SlackServices, told
+from feedback.redaction import redact_or_withhold
 from store import judgments
 from store.models import Response, Thumb
-from feedback.redaction import redact_or_withhold
 
 GONE = "That answer is no longer in the store, so the vote was not kept."
 
