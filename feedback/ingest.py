@@ -32,7 +32,6 @@ from feedback.idempotency import Reply, key_in_use, replay, request_hash
 from feedback.protocol import RatingIn, RatingOut
 from store import conversations, idempotency, judgments, users
 from store.errors import NotFound, StoreError, Unauthenticated, Unavailable
-from store.models import STAFF
 
 log = logging.getLogger(__name__)
 
@@ -95,9 +94,7 @@ def store_ratings(session: Session, requests: list[RatingRequest], written: list
 def _refusal(request: RatingRequest, user: Any, owners: dict[uuid.UUID, int]) -> Outcome | None:
     if user is None:
         return Unauthenticated("Unknown or revoked token")
-    owner = owners.get(request.body.response_id)
-    # Someone else's answer is as good as unknown to this caller.
-    if owner is None or (user.role not in STAFF and owner != user.id):
+    if not conversations.may_see(user, owners.get(request.body.response_id)):
         return NotFound(f"No response with id {request.body.response_id}")
     return None
 

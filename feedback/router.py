@@ -8,7 +8,6 @@ from typing import Annotated
 
 from fastapi import APIRouter, Header, HTTPException, Path, Request
 from fastapi.responses import JSONResponse, Response
-from sqlmodel import Session, select
 
 from feedback import privacy
 from feedback.deps import BearerToken, CurrentUser, SessionDep
@@ -24,27 +23,12 @@ from feedback.protocol import (
     RatingOut,
 )
 from feedback.redaction import Redact, keep, redact_optional
-from store import judgments
-from store.models import STAFF, Conversation, User
-from store.models import Response as Answer  # FastAPI's Response is the HTTP one here
+from store import conversations, judgments
+from store.models import User
 
 router = APIRouter(prefix="/api/feedback", tags=["feedback"])
 IdempotencyKey = Annotated[str | None, Header(alias="Idempotency-Key", min_length=1, max_length=MAX_KEY_LENGTH,
                                              description="a retry with the same key replays the first answer")]
-
-
-def visible_response(session: Session, user: User, response_id: uuid.UUID) -> Answer:
-    """The response, if this user may judge it: their own conversation's, or any for staff."""
-    query = select(Answer).where(Answer.id == response_id)
-    if user.role not in STAFF:  # someone else's answer is as good as unknown to this caller
-        query = query.join(Conversation, Conversation.id == Answer.conversation_id).where(
-            Conversation.user_id == user.id
-        )
-    response = session.exec(query).first()
-    if response is None:
-        raise HTTPException(404, f"No response with id {response_id}")
-    return response
-
 
 WRITE_ERRORS = error_responses(401, 404, 409, 413, 422, 503)
 
@@ -72,8 +56,8 @@ def redactor(request: Request) -> Redact:
 @router.post("/comparisons", status_code=201, responses=WRITE_ERRORS, response_model=ComparisonOut)
 def compare(body: ComparisonIn, request: Request, session: SessionDep, user: CurrentUser, key: IdempotencyKey = None):
     def store() -> tuple[int, dict]:
-        a = visible_response(session, user, body.response_a_id)
-        b = visible_response(session, user, body.response_b_id)
+        a = conversations.visible_response(session, user=user, response_id=body.response_a_id)
+        b = conversations.visible_response(session, user=user, response_id=body.response_b_id)
         if a.prompt_message_id != b.prompt_message_id:
             raise HTTPException(422, "response_a_id and response_b_id must answer the same prompt")
         comparison = judgments.save_comparison(session, user=user, response_a=a, response_b=b, winner=body.winner,
@@ -88,7 +72,7 @@ def compare(body: ComparisonIn, request: Request, session: SessionDep, user: Cur
 @router.post("/corrections", status_code=201, responses=WRITE_ERRORS, response_model=CorrectionOut)
 def correct(body: CorrectionIn, request: Request, session: SessionDep, user: CurrentUser, key: IdempotencyKey = None):
     def store() -> tuple[int, dict]:
-        response = visible_response(session, user, body.response_id)
+        response = conversations.visible_response(session, user=user, response_id=body.response_id)
         redact = redactor(request)
         correction = judgments.add_correction(session, user=user, response=response, text=redact(body.text),
                                               comment=redact_optional(redact, body.comment))

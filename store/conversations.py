@@ -8,7 +8,8 @@ from collections.abc import Sequence
 from sqlalchemy import bindparam
 from sqlmodel import Session, col, select
 
-from store.models import Channel, Conversation, Message, MessageRole, Response, User
+from store.errors import NotFound
+from store.models import STAFF, Channel, Conversation, Message, MessageRole, Response, User
 
 
 def create_conversation(
@@ -60,6 +61,21 @@ _RESPONSE_OWNERS = (
 def response_owners(session: Session, *, response_ids: set[uuid.UUID]) -> dict[uuid.UUID, int]:
     """Whose conversation each response belongs to, by response id (unknown ids left out)."""
     return dict(session.exec(_RESPONSE_OWNERS, params={"ids": list(response_ids)}).all())
+
+
+def may_see(user: User, owner_id: int | None) -> bool:
+    """Owner or staff may see a response: the person whose conversation it is in, or any reviewer
+    or operator. Someone else's answer is as good as unknown to the caller (`owner_id` None: unknown)."""
+    return owner_id is not None and (user.role in STAFF or owner_id == user.id)
+
+
+def visible_response(session: Session, *, user: User, response_id: uuid.UUID) -> Response:
+    """The response, if this user may see (and judge) it; NotFound otherwise."""
+    query = select(Response, Conversation.user_id).join(Conversation, Conversation.id == Response.conversation_id)
+    found = session.exec(query.where(Response.id == response_id)).first()
+    if found is None or not may_see(user, found[1]):
+        raise NotFound(f"No response with id {response_id}")
+    return found[0]
 
 
 def add_response(session: Session, *, response: Response) -> Response:
