@@ -40,9 +40,7 @@ from sqlalchemy.engine import Engine as Database
 from sqlalchemy.orm import Session
 from sqlmodel import col, select
 
-from feedback.export import (
-    _Context as PromptContext,  # the prompts the reward model was trained on
-)
+from feedback.export import PromptContext  # the prompts as the reward model was trained on them
 from store import releases
 from store.artifacts import reward_dir_for
 from store.db import session_scope
