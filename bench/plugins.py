@@ -222,7 +222,7 @@ def bench_guardrails(args: argparse.Namespace) -> dict:
     from plugins.manager import load_plugins
     from plugins.turns import PluginHooks
     from serving.engine import SamplingParams
-    from serving.releases import LiveReleases, choice_of
+    from serving.routing import LiveReleases, choice_of
     from serving.service import ChatService
     from store import conversations, releases, users
     from store.db import make_engine, session_scope

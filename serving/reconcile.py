@@ -17,7 +17,7 @@ from pathlib import Path
 from sqlalchemy.engine import Engine as Database
 
 from serving.engine import Engine
-from serving.releases import LiveReleases, ReleaseChoice, choice_of
+from serving.routing import LiveReleases, ReleaseChoice, choice_of
 from store import audit, releases
 from store.artifacts import directory_checksum
 from store.db import session_scope

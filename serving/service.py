@@ -19,7 +19,7 @@ from feedback.redaction import redact_or_withhold
 from serving.engine import Completion, Engine, GenerationRequest, SamplingParams, StreamEvent
 from serving.hooks import Checked, NoHooks, TurnHooks
 from serving.pairs import draw_contrast
-from serving.releases import LiveReleases, ReleaseChoice
+from serving.routing import LiveReleases, ReleaseChoice
 from store import conversations
 from store.db import session_scope
 from store.models import Channel, Message, MessageRole, Response, User

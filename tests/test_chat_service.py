@@ -28,7 +28,7 @@ def test_an_ab_turn_puts_the_plain_answer_beside_a_contrast_and_stores_only_the_
 
     from serving.engine import SamplingParams
     from serving.pairs import CONTRASTS
-    from serving.releases import LiveReleases, choice_of
+    from serving.routing import LiveReleases, choice_of
     from serving.service import ChatService
     from store import conversations, releases, users
     from store.db import session_scope
@@ -66,7 +66,7 @@ def test_the_samples_strategy_gives_two_plain_samples_and_an_unknown_one_is_refu
     import pytest
 
     from serving.pairs import draw_contrast
-    from serving.releases import LiveReleases
+    from serving.routing import LiveReleases
     from serving.service import ChatService
     from tests.engines import ScriptedEngine
 

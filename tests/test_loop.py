@@ -16,8 +16,8 @@ import pytest
 from sqlmodel import Session, select
 
 from store.models import AuditLog, Release, ReleaseState, Response, RunStatus, TrainingRun
+from tests.adapters import add_candidate, make_adapter, operator_token
 from tests.conftest import LiveServer, free_port
-from tests.releases import add_candidate, make_adapter, operator_token
 from trainer import simulate
 from trainer.config import NightlyConfig
 from trainer.gate import GateThresholds

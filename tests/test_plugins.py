@@ -229,7 +229,7 @@ def test_feedback_listeners_hear_of_stored_feedback_and_their_errors_lose_nothin
 
 
 def test_check_outcomes_are_counted_per_release(settings, third_party):
-    from tests.releases import operator_token
+    from tests.adapters import operator_token
 
     settings.plugins_disabled = ["guardrails", "rag", "broken"]
     with chat_client(settings, ScriptedEngine("call 555")) as client:

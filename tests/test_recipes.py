@@ -22,9 +22,9 @@ from store.artifacts import directory_checksum
 from store.db import make_engine, session_scope
 from store.migrate import upgrade
 from store.models import Release, ReleaseState, RunStatus, TrainingRun
+from tests.adapters import make_adapter
 from tests.conftest import free_port
 from tests.feedback_seed import seed
-from tests.releases import make_adapter
 from trainer.config import NightlyConfig
 from trainer.data import TrainingData
 from trainer.datasets import Split

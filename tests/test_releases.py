@@ -8,11 +8,11 @@ import httpx
 import pytest
 from sqlmodel import Session, col, select
 
-from serving.releases import in_canary
+from serving.routing import in_canary
 from store import releases, users
 from store.db import session_scope
 from store.models import AuditLog, ReleaseState, Role
-from tests.releases import add_candidate, make_adapter, operator_token
+from tests.adapters import add_candidate, make_adapter, operator_token
 
 
 @pytest.fixture(scope="module")

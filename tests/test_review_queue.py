@@ -34,7 +34,7 @@ from store.models import (
     Role,
     Winner,
 )
-from tests.releases import make_adapter
+from tests.adapters import make_adapter
 from tests.test_reward import MARKER, TOPICS, pair, tiny_config
 from trainer.reward import RewardModel, train_reward_model
 from tuneloop.app import create_app

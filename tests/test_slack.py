@@ -213,7 +213,7 @@ def test_someone_without_the_reviewer_role_is_refused_a_task(app, slack):
 
 
 def test_a_candidate_is_announced_and_only_an_operator_can_approve_it(app, slack, tmp_path, tiny_model):
-    from tests.releases import add_candidate, make_adapter
+    from tests.adapters import add_candidate, make_adapter
 
     add_candidate(app.app.state.database, "r1", make_adapter(tiny_model, tmp_path / "r1"))
     announcement = slack.wait_for("chat.postMessage", lambda a: a["channel"] == "C0OPS")
@@ -237,7 +237,7 @@ def test_a_candidate_is_announced_and_only_an_operator_can_approve_it(app, slack
 
 def test_a_failed_announcement_is_logged_and_tried_again(app, slack, tmp_path, tiny_model):
     from bot.slack import calls
-    from tests.releases import add_candidate, make_adapter
+    from tests.adapters import add_candidate, make_adapter
 
     slack.fail("chat.postMessage", "channel_not_found")
     add_candidate(app.app.state.database, "r2", make_adapter(tiny_model, tmp_path / "r2"))
@@ -396,7 +396,7 @@ def test_a_reviewer_compares_an_ab_pair_with_its_context(app, slack):
 
 
 def test_the_announced_report_link_opens_with_its_key_alone(app, slack, tmp_path, tiny_model):
-    from tests.releases import add_candidate, make_adapter
+    from tests.adapters import add_candidate, make_adapter
 
     app.app.state.settings.public_url = "https://tuneloop.example"
     add_candidate(app.app.state.database, "r3", make_adapter(tiny_model, tmp_path / "r3"))

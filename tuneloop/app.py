@@ -24,9 +24,9 @@ from plugins.turns import PluginHooks
 from serving.engine import Engine
 from serving.health import router as health_router
 from serving.reconcile import Reconciler
-from serving.releases import LiveReleases
 from serving.router import RESPONSE_ID_HEADER
 from serving.router import router as openai_router
+from serving.routing import LiveReleases
 from serving.service import ChatService
 from store import releases
 from store.db import make_engine, session_scope

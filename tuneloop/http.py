@@ -16,7 +16,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from feedback.redaction import RedactionUnavailable
 from serving.errors import openai_error, openai_validation_error
-from serving.releases import NoActiveRelease
+from serving.routing import NoActiveRelease
 from store.errors import StoreError
 
 log = logging.getLogger(__name__)
