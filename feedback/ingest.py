@@ -109,7 +109,7 @@ def _replayed(record: Any, digest: str) -> Outcome:
 def _write(session: Session, writes: list[tuple[int, Any, RatingRequest]], outcomes: list) -> None:
     stored = judgments.save_ratings(
         session, ratings=[{"user_id": user.id, **request.body.model_dump(exclude={"response_id"}),
-                   "response_id": request.body.response_id} for _, user, request in writes]
+                           "response_id": request.body.response_id} for _, user, request in writes]
     )
     remembered = []
     for index, user, request in writes:
