@@ -32,7 +32,7 @@ POSTGRES_URL = os.environ.get("TUNELOOP_TEST_POSTGRES_URL", "postgresql://postgr
 def postgres_schema() -> tuple[str, str]:
     from sqlalchemy import text
 
-    from feedback.db import make_engine
+    from store.db import make_engine
 
     schema = f"faults_{uuid.uuid4().hex[:10]}"
     admin = make_engine(POSTGRES_URL)
@@ -45,7 +45,7 @@ def postgres_schema() -> tuple[str, str]:
 def drop_schema(schema: str) -> None:
     from sqlalchemy import text
 
-    from feedback.db import make_engine
+    from store.db import make_engine
 
     admin = make_engine(POSTGRES_URL)
     with admin.begin() as connection:

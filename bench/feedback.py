@@ -40,10 +40,10 @@ from sqlmodel import Session, select  # noqa: E402
 
 from bench._service import free_port, wait_healthy  # noqa: E402
 from bench._stats import percentile  # noqa: E402
-from feedback import crud  # noqa: E402
-from feedback.db import make_engine  # noqa: E402
-from feedback.migrate import upgrade  # noqa: E402
-from feedback.models import Channel, MessageRole, Rating, Response  # noqa: E402
+from store import conversations, users  # noqa: E402
+from store.db import make_engine  # noqa: E402
+from store.migrate import upgrade  # noqa: E402
+from store.models import Channel, MessageRole, Rating, Response  # noqa: E402
 
 POSTGRES_URL = os.environ.get("TUNELOOP_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 TARGET_RATE, TARGET_P99_MS = 500.0, 100.0
@@ -117,10 +117,11 @@ def set_up(url: str, responses: int) -> Fixture:
     engine = make_engine(url)
     upgrade(engine)
     with Session(engine, expire_on_commit=False) as session:
-        user = crud.get_or_create_user(session, "bench:rater", "bench rater")
-        token = crud.issue_token(session, user)
-        conversation = crud.create_conversation(session, user, Channel.api)
-        prompt = crud.add_message(session, conversation.id, MessageRole.user, "How do I bake bread?")
+        user = users.get_or_create_user(session, external_id="bench:rater", name="bench rater")
+        token = users.issue_token(session, user=user)
+        conversation = conversations.create_conversation(session, user=user, channel=Channel.api)
+        prompt = conversations.add_message(session, conversation_id=conversation.id, role=MessageRole.user,
+                                           content="How do I bake bread?")
         ids = [uuid.uuid4() for _ in range(responses)]
         session.add_all(Response(id=i, conversation_id=conversation.id, prompt_message_id=prompt.id,
                                  text="Mix flour, water, salt and yeast; knead, rise, bake.") for i in ids)

@@ -104,8 +104,8 @@ def choices(database_url: str) -> dict[str, int]:
     from sqlalchemy import func
     from sqlmodel import Session, select
 
-    from feedback.db import make_engine
-    from feedback.models import Comparison
+    from store.db import make_engine
+    from store.models import Comparison
 
     engine = make_engine(database_url)
     with Session(engine) as session:

@@ -216,15 +216,15 @@ def bench_guardrails(args: argparse.Namespace) -> dict:
     import asyncio
     import tempfile
 
-    from feedback import crud
-    from feedback.db import make_engine, session_scope
-    from feedback.migrate import upgrade
-    from feedback.models import Channel
     from plugins.manager import load_plugins
     from plugins.turns import PluginHooks
     from serving.engine import SamplingParams
-    from serving.releases import LiveReleases, choice_of
+    from serving.routing import LiveReleases, choice_of
     from serving.service import ChatService
+    from store import conversations, releases, users
+    from store.db import make_engine, session_scope
+    from store.migrate import upgrade
+    from store.models import Channel
     from tests.engines import ScriptedEngine
     from tuneloop.settings import Settings
     from tuneloop.wiring import plugin_settings
@@ -234,8 +234,8 @@ def bench_guardrails(args: argparse.Namespace) -> dict:
     database = make_engine(settings.database_url)
     upgrade(database)
     with session_scope(database) as session:
-        base = crud.ensure_base_release(session, "scripted")
-        user = crud.get_or_create_user(session, "bench:guard", "bench")
+        base = releases.ensure_base_release(session, base_model="scripted")
+        user = users.get_or_create_user(session, external_id="bench:guard", name="bench")
         live = LiveReleases()
         live.set(choice_of(base), None, 0.0)
     engine = ScriptedEngine(ANSWERS[0])
@@ -248,7 +248,7 @@ def bench_guardrails(args: argparse.Namespace) -> dict:
 
     async def turn(chat: ChatService, question: str) -> float:
         with session_scope(database) as session:
-            conversation = crud.create_conversation(session, user, Channel.web).id
+            conversation = conversations.create_conversation(session, user=user, channel=Channel.web).id
         started = time.perf_counter()
         opened = await chat.open_turn(conversation, question)
         await chat.answer(opened, params)

@@ -37,9 +37,9 @@ import httpx  # noqa: E402
 from sqlmodel import Session, select  # noqa: E402
 
 from bench._service import OUT, model_path, service  # noqa: E402
-from feedback.db import make_engine  # noqa: E402
-from feedback.models import AuditLog, Release, Response  # noqa: E402
-from tests.releases import add_candidate, make_adapter, operator_token  # noqa: E402
+from store.db import make_engine  # noqa: E402
+from store.models import AuditLog, Release, Response  # noqa: E402
+from tests.adapters import add_candidate, make_adapter, operator_token  # noqa: E402
 
 TARGET_SECONDS = 2.0
 PROMPT = "Tell me a long story about a lighthouse keeper and the sea."

@@ -9,8 +9,8 @@ from fastapi import Depends, HTTPException, Request
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
-from feedback import crud
-from feedback.models import User
+from store import users
+from store.models import User
 
 ANONYMOUS_API_USER = "api:anonymous"
 
@@ -55,7 +55,7 @@ async def required_token(request: Request) -> str:
 
 def current_user(request: Request, session: SessionDep) -> User:
     """The caller, by bearer token. A token that matches nobody is refused, never ignored."""
-    user = crud.user_by_token(session, _token_or_401(request))
+    user = users.user_by_token(session, token=_token_or_401(request))
     if user is None:
         raise HTTPException(401, "Unknown or revoked token")
     return _release_connection(session, user)
@@ -73,16 +73,16 @@ def api_user(request: Request, session: SessionDep) -> User:
     """The OpenAI API's caller: a tuneloop token's user, else (if allowed) the shared anonymous one.
 
     OpenAI's clients always send a key ("unused", "EMPTY", "sk-..."), so a key that is not a
-    tuneloop token (`crud.TOKEN_PREFIX`) is a client's placeholder, not a failed sign-in; a
+    tuneloop token (`users.TOKEN_PREFIX`) is a client's placeholder, not a failed sign-in; a
     tuneloop token that matches nobody (revoked, mistyped) is refused, never ignored.
     """
     token = bearer_token(request)
-    if token is not None and crud.is_tuneloop_token(token):
+    if token is not None and users.is_tuneloop_token(token):
         return current_user(request, session)
     if not request.app.state.settings.allow_anonymous_api:
-        raise HTTPException(401, f"This API needs a tuneloop token ({crud.TOKEN_PREFIX}...): ask an operator for "
+        raise HTTPException(401, f"This API needs a tuneloop token ({users.TOKEN_PREFIX}...): ask an operator for "
                                  "one (`tuneloop users add NAME`)")
-    user = crud.get_or_create_user(session, ANONYMOUS_API_USER, "anonymous API user")
+    user = users.get_or_create_user(session, external_id=ANONYMOUS_API_USER, name="anonymous API user")
     session.commit()
     return _release_connection(session, user)
 

@@ -23,7 +23,7 @@ from typing import Literal
 
 from sqlmodel import Session, col, select
 
-from feedback.models import Comparison, Conversation, Correction, Message, Rating, Response, Thumb, Winner
+from store.models import Comparison, Conversation, Correction, Message, Rating, Response, Thumb, Winner
 
 Format = Literal["dpo", "kto", "sft"]
 MIN_SCORE_GAP = 0.5  # thumbs up against down, or two stars apart
@@ -45,8 +45,11 @@ def _assistant(text: str) -> list[dict[str, str]]:
     return [{"role": "assistant", "content": text}]
 
 
-class _Context:
-    """Builds a response's prompt: its conversation up to and including the user message."""
+class PromptContext:
+    """Builds a response's prompt: its conversation up to and including the user message.
+
+    Public: whoever scores answers as the trained models saw them (serving/review_scores.py)
+    builds prompts the same way the datasets do. Caches per prompt message, so keep one per session."""
 
     def __init__(self, session: Session):
         self.session = session
@@ -70,12 +73,12 @@ def _responses(session: Session, ids: Iterable[uuid.UUID]) -> dict[uuid.UUID, Re
 
 
 def preference_rows(session: Session) -> list[Row]:
-    context = _Context(session)
+    context = PromptContext(session)
     return [*_from_comparisons(session, context), *_from_rating_gaps(session, context),
             *_from_corrections_as_pairs(session, context)]
 
 
-def _from_comparisons(session: Session, context: _Context) -> Iterator[Row]:
+def _from_comparisons(session: Session, context: PromptContext) -> Iterator[Row]:
     comparisons = session.exec(select(Comparison).where(col(Comparison.winner).in_([Winner.a, Winner.b]))).all()
     responses = _responses(session, itertools.chain.from_iterable((c.response_a_id, c.response_b_id) for c in comparisons))
     for c in comparisons:
@@ -94,7 +97,7 @@ def _score(rating: Rating) -> float | None:
     return None
 
 
-def _from_rating_gaps(session: Session, context: _Context) -> Iterator[Row]:
+def _from_rating_gaps(session: Session, context: PromptContext) -> Iterator[Row]:
     scores: dict[uuid.UUID, list[float]] = defaultdict(list)
     latest: dict[uuid.UUID, Rating] = {}
     for rating in session.exec(select(Rating)):
@@ -128,7 +131,7 @@ def _corrections(session: Session) -> Iterator[tuple[Correction, Response]]:
         yield correction, responses[correction.response_id]
 
 
-def _from_corrections_as_pairs(session: Session, context: _Context) -> Iterator[Row]:
+def _from_corrections_as_pairs(session: Session, context: PromptContext) -> Iterator[Row]:
     for correction, response in _corrections(session):
         prompt = context.prompt(response)
         yield Row({"prompt": prompt, "chosen": _assistant(correction.text), "rejected": _assistant(response.text)},
@@ -145,7 +148,7 @@ def _label(rating: Rating) -> bool | None:
 
 
 def kto_rows(session: Session) -> list[Row]:
-    context = _Context(session)
+    context = PromptContext(session)
     rows = []
     ratings = session.exec(select(Rating).where(col(Rating.thumb).is_not(None) | col(Rating.stars).is_not(None))
                            .order_by(col(Rating.id))).all()
@@ -162,7 +165,7 @@ def kto_rows(session: Session) -> list[Row]:
     return rows + list(_from_both_bad(session, context))
 
 
-def _from_both_bad(session: Session, context: _Context) -> Iterator[Row]:
+def _from_both_bad(session: Session, context: PromptContext) -> Iterator[Row]:
     """"Both bad": each of the two answers is one bad answer to the prompt."""
     comparisons = session.exec(select(Comparison).where(Comparison.winner == Winner.both_bad)
                                .order_by(col(Comparison.id))).all()
@@ -175,7 +178,7 @@ def _from_both_bad(session: Session, context: _Context) -> Iterator[Row]:
 
 
 def sft_rows(session: Session) -> list[Row]:
-    context = _Context(session)
+    context = PromptContext(session)
     return [
         Row({"messages": [*context.prompt(response), *_assistant(correction.text)]}, "correction",
             context.prompt(response)[-1]["content"], correction.created_at, [correction.user_id], [response.id])
@@ -186,7 +189,7 @@ def sft_rows(session: Session) -> list[Row]:
 def prompt_rows(session: Session, limit: int = 1000) -> list[Row]:
     """Logged prompts, the newest `limit` first, each once (two answers to one message share it):
     what online RL (GRPO, PPO) samples fresh answers for, rated or not."""
-    context = _Context(session)
+    context = PromptContext(session)
     query = (select(Response, Conversation.user_id).join(Conversation, Conversation.id == Response.conversation_id)
              .order_by(col(Response.created_at).desc()).limit(2 * limit))
     rows: dict[int, Row] = {}

@@ -25,19 +25,17 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
-from fastapi import HTTPException
-from fastapi.responses import JSONResponse
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
-from feedback import crud
-from feedback.idempotency import replay, request_hash
-from feedback.models import STAFF
+from feedback.idempotency import Reply, key_in_use, replay, request_hash
 from feedback.protocol import RatingIn, RatingOut
+from store import conversations, idempotency, judgments, users
+from store.errors import NotFound, StoreError, Unauthenticated, Unavailable
 
 log = logging.getLogger(__name__)
 
-Outcome = JSONResponse | HTTPException
+Outcome = Reply | StoreError  # a refusal ends the request's future as its exception
 
 
 @dataclass(frozen=True)
@@ -51,7 +49,7 @@ class RatingRequest:
     digest: str = field(init=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "token_hash", crud.hash_token(self.token))
+        object.__setattr__(self, "token_hash", users.hash_token(self.token))
         object.__setattr__(self, "digest", request_hash("ratings", self.body))
 
 
@@ -70,15 +68,15 @@ def store_ratings(session: Session, requests: list[RatingRequest], written: list
     (`RatingWriter` holds such repeats back for a later batch). Raises KeyTaken when an
     Idempotency-Key was claimed concurrently: roll back and try again to replay it.
     """
-    users = crud.users_by_token_hash(session, {r.token_hash for r in requests})
-    owners = crud.response_owners(session, {r.body.response_id for r in requests})
-    records = crud.idempotency_records(
-        session, {(users[r.token_hash].id, r.key) for r in requests if r.key and r.token_hash in users}
+    callers = users.users_by_token_hash(session, token_hashes={r.token_hash for r in requests})
+    owners = conversations.response_owners(session, response_ids={r.body.response_id for r in requests})
+    records = idempotency.idempotency_records(
+        session, keys={(callers[r.token_hash].id, r.key) for r in requests if r.key and r.token_hash in callers}
     )
     outcomes: list[Outcome | None] = []
     writes: list[tuple[int, Any, RatingRequest]] = []
     for index, request in enumerate(requests):
-        user = users.get(request.token_hash)
+        user = callers.get(request.token_hash)
         refusal = _refusal(request, user, owners)
         record = records.get((user.id, request.key)) if user and request.key else None
         if refusal is None and record is not None:
@@ -95,35 +93,33 @@ def store_ratings(session: Session, requests: list[RatingRequest], written: list
 
 def _refusal(request: RatingRequest, user: Any, owners: dict[uuid.UUID, int]) -> Outcome | None:
     if user is None:
-        return HTTPException(401, "Unknown or revoked token")
-    owner = owners.get(request.body.response_id)
-    # Someone else's answer is as good as unknown to this caller.
-    if owner is None or (user.role not in STAFF and owner != user.id):
-        return HTTPException(404, f"No response with id {request.body.response_id}")
+        return Unauthenticated("Unknown or revoked token")
+    if not conversations.may_see(user, owners.get(request.body.response_id)):
+        return NotFound(f"No response with id {request.body.response_id}")
     return None
 
 
 def _replayed(record: Any, digest: str) -> Outcome:
     try:
         return replay(record, digest)
-    except HTTPException as refusal:
+    except StoreError as refusal:
         return refusal
 
 
 def _write(session: Session, writes: list[tuple[int, Any, RatingRequest]], outcomes: list) -> None:
-    stored = crud.save_ratings(
-        session, [{"user_id": user.id, **request.body.model_dump(exclude={"response_id"}),
-                   "response_id": request.body.response_id} for _, user, request in writes]
+    stored = judgments.save_ratings(
+        session, ratings=[{"user_id": user.id, **request.body.model_dump(exclude={"response_id"}),
+                           "response_id": request.body.response_id} for _, user, request in writes]
     )
     remembered = []
     for index, user, request in writes:
         row = stored[(request.body.response_id, user.id)]
         body = RatingOut.model_validate(row, from_attributes=True).model_dump(mode="json")
-        outcomes[index] = JSONResponse(body, status_code=201)
+        outcomes[index] = Reply(201, body)
         if request.key:
             remembered.append({"user_id": user.id, "key": request.key, "request_hash": request.digest,
                                "status_code": 201, "body": body})
-    claimed = crud.remember_idempotent_many(session, remembered)
+    claimed = idempotency.remember_idempotent_many(session, records=remembered)
     if len(claimed) != len(remembered):
         raise KeyTaken
 
@@ -158,13 +154,13 @@ class RatingWriter:
         for thread in self._threads:
             thread.join()
 
-    def submit(self, request: RatingRequest) -> Future[JSONResponse]:
-        """Queue a rating (from any thread); the future ends after the commit."""
-        future: Future[JSONResponse] = Future()
+    def submit(self, request: RatingRequest) -> Future[Reply]:
+        """Queue a rating (from any thread); the future ends after the commit, with the reply or a refusal."""
+        future: Future[Reply] = Future()
         self._queue.put((request, future))
         return future
 
-    async def rate(self, request: RatingRequest) -> JSONResponse:
+    async def rate(self, request: RatingRequest) -> Reply:
         return await asyncio.wrap_future(self.submit(request))
 
     def _run(self) -> None:
@@ -223,8 +219,8 @@ class RatingWriter:
                 continue
             except Exception:  # answered, logged, and the writer goes on
                 log.exception("could not store a rating for response %s", request.body.response_id)
-                return HTTPException(503, "The rating could not be stored; retry with the same Idempotency-Key")
-        return HTTPException(409, f"Idempotency-Key '{request.key}' is in use by a request still running; retry shortly")
+                return Unavailable("The rating could not be stored; retry with the same Idempotency-Key")
+        return key_in_use(request.key)
 
 
 def _split_repeats(batch: list[tuple[RatingRequest, Future]]) -> tuple[list, list]:
@@ -243,7 +239,7 @@ def _split_repeats(batch: list[tuple[RatingRequest, Future]]) -> tuple[list, lis
 
 def _settle(future: Future, outcome: Outcome) -> None:
     if future.set_running_or_notify_cancel():
-        if isinstance(outcome, HTTPException):
+        if isinstance(outcome, StoreError):
             future.set_exception(outcome)
         else:
             future.set_result(outcome)

@@ -17,8 +17,9 @@ from typing import Literal
 from sqlalchemy import delete, or_, update
 from sqlmodel import Session, col, select
 
-from feedback import crud
-from feedback.models import (
+from store import audit
+from store.errors import NotFound
+from store.models import (
     Comparison,
     Conversation,
     Correction,
@@ -35,12 +36,8 @@ Kind = Literal["ratings", "comparisons", "corrections"]
 TABLES = {"ratings": Rating, "comparisons": Comparison, "corrections": Correction}
 
 
-class NotFound(LookupError):
-    """Nothing of that id is the caller's."""
-
-
 def withdraw(session: Session, user: User, kind: Kind, item_id: int) -> None:
-    """Delete one of the caller's own votes or corrections; NotFound if it is not theirs."""
+    """Delete one of the caller's own votes or corrections; NotFound if nothing of that id is theirs."""
     model = TABLES[kind]
     item = session.get(model, item_id)
     if item is None or item.user_id != user.id:
@@ -51,7 +48,7 @@ def withdraw(session: Session, user: User, kind: Kind, item_id: int) -> None:
     for record in records:
         if record.body.get("id") == item_id and _kind_of(record.body) == kind:
             session.delete(record)
-    crud.audit(session, user, f"{kind[:-1]}.withdraw", f"{kind[:-1]}:{item_id}")
+    audit.record(session, actor=user, action=f"{kind[:-1]}.withdraw", target=f"{kind[:-1]}:{item_id}")
 
 
 def _kind_of(body: dict) -> str:
@@ -78,7 +75,7 @@ def forget(session: Session, user: User, actor: User | None) -> dict[str, int]:
     counts["slack events"] = _forget_slack_events(session, user)
     user.external_id, user.name, user.token_hash, user.role = f"forgotten:{uuid.uuid4().hex}", "forgotten", None, Role.user
     session.add(user)
-    crud.audit(session, actor, "user.forget", f"user:{user.id}", counts)
+    audit.record(session, actor=actor, action="user.forget", target=f"user:{user.id}", details=counts)
     return counts
 
 

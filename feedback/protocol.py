@@ -8,7 +8,7 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
-from feedback.models import Thumb, Winner
+from store.models import Thumb, Winner
 
 # Why a thumbs-down: a short fixed list, so reasons can be counted.
 DOWN_REASONS = ("incorrect", "unhelpful", "unsafe", "off_topic", "too_long", "too_short", "other")

@@ -18,8 +18,8 @@ from sqlalchemy import exists, or_
 from sqlalchemy.orm import aliased
 from sqlmodel import Session, col, select
 
-from feedback import crud
-from feedback.models import (
+from store import conversations
+from store.models import (
     Comparison,
     Correction,
     Message,
@@ -100,7 +100,7 @@ def _judged_by(session: Session, reviewer: User, ids: list[uuid.UUID]) -> set[uu
 
 
 def _task(session: Session, kind: Literal["compare", "rate"], responses: list[Response]) -> ReviewTask:
-    messages = crud.conversation_messages(session, responses[0].conversation_id)
+    messages = conversations.conversation_messages(session, conversation_id=responses[0].conversation_id)
     prompt = next(m for m in messages if m.id == responses[0].prompt_message_id)
     history = [(m.role.value, m.content) for m in messages
                if m.id < prompt.id and m.role in (MessageRole.user, MessageRole.assistant)]

@@ -21,8 +21,8 @@ from sqlmodel import Session, col, select
 
 from feedback import review
 from feedback.deps import CurrentUser, SessionDep
-from feedback.models import STAFF, Release, User
 from feedback.protocol import UtcDatetime, error_responses
+from store.models import STAFF, Release, User
 
 router = APIRouter(prefix="/api/review", tags=["review"])
 PROMPT_CHARS = 200  # the queue shows the start of each prompt

@@ -16,11 +16,11 @@ from pathlib import Path
 
 from sqlalchemy.engine import Engine as Database
 
-from feedback import crud
-from feedback.artifacts import directory_checksum
-from feedback.db import session_scope
 from serving.engine import Engine
-from serving.releases import LiveReleases, ReleaseChoice, choice_of
+from serving.routing import LiveReleases, ReleaseChoice, choice_of
+from store import audit, releases
+from store.artifacts import directory_checksum
+from store.db import session_scope
 
 log = logging.getLogger(__name__)
 REPLICA = f"{socket.gethostname()}:{os.getpid()}"
@@ -71,7 +71,7 @@ class Reconciler:
 
     def _desired(self) -> tuple[ReleaseChoice | None, ReleaseChoice | None, float]:
         with session_scope(self.database) as session:
-            active, canary = crud.active_release(session), crud.canary_release(session)
+            active, canary = releases.active_release(session), releases.canary_release(session)
             return (choice_of(active) if active else None, choice_of(canary) if canary else None,
                     canary.canary_share if canary else 0.0)
 
@@ -112,7 +112,7 @@ class Reconciler:
     def _audit(self, action: str, choice: ReleaseChoice | None, details: dict) -> None:
         with session_scope(self.database) as session:
             target = f"release:{choice.name}" if choice else "release:none"
-            crud.audit(session, None, action, target, {"replica": REPLICA, **details})
+            audit.record(session, actor=None, action=action, target=target, details={"replica": REPLICA, **details})
 
 
 def verify(adapter_path: str | None, checksum: str | None) -> None:

@@ -16,7 +16,7 @@ that loads a reward model (`trainer.reward_model.RewardModel.load`); all this mo
 model is `uncertainties(prompts, completions)`.
 
 The reward model is the one the nightly run saved beside the active release's adapter
-(`feedback.artifacts.reward_dir_for`). It is reloaded when the active release changes or
+(`store.artifacts.reward_dir_for`). It is reloaded when the active release changes or
 its folder's files do; with none (the base release, or a release trained without one),
 nothing is scored and ids are let go. When a model is loaded, the newest unscored answers
 (those from before it, and any dropped) are queued as far as the queue has room.
@@ -40,13 +40,11 @@ from sqlalchemy.engine import Engine as Database
 from sqlalchemy.orm import Session
 from sqlmodel import col, select
 
-from feedback import crud
-from feedback.artifacts import reward_dir_for
-from feedback.db import session_scope
-from feedback.export import (
-    _Context as PromptContext,  # the prompts the reward model was trained on
-)
-from feedback.models import Release, Response
+from feedback.export import PromptContext  # the prompts as the reward model was trained on them
+from store import releases
+from store.artifacts import reward_dir_for
+from store.db import session_scope
+from store.models import Release, Response
 
 log = logging.getLogger(__name__)
 
@@ -203,7 +201,7 @@ class ReviewScorer:
 
     def _follow_active_release(self) -> UncertaintyModel | None:
         with session_scope(self.database) as session:
-            release = crud.active_release(session)
+            release = releases.active_release(session)
         folder = reward_dir_for(release) if release is not None else None
         stamp = _stamp(folder) if folder is not None else None
         key = (release.id, str(folder), stamp) if stamp is not None else None

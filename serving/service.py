@@ -15,14 +15,14 @@ from dataclasses import dataclass, field, replace
 
 from sqlalchemy.engine import Engine as Database
 
-from feedback import crud
-from feedback.db import session_scope
-from feedback.models import Channel, Message, MessageRole, Response, User
 from feedback.redaction import redact_or_withhold
 from serving.engine import Completion, Engine, GenerationRequest, SamplingParams, StreamEvent
 from serving.hooks import Checked, NoHooks, TurnHooks
 from serving.pairs import draw_contrast
-from serving.releases import LiveReleases, ReleaseChoice
+from serving.routing import LiveReleases, ReleaseChoice
+from store import conversations
+from store.db import session_scope
+from store.models import Channel, Message, MessageRole, Response, User
 
 
 @dataclass
@@ -104,10 +104,11 @@ class ChatService:
 
     def _open_turn(self, conversation_id: uuid.UUID, text: str, ab: bool, channel: str) -> Turn:
         with session_scope(self.database) as session:
-            earlier = _answered_history(crud.conversation_messages(session, conversation_id))
+            earlier = _answered_history(conversations.conversation_messages(session, conversation_id=conversation_id))
             checked = self.hooks.check_input(text, channel, earlier)
             checked.text = self._storable(checked.text)
-            prompt = crud.add_message(session, conversation_id, MessageRole.user, checked.text)
+            prompt = conversations.add_message(session, conversation_id=conversation_id, role=MessageRole.user,
+                                               content=checked.text)
         turn = self._turn(conversation_id, prompt.id, [*earlier, {"role": "user", "content": checked.text}], 1)
         turn.channel, turn.input_decisions, turn.refusal = channel, checked.decisions, checked.refusal
         if turn.refusal is None:
@@ -149,9 +150,10 @@ class ChatService:
         # The whole history is stored, so the whole history is redacted (and answered as stored).
         messages = [{**message, "content": self._storable(message["content"])} for message in messages]
         with session_scope(self.database) as session:
-            conversation = crud.create_conversation(session, user, Channel.api)
+            conversation = conversations.create_conversation(session, user=user, channel=Channel.api)
             for message in messages:
-                stored = crud.add_message(session, conversation.id, MessageRole(message["role"]), message["content"])
+                stored = conversations.add_message(session, conversation_id=conversation.id,
+                                                   role=MessageRole(message["role"]), content=message["content"])
         turn = self._turn(conversation.id, stored.id, messages, n)
         turn.channel = "api"
         if checked is not None:
@@ -233,9 +235,9 @@ class ChatService:
             trace=trace,
         )
         with session_scope(self.database) as session:
-            crud.add_response(session, response)
+            conversations.add_response(session, response=response)
             if chosen:
-                crud.continue_with(session, turn.prompt_message_id, response)
+                conversations.continue_with(session, prompt_message_id=turn.prompt_message_id, response=response)
         return response
 
 

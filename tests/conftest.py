@@ -15,8 +15,8 @@ from sqlalchemy import text
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from feedback.db import make_engine  # noqa: E402
-from feedback.migrate import upgrade  # noqa: E402
+from store.db import make_engine  # noqa: E402
+from store.migrate import upgrade  # noqa: E402
 from tests.models import tiny_model_dir  # noqa: E402
 from tuneloop.settings import Settings  # noqa: E402
 

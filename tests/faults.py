@@ -137,7 +137,7 @@ def check(database_url: str, url: str, result: Round) -> None:
     """Every acknowledged write has its row, and its key replays the same answer."""
     from sqlalchemy import text
 
-    from feedback.db import make_engine
+    from store.db import make_engine
 
     engine = make_engine(database_url)
     with engine.connect() as connection:

@@ -1,13 +1,14 @@
-"""A store with every kind of feedback, written through `feedback.crud` as the service would:
+"""A store with every kind of feedback, written through `store` as the service would:
 people who prefer the shorter answer, as A/B choices, thumbs, and corrections."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from feedback import crud
-from feedback.db import session_scope
-from feedback.models import Channel, MessageRole, Response, Thumb, Winner
+from store import conversations, judgments, releases
+from store.db import session_scope
+from store.models import Channel, MessageRole, Response, Thumb, Winner
+from store.users import get_or_create_user
 
 TOPICS = ["boil an egg", "plant tomatoes", "fix a leaking tap", "learn spanish verbs", "bake bread", "tie a tie",
           "change a tyre", "write a haiku", "fold a shirt", "brew green tea", "sharpen a knife", "paint a door",
@@ -24,10 +25,12 @@ class Seeded:
 
 
 def _ask(session, user, question: str, answers: list[str]) -> list[Response]:  # noqa: ANN001
-    conversation = crud.create_conversation(session, user, Channel.web)
-    prompt = crud.add_message(session, conversation.id, MessageRole.user, question)
-    return [crud.add_response(session, Response(conversation_id=conversation.id, prompt_message_id=prompt.id,
-                                                text=text, trace={"index": i})) for i, text in enumerate(answers)]
+    conversation = conversations.create_conversation(session, user=user, channel=Channel.web)
+    prompt = conversations.add_message(session, conversation_id=conversation.id, role=MessageRole.user,
+                                       content=question)
+    return [conversations.add_response(session, response=Response(
+                conversation_id=conversation.id, prompt_message_id=prompt.id, text=text, trace={"index": i}))
+            for i, text in enumerate(answers)]
 
 
 def seed(database, *, pairs: int = 0, thumbs: int = 0, corrections: int = 0, unrated: int = 0,  # noqa: ANN001
@@ -35,23 +38,26 @@ def seed(database, *, pairs: int = 0, thumbs: int = 0, corrections: int = 0, unr
     """Feedback on distinct questions; each person gives no more than a share of it."""
     seeded = Seeded()
     with session_scope(database) as session:
-        crud.ensure_base_release(session, "tiny")
-        people = [crud.get_or_create_user(session, f"seed:{i}", f"person {i}") for i in range(users)]
+        releases.ensure_base_release(session, base_model="tiny")
+        people = [get_or_create_user(session, external_id=f"seed:{i}", name=f"person {i}") for i in range(users)]
         questions = (f"How do I {topic}{'' if round == 0 else ' quickly' * round}?"
                      for round in range(10) for topic in TOPICS)
         for i in range(pairs):
             short, long = _ask(session, people[i % users], next(questions),
                                ["Short answer.", "A much longer answer that goes on and on about it."])
-            crud.save_comparison(session, people[i % users], short, long, winner=Winner.a, a_position=0)
+            judgments.save_comparison(session, user=people[i % users], response_a=short, response_b=long,
+                                      winner=Winner.a, a_position=0)
             seeded.pairs += 1
         for i in range(thumbs):
             text = "Short." if i % 2 == 0 else "A long rambling answer that nobody wanted to read at all."
             (answer,) = _ask(session, people[i % users], next(questions), [text])
-            crud.save_rating(session, people[i % users], answer, thumb=Thumb.up if i % 2 == 0 else Thumb.down)
+            judgments.save_rating(session, user=people[i % users], response=answer,
+                                  thumb=Thumb.up if i % 2 == 0 else Thumb.down)
             seeded.thumbs += 1
         for i in range(corrections):
             (answer,) = _ask(session, people[i % users], next(questions), ["A long answer that wanders off topic."])
-            crud.add_correction(session, people[i % users], answer, "Do this, briefly.", None)
+            judgments.add_correction(session, user=people[i % users], response=answer, text="Do this, briefly.",
+                                     comment=None)
             seeded.corrections += 1
         for i in range(unrated):
             _ask(session, people[i % users], next(questions), ["An answer nobody rated."])

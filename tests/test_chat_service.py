@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import uuid
 
-from feedback.models import Message, MessageRole
 from serving.service import _answered_history
+from store.models import Message, MessageRole
 
 
 def test_a_prompt_that_was_never_answered_is_not_sent_again():
@@ -26,19 +26,19 @@ def test_a_prompt_that_was_never_answered_is_not_sent_again():
 def test_an_ab_turn_puts_the_plain_answer_beside_a_contrast_and_stores_only_the_users_words(database):
     import asyncio
 
-    from feedback import crud
-    from feedback.db import session_scope
-    from feedback.models import Channel, Response
     from serving.engine import SamplingParams
     from serving.pairs import CONTRASTS
-    from serving.releases import LiveReleases, choice_of
+    from serving.routing import LiveReleases, choice_of
     from serving.service import ChatService
+    from store import conversations, releases, users
+    from store.db import session_scope
+    from store.models import Channel, Response
     from tests.engines import ScriptedEngine
 
     with session_scope(database) as session:
-        base = crud.ensure_base_release(session, "scripted")
-        user = crud.get_or_create_user(session, "web:contrast", "visitor")
-        conversation = crud.create_conversation(session, user, Channel.web).id
+        base = releases.ensure_base_release(session, base_model="scripted")
+        user = users.get_or_create_user(session, external_id="web:contrast", name="visitor")
+        conversation = conversations.create_conversation(session, user=user, channel=Channel.web).id
         live = LiveReleases()
         live.set(choice_of(base), None, 0.0)
     engine = ScriptedEngine("An answer.")
@@ -57,7 +57,7 @@ def test_an_ab_turn_puts_the_plain_answer_beside_a_contrast_and_stores_only_the_
     assert contrast.params["temperature"] == 1.0 and "contrast" not in plain.trace
     assert plain.trace["pair_kind"] == contrast.trace["pair_kind"] == "contrast"
     with session_scope(database) as session:
-        texts = [m.content for m in crud.conversation_messages(session, conversation)]
+        texts = [m.content for m in conversations.conversation_messages(session, conversation_id=conversation)]
         stored = session.get(Response, contrast.id)
     assert CONTRASTS[name] not in " ".join(texts) and stored.trace["contrast_instruction"] == CONTRASTS[name]
 
@@ -66,7 +66,7 @@ def test_the_samples_strategy_gives_two_plain_samples_and_an_unknown_one_is_refu
     import pytest
 
     from serving.pairs import draw_contrast
-    from serving.releases import LiveReleases
+    from serving.routing import LiveReleases
     from serving.service import ChatService
     from tests.engines import ScriptedEngine
 

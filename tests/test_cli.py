@@ -8,9 +8,9 @@ import sys
 
 from typer.testing import CliRunner
 
-from feedback import crud
-from feedback.db import make_engine, session_scope
-from feedback.models import Winner
+from store import judgments, releases, users
+from store.db import make_engine, session_scope
+from store.models import Winner
 from tests.test_store import make_turn
 from tuneloop.cli import app
 from tuneloop.settings import Settings, get_settings
@@ -36,9 +36,9 @@ def test_export_writes_trl_rows(monkeypatch, tmp_path):
     assert cli(monkeypatch, tmp_path, "db", "upgrade").exit_code == 0
     database = make_engine(f"sqlite:///{tmp_path / 'var' / 'tuneloop.db'}")
     with session_scope(database) as session:
-        user = crud.get_or_create_user(session, "web:x", "x")
+        user = users.get_or_create_user(session, external_id="web:x", name="x")
         _, _, (a, b) = make_turn(session, user, "Pick one", ("good", "bad"))
-        crud.save_comparison(session, user, a, b, winner=Winner.a, a_position=0)
+        judgments.save_comparison(session, user=user, response_a=a, response_b=b, winner=Winner.a, a_position=0)
     out = tmp_path / "pairs.jsonl"
     result = cli(monkeypatch, tmp_path, "export", "--format", "dpo", "--out", str(out))
     assert result.exit_code == 0, result.output
@@ -74,7 +74,7 @@ def test_train_with_too_little_data_says_so_and_exits_cleanly(monkeypatch, tmp_p
     monkeypatch.setenv("TUNELOOP_MODEL", str(tiny_model))
     assert cli(monkeypatch, tmp_path, "db", "upgrade").exit_code == 0
     with session_scope(make_engine(f"sqlite:///{tmp_path / 'var' / 'tuneloop.db'}")) as session:
-        crud.ensure_base_release(session, str(tiny_model))
+        releases.ensure_base_release(session, base_model=str(tiny_model))
     result = cli(monkeypatch, tmp_path, "train", "--min_pairs", "3")
     assert result.exit_code == 0, result.output
     assert "skipped: too little new data: 0 new pairs" in result.output and "need at least 3 new preference pairs" in result.output
@@ -85,8 +85,8 @@ def test_users_and_releases_from_the_shell(monkeypatch, tmp_path):
     assert token.startswith("tl-")
     database = make_engine(f"sqlite:///{tmp_path / 'var' / 'tuneloop.db'}")
     with session_scope(database) as session:
-        assert crud.user_by_token(session, token).role.value == "operator"
-        crud.ensure_base_release(session, "tiny")
+        assert users.user_by_token(session, token=token).role.value == "operator"
+        releases.ensure_base_release(session, base_model="tiny")
     listed = cli(monkeypatch, tmp_path, "releases", "list")
     assert "base" in listed.output and "active" in listed.output
     refused = cli(monkeypatch, tmp_path, "releases", "approve", "base")
@@ -144,7 +144,7 @@ def test_slack_socket_runs_the_serve_service_in_socket_mode(monkeypatch, tmp_pat
 def test_users_add_slack_gives_a_slack_user_a_role(monkeypatch, tmp_path):
     from sqlmodel import select
 
-    from feedback.models import AuditLog, User
+    from store.models import AuditLog, User
 
     result = cli(monkeypatch, tmp_path, "users", "add", "rita", "--role", "reviewer", "--slack", "U0RITA")
     assert result.exit_code == 0, result.output

@@ -241,7 +241,7 @@ def test_the_topic_breakdown_groups_prompts_by_meaning():
 
 @pytest.fixture(scope="module")
 def adapters(tiny_model, tmp_path_factory):
-    from tests.releases import make_adapter
+    from tests.adapters import make_adapter
 
     folder = tmp_path_factory.mktemp("adapters")
     one = make_adapter(tiny_model, folder / "one", seed=1)

@@ -10,7 +10,7 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlmodel import Session, func, select
 
-from feedback.models import Comparison, Correction, Rating, Thumb
+from store.models import Comparison, Correction, Rating, Thumb
 
 
 @pytest.fixture

@@ -14,18 +14,18 @@ import subprocess
 import sys
 from pathlib import Path
 
-from feedback import crud
-from feedback.db import session_scope
-from feedback.models import Role
+from store import users
+from store.db import session_scope
+from store.models import Role
 
 CONFIG = Path(__file__).parent / "fuzz" / "schemathesis.toml"  # every check on, and the two exceptions
 
 
 def operator_token(database) -> str:  # noqa: ANN001
     with session_scope(database) as session:
-        user = crud.get_or_create_user(session, "cli:fuzzer", "fuzzer")
+        user = users.get_or_create_user(session, external_id="cli:fuzzer", name="fuzzer")
         user.role = Role.operator
-        return crud.issue_token(session, user)
+        return users.issue_token(session, user=user)
 
 
 def test_the_fuzzed_schema_finds_no_server_error_hang_or_nonconformance(live_server, tmp_path):

@@ -6,15 +6,15 @@ import uuid
 from concurrent.futures import Future
 
 import pytest
-from fastapi import HTTPException
-from fastapi.responses import JSONResponse
 from sqlmodel import Session, func, select
 
-from feedback import crud
-from feedback.db import session_scope
+from feedback.idempotency import Reply as JSONResponse  # the writer answers plain values
 from feedback.ingest import RatingRequest, RatingWriter
-from feedback.models import Rating, Role
 from feedback.protocol import RatingIn
+from store import users
+from store.db import session_scope
+from store.errors import StoreError as HTTPException  # and refuses with domain errors, not HTTP
+from store.models import Rating, Role
 from tests.test_store import make_turn
 
 
@@ -22,8 +22,8 @@ from tests.test_store import make_turn
 def rater(database) -> tuple[str, list[uuid.UUID]]:
     """A token and ten answers in the token holder's own conversations."""
     with session_scope(database) as session:
-        user = crud.get_or_create_user(session, "web:rater", "rater")
-        token = crud.issue_token(session, user)
+        user = users.get_or_create_user(session, external_id="web:rater", name="rater")
+        token = users.issue_token(session, user=user)
         ids = [r.id for _ in range(5) for r in make_turn(session, user)[2]]
     return token, ids
 
@@ -81,9 +81,10 @@ def test_repeats_in_one_batch_apply_in_order_and_a_repeated_key_replays(database
 def test_unknown_tokens_and_other_peoples_answers_are_refused_in_a_batch(database, rater):
     token, ids = rater
     with session_scope(database) as session:
-        stranger = crud.issue_token(session, crud.get_or_create_user(session, "web:stranger", "stranger"))
-        reviewer = crud.get_or_create_user(session, "slack:rita", "rita", Role.reviewer)
-        staff = crud.issue_token(session, reviewer)
+        stranger = users.issue_token(
+            session, user=users.get_or_create_user(session, external_id="web:stranger", name="stranger"))
+        reviewer = users.get_or_create_user(session, external_id="slack:rita", name="rita", role=Role.reviewer)
+        staff = users.issue_token(session, user=reviewer)
     writer, futures = queued(database, [
         RatingRequest("tl-nobody", RatingIn(response_id=ids[0], thumb="up")),
         RatingRequest(stranger, RatingIn(response_id=ids[0], thumb="up")),

@@ -9,7 +9,7 @@ import pytest
 from sqlalchemy import text
 from sqlmodel import Session
 
-from feedback import locks
+from store import locks
 
 
 def test_one_holder_at_a_time_and_a_released_lease_is_free_again(database):

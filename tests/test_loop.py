@@ -15,9 +15,9 @@ import httpx
 import pytest
 from sqlmodel import Session, select
 
-from feedback.models import AuditLog, Release, ReleaseState, Response, RunStatus, TrainingRun
+from store.models import AuditLog, Release, ReleaseState, Response, RunStatus, TrainingRun
+from tests.adapters import add_candidate, make_adapter, operator_token
 from tests.conftest import LiveServer, free_port
-from tests.releases import add_candidate, make_adapter, operator_token
 from trainer import simulate
 from trainer.config import NightlyConfig
 from trainer.gate import GateThresholds

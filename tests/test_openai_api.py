@@ -9,7 +9,7 @@ import openai
 import pytest
 from sqlmodel import Session, select
 
-from feedback.models import Channel, Conversation, Message, Response, User
+from store.models import Channel, Conversation, Message, Response, User
 
 
 @pytest.fixture

@@ -11,8 +11,8 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlmodel import Session, select
 
-from feedback import crud
-from feedback.models import Message, Response
+from store import judgments, releases, users
+from store.models import Message, Response
 from tests.engines import ScriptedEngine
 
 SECRET_ANSWER = "Your code is 1234-5678 and the rest of this answer is long enough to stream in pieces. " * 8
@@ -199,7 +199,7 @@ def test_plugins_list_shows_what_is_loaded_and_from_where(third_party, monkeypat
 def test_feedback_listeners_hear_of_stored_feedback_and_their_errors_lose_nothing(settings, third_party):
     import time
 
-    from feedback.models import Rating
+    from store.models import Rating
 
     settings.plugins_disabled = ["guardrails", "rag", "broken"]
     with chat_client(settings, ScriptedEngine("fine")) as client:
@@ -229,7 +229,7 @@ def test_feedback_listeners_hear_of_stored_feedback_and_their_errors_lose_nothin
 
 
 def test_check_outcomes_are_counted_per_release(settings, third_party):
-    from tests.releases import operator_token
+    from tests.adapters import operator_token
 
     settings.plugins_disabled = ["guardrails", "rag", "broken"]
     with chat_client(settings, ScriptedEngine("call 555")) as client:
@@ -238,7 +238,7 @@ def test_check_outcomes_are_counted_per_release(settings, third_party):
         shown = client.get("/api/releases/base", headers={"Authorization": f"Bearer {token}"}).json()
         with Session(client.app.state.database) as session:
             release_id = session.exec(select(Response.release_id)).one()
-            counted = crud.check_outcomes(session, release_id)
+            counted = releases.check_outcomes(session, release_id=release_id)
 
     assert counted == shown["checks"]
     assert counted["responses"] == 1
@@ -258,8 +258,8 @@ def test_a_card_number_in_an_answer_reaches_neither_the_user_nor_the_training_da
     with chat_client(settings, ScriptedEngine(CARD_ANSWER)) as client:
         events, response = widget_turn(client, "What card do I have on file?")
         with Session(client.app.state.database) as session:
-            crud.add_correction(session, crud.get_or_create_user(session, "local:rita", "rita"), response,
-                                "Your card ends in 1111.", None)
+            judgments.add_correction(session, user=users.get_or_create_user(session, external_id="local:rita", name="rita"),
+                                     response=response, text="Your card ends in 1111.", comment=None)
             session.commit()
             export(session, "sft", tmp_path / "sft.jsonl")
 
@@ -293,8 +293,8 @@ def test_a_prompt_injection_gets_the_configured_refusal(settings):
 
 
 def test_a_rag_turn_is_an_ab_pair_stored_with_its_sources_and_kind(settings, tmp_path):
-    from feedback.models import Comparison
     from plugins.rag import store
+    from store.models import Comparison
 
     example = Path(__file__).parent.parent / "plugins" / "rag" / "example" / "docs"
     settings.plugins_disabled, settings.rag_share = ["guardrails"], 1.0

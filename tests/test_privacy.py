@@ -140,8 +140,8 @@ def test_a_forgotten_person_leaves_the_store_and_the_audit_log_keeps_only_that_i
     import httpx
     from typer.testing import CliRunner
 
+    from store.models import AuditLog, User
     from tuneloop.cli import app
-    from feedback.models import AuditLog, User
 
     url, database = live_server.url, live_server.app.state.database
     session_body = httpx.post(f"{url}/api/session").json()

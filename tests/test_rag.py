@@ -16,13 +16,13 @@ import pytest
 from sqlmodel import select
 from typer.testing import CliRunner
 
-from feedback import crud
-from feedback.db import make_engine, session_scope
-from feedback.migrate import upgrade
-from feedback.models import Comparison, Response, Winner
 from plugins.protocols import Alternative, AlternativeTurn
 from plugins.rag import documents, scoreboard, store
 from plugins.rag.plugin import INSTRUCTIONS, RagAlternative, citation_line, cite
+from store import judgments, users
+from store.db import make_engine, session_scope
+from store.migrate import upgrade
+from store.models import Comparison, Response, Winner
 from tests.test_store import make_turn
 from tuneloop.cli import app as tuneloop_cli
 from tuneloop.settings import Settings, get_settings
@@ -334,7 +334,7 @@ CHOICES = [(BACKUPS[0], "win", True), (BACKUPS[1], "win", False), (BACKUPS[2], "
 
 def store_choices(database) -> None:
     with session_scope(database) as session:
-        user = crud.get_or_create_user(session, "web:rater", "rater")
+        user = users.get_or_create_user(session, external_id="web:rater", name="rater")
         for number, (prompt, outcome, rag_is_a) in enumerate(CHOICES):
             _, _, (a, b) = make_turn(session, user, prompt, ("with documents", "alone"))
             rag = a if rag_is_a else b
@@ -344,11 +344,13 @@ def store_choices(database) -> None:
             if winner in ("rag", "plain"):
                 winner = Winner.a if ((winner == "rag") == rag_is_a) else Winner.b
             # Shown first: the RAG answer in pairs 0, 3, 5 and 6.
-            crud.save_comparison(session, user, a, b, winner=Winner(winner), a_position=number // 2 % 2, kind="rag")
+            judgments.save_comparison(session, user=user, response_a=a, response_b=b, winner=Winner(winner),
+                                      a_position=number // 2 % 2, kind="rag")
         _, _, (a, b) = make_turn(session, user, "Pick one", ("x", "y"))  # another kind: not counted
-        crud.save_comparison(session, user, a, b, winner=Winner.a, a_position=0)
+        judgments.save_comparison(session, user=user, response_a=a, response_b=b, winner=Winner.a, a_position=0)
         _, _, (a, b) = make_turn(session, user, "No trace", ("x", "y"))  # a rag pair neither answer marks
-        crud.save_comparison(session, user, a, b, winner=Winner.a, a_position=0, kind="rag")
+        judgments.save_comparison(session, user=user, response_a=a, response_b=b, winner=Winner.a, a_position=0,
+                                  kind="rag")
 
 
 def test_scoreboard_numbers_match_hand_computed_values(database):

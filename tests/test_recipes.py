@@ -16,15 +16,15 @@ import torch
 from safetensors.torch import load_file
 from sqlmodel import Session, select
 
-from feedback import crud
-from feedback.artifacts import directory_checksum
-from feedback.db import make_engine, session_scope
 from feedback.export import Row
-from feedback.migrate import upgrade
-from feedback.models import Release, ReleaseState, RunStatus, TrainingRun
+from store import releases
+from store.artifacts import directory_checksum
+from store.db import make_engine, session_scope
+from store.migrate import upgrade
+from store.models import Release, ReleaseState, RunStatus, TrainingRun
+from tests.adapters import make_adapter
 from tests.conftest import free_port
 from tests.feedback_seed import seed
-from tests.releases import make_adapter
 from trainer.config import NightlyConfig
 from trainer.data import TrainingData
 from trainer.datasets import Split
@@ -46,7 +46,7 @@ def store(tmp_path: Path, tiny_model: Path):
     upgrade(database)
     adapter = make_adapter(tiny_model, tmp_path / "active-adapter")
     with session_scope(database) as session:
-        base = crud.ensure_base_release(session, "tiny")
+        base = releases.ensure_base_release(session, base_model="tiny")
         base.state = ReleaseState.retired
         session.add(Release(name="active", base_model="tiny", adapter_path=str(adapter),
                             checksum=directory_checksum(adapter), state=ReleaseState.active))
@@ -220,7 +220,7 @@ def test_two_processes_train_one_release(store, tmp_path, tiny_model):
 
 
 def test_feedback_counts_as_new_until_a_release_that_learned_it_goes_live(store, tmp_path, tiny_model):
-    from feedback import releases
+    from store import releases
 
     database, url, _ = store
     seed(database, pairs=12)

@@ -8,11 +8,11 @@ import httpx
 import pytest
 from sqlmodel import Session, col, select
 
-from feedback import crud, releases
-from feedback.db import session_scope
-from feedback.models import AuditLog, ReleaseState, Role
-from serving.releases import in_canary
-from tests.releases import add_candidate, make_adapter, operator_token
+from serving.routing import in_canary
+from store import releases, users
+from store.db import session_scope
+from store.models import AuditLog, ReleaseState, Role
+from tests.adapters import add_candidate, make_adapter, operator_token
 
 
 @pytest.fixture(scope="module")
@@ -22,8 +22,8 @@ def adapter(tiny_model, tmp_path_factory):
 
 def test_life_cycle_with_canary_promote_and_rollback(database, adapter):
     with session_scope(database) as session:
-        crud.ensure_base_release(session, "tiny")
-        olga = crud.get_or_create_user(session, "local:olga", "olga", Role.operator)
+        releases.ensure_base_release(session, base_model="tiny")
+        olga = users.get_or_create_user(session, external_id="local:olga", name="olga", role=Role.operator)
     add_candidate(database, "r1", adapter)
     add_candidate(database, "r2", adapter)
     with session_scope(database) as session:
@@ -37,7 +37,7 @@ def test_life_cycle_with_canary_promote_and_rollback(database, adapter):
             releases.approve(session, "r2", olga)
         assert releases.rollback(session, olga, reason="users liked it less").name == "base"
         assert releases.get(session, "r1").state == ReleaseState.rolled_back
-        assert crud.active_release(session).name == "base"
+        assert releases.active_release(session).name == "base"
     with Session(database) as session:
         trail = [(e.action, e.actor) for e in session.exec(select(AuditLog).order_by(col(AuditLog.id)))
                  if e.actor == "olga"]
@@ -74,8 +74,8 @@ def test_only_operators_approve_over_http(live_server, adapter):
 def test_the_store_allows_one_active_and_one_canary_release_whatever_the_code_does(database):
     from sqlalchemy.exc import IntegrityError
 
-    from feedback.db import session_scope
-    from feedback.models import Release, ReleaseState
+    from store.db import session_scope
+    from store.models import Release, ReleaseState
 
     with session_scope(database) as session:
         session.add(Release(name="first", base_model="tiny", state=ReleaseState.active))

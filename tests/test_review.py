@@ -2,27 +2,29 @@
 
 from __future__ import annotations
 
-from feedback import crud, review
-from feedback.db import session_scope
-from feedback.models import MessageRole, Response, Role, Thumb, Winner
+from feedback import review
+from store import conversations, judgments, users
+from store.db import session_scope
+from store.models import MessageRole, Response, Role, Thumb, Winner
 from tests.test_store import make_turn
 
 
 def test_pairs_come_first_then_single_answers_and_judged_items_leave_the_queue(database):
     with session_scope(database) as session:
-        alice = crud.get_or_create_user(session, "web:alice", "alice")
-        rita = crud.get_or_create_user(session, "slack:RITA", "rita", Role.reviewer)
+        alice = users.get_or_create_user(session, external_id="web:alice", name="alice")
+        rita = users.get_or_create_user(session, external_id="slack:RITA", name="rita", role=Role.reviewer)
         _, _, (single,) = make_turn(session, alice, "What is a WAL?", answers=("a log",))
         _, prompt, pair = make_turn(session, alice, "What is MVCC?", answers=("versions", "locks"))
 
         task = review.next_task(session, rita)
         assert task.kind == "compare" and {r.id for r in task.responses} == {r.id for r in pair}
         assert task.prompt.id == prompt.id
-        crud.save_comparison(session, rita, *pair, winner=Winner.a, a_position=0)
+        judgments.save_comparison(session, user=rita, response_a=pair[0], response_b=pair[1], winner=Winner.a,
+                                  a_position=0)
 
         task = review.next_task(session, rita)
         assert task.kind == "rate" and task.responses == [single]
-        crud.save_rating(session, rita, single, thumb=Thumb.up)
+        judgments.save_rating(session, user=rita, response=single, thumb=Thumb.up)
 
         assert review.next_task(session, rita) is None
         assert review.next_task(session, alice).kind == "compare"  # each reviewer has their own queue
@@ -30,12 +32,14 @@ def test_pairs_come_first_then_single_answers_and_judged_items_leave_the_queue(d
 
 def test_a_task_carries_the_conversation_before_its_prompt(database):
     with session_scope(database) as session:
-        alice = crud.get_or_create_user(session, "web:alice", "alice")
-        rita = crud.get_or_create_user(session, "slack:RITA", "rita", Role.reviewer)
+        alice = users.get_or_create_user(session, external_id="web:alice", name="alice")
+        rita = users.get_or_create_user(session, external_id="slack:RITA", name="rita", role=Role.reviewer)
         conversation, _, (first,) = make_turn(session, alice, "Hi", answers=("Hello!",))
-        crud.save_rating(session, rita, first, thumb=Thumb.up)
-        follow = crud.add_message(session, conversation.id, MessageRole.user, "What is WAL?")
-        crud.add_response(session, Response(conversation_id=conversation.id, prompt_message_id=follow.id, text="A log."))
+        judgments.save_rating(session, user=rita, response=first, thumb=Thumb.up)
+        follow = conversations.add_message(session, conversation_id=conversation.id, role=MessageRole.user,
+                                           content="What is WAL?")
+        conversations.add_response(session, response=Response(conversation_id=conversation.id,
+                                                               prompt_message_id=follow.id, text="A log."))
 
         task = review.next_task(session, rita)
         assert task.prompt.content == "What is WAL?"

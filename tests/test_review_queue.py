@@ -19,11 +19,13 @@ from fastapi.testclient import TestClient
 from sqlmodel import Session, select
 
 from bot.slack.listeners.review import task_blocks
-from feedback import crud, review
-from feedback.artifacts import directory_checksum, reward_dir_for
-from feedback.db import make_engine, session_scope
-from feedback.migrate import upgrade
-from feedback.models import (
+from feedback import review
+from serving.review_scores import ReviewScorer
+from store import conversations, judgments, users
+from store.artifacts import directory_checksum, reward_dir_for
+from store.db import make_engine, session_scope
+from store.migrate import upgrade
+from store.models import (
     Channel,
     MessageRole,
     Release,
@@ -32,8 +34,7 @@ from feedback.models import (
     Role,
     Winner,
 )
-from serving.review_scores import ReviewScorer
-from tests.releases import make_adapter
+from tests.adapters import make_adapter
 from tests.test_reward import MARKER, TOPICS, pair, tiny_config
 from trainer.reward_model import RewardModel, train_reward_model
 from tuneloop.app import create_app
@@ -76,16 +77,16 @@ def add_release(database, name: str, base: Path, folder: Path | None, state: Rel
 
 
 def single(session: Session, user, prompt: str, text: str, at: datetime) -> Response:
-    conversation = crud.create_conversation(session, user, Channel.web)
-    message = crud.add_message(session, conversation.id, MessageRole.user, prompt)
-    return crud.add_response(session, Response(conversation_id=conversation.id, prompt_message_id=message.id,
-                                               text=text, created_at=at))
+    conversation = conversations.create_conversation(session, user=user, channel=Channel.web)
+    message = conversations.add_message(session, conversation_id=conversation.id, role=MessageRole.user, content=prompt)
+    return conversations.add_response(session, response=Response(conversation_id=conversation.id,
+                                                                 prompt_message_id=message.id, text=text, created_at=at))
 
 
 def token(database, name: str, role: Role) -> dict[str, str]:
     with session_scope(database) as session:
-        user = crud.get_or_create_user(session, f"local:{name}", name, role)
-        return {"Authorization": f"Bearer {crud.issue_token(session, user)}"}
+        user = users.get_or_create_user(session, external_id=f"local:{name}", name=name, role=role)
+        return {"Authorization": f"Bearer {users.issue_token(session, user=user)}"}
 
 
 def app_settings(tmp_path: Path, tiny_model: Path, database_url: str, **overrides) -> Settings:
@@ -111,15 +112,17 @@ def test_the_queue_api_orders_answers_by_uncertainty_with_unscored_last(
     upgrade(database)
     r1 = add_release(database, "r1", tiny_model, release_dir, ReleaseState.active)
     with session_scope(database) as session:
-        alice = crud.get_or_create_user(session, "web:alice", "alice")
+        alice = users.get_or_create_user(session, external_id="web:alice", name="alice")
         scored = [single(session, alice, p, t, T0 + timedelta(minutes=i)) for i, (p, t) in enumerate(SINGLES)]
         # Stored after the scored ones, while nothing scored them (scoring off, or dropped).
         unscored = [single(session, alice, f"Later question {i}?", f"later answer {i}", T0 + timedelta(hours=1, minutes=i))
                     for i in range(2)]
-        conversation = crud.create_conversation(session, alice, Channel.web)
-        prompt = crud.add_message(session, conversation.id, MessageRole.user, "Tell me about clocks.")
-        a_b = [crud.add_response(session, Response(conversation_id=conversation.id, prompt_message_id=prompt.id,
-                                                   text=text, trace={"index": i}, created_at=T0))
+        conversation = conversations.create_conversation(session, user=alice, channel=Channel.web)
+        prompt = conversations.add_message(session, conversation_id=conversation.id, role=MessageRole.user,
+                                           content="Tell me about clocks.")
+        a_b = [conversations.add_response(session, response=Response(
+                   conversation_id=conversation.id, prompt_message_id=prompt.id, text=text, trace={"index": i},
+                   created_at=T0))
                for i, text in enumerate(("clocks", f"{MARKER} clocks"))]
     scorer = ReviewScorer(database, load_reward(tiny_model), batch_size=4, backfill=0, nice=None)
     scorer.submit([r.id for r in scored + a_b])
@@ -167,8 +170,9 @@ def test_the_queue_api_orders_answers_by_uncertainty_with_unscored_last(
         first = client.get("/api/review/next", headers=rita).json()
         assert first["kind"] == "compare" and [uuid.UUID(a["id"]) for a in first["answers"]] == [r.id for r in a_b]
         with Session(database) as session:
-            reviewer = crud.get_or_create_user(session, "local:rita", "rita", Role.reviewer)
-            crud.save_comparison(session, reviewer, *a_b, winner=Winner.b, a_position=0)
+            reviewer = users.get_or_create_user(session, external_id="local:rita", name="rita", role=Role.reviewer)
+            judgments.save_comparison(session, user=reviewer, response_a=a_b[0], response_b=a_b[1], winner=Winner.b,
+                                      a_position=0)
             session.commit()
             slack_task = review.next_task(session, reviewer)
         following = client.get("/api/review/next", headers=rita).json()
@@ -241,7 +245,7 @@ def test_a_full_queue_drops_the_oldest_and_never_holds_up_the_writer(database, t
 
     def store_answers() -> None:  # what the chat service does per answer: add a Response, commit
         with session_scope(database) as session:
-            alice = crud.get_or_create_user(session, "web:alice", "alice")
+            alice = users.get_or_create_user(session, external_id="web:alice", name="alice")
         for i in range(4):
             with session_scope(database) as session:
                 stored.append(single(session, alice, f"Question {i}?", f"answer {i}", T0 + timedelta(minutes=i)).id)
@@ -269,7 +273,7 @@ def test_a_full_queue_drops_the_oldest_and_never_holds_up_the_writer(database, t
 
         scorer.submit = broken
         with session_scope(database) as session:
-            alice = crud.get_or_create_user(session, "web:alice", "alice")
+            alice = users.get_or_create_user(session, external_id="web:alice", name="alice")
             kept = single(session, alice, "Still stored?", "yes", T0).id
         with Session(database) as session:
             assert session.get(Response, kept) is not None

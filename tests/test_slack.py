@@ -12,7 +12,7 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlmodel import Session, func, select
 
-from feedback.models import (
+from store.models import (
     AuditLog,
     Channel,
     Comparison,
@@ -218,7 +218,7 @@ def test_someone_without_the_reviewer_role_is_refused_a_task(app, slack):
 
 
 def test_a_candidate_is_announced_and_only_an_operator_can_approve_it(app, slack, tmp_path, tiny_model):
-    from tests.releases import add_candidate, make_adapter
+    from tests.adapters import add_candidate, make_adapter
 
     add_candidate(app.app.state.database, "r1", make_adapter(tiny_model, tmp_path / "r1"))
     announcement = slack.wait_for("chat.postMessage", lambda a: a["channel"] == "C0OPS")
@@ -242,7 +242,7 @@ def test_a_candidate_is_announced_and_only_an_operator_can_approve_it(app, slack
 
 def test_a_failed_announcement_is_logged_and_tried_again(app, slack, tmp_path, tiny_model):
     from bot.slack import calls
-    from tests.releases import add_candidate, make_adapter
+    from tests.adapters import add_candidate, make_adapter
 
     slack.fail("chat.postMessage", "channel_not_found")
     add_candidate(app.app.state.database, "r2", make_adapter(tiny_model, tmp_path / "r2"))
@@ -283,8 +283,8 @@ def test_an_event_whose_holder_died_mid_answer_is_answered_once_in_the_message_i
     from datetime import timedelta
 
     from bot.slack.inbox import Recovery
-    from feedback.db import session_scope
-    from feedback.models import SlackDelivery, utcnow
+    from store.db import session_scope
+    from store.models import SlackDelivery, utcnow
 
     body = event_body(dm("What is WAL?"), "EvCrash")
     placeholder = "1700000999.000100"
@@ -305,7 +305,7 @@ def test_an_event_whose_holder_died_mid_answer_is_answered_once_in_the_message_i
 
 
 def wait_for_done(app: TestClient, key: str, timeout: float = 30) -> None:
-    from feedback.models import SlackDelivery
+    from store.models import SlackDelivery
 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -402,7 +402,7 @@ def test_a_reviewer_compares_an_ab_pair_with_its_context(app, slack):
 
 @pytest.mark.app_settings(public_url="https://tuneloop.example")
 def test_the_announced_report_link_opens_with_its_key_alone(app, slack, tmp_path, tiny_model):
-    from tests.releases import add_candidate, make_adapter
+    from tests.adapters import add_candidate, make_adapter
 
     add_candidate(app.app.state.database, "r3", make_adapter(tiny_model, tmp_path / "r3"))
     (tmp_path / "report.html").write_text("<h1>Report of r3</h1>")

@@ -11,7 +11,7 @@ from fastapi.testclient import TestClient
 from slack_sdk.errors import SlackApiError
 from sqlmodel import Session, select
 
-from feedback.models import Response
+from store.models import Response
 from tests.slack_api import FakeSlack, FakeSocketMode, dm, event_body, events_envelope, signed_headers
 
 ALICE = "U0ALICE"

@@ -9,11 +9,11 @@ from sqlalchemy import inspect, text
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, select
 
-from feedback import crud
-from feedback.db import session_scope
 from feedback.export import export, kto_rows, preference_rows, sft_rows
-from feedback.migrate import current_revision
-from feedback.models import (
+from store import conversations, judgments, releases, users
+from store.db import session_scope
+from store.migrate import current_revision
+from store.models import (
     Channel,
     Comparison,
     Message,
@@ -30,22 +30,22 @@ from feedback.models import (
 
 
 def make_turn(session: Session, user: User, prompt: str = "What is WAL?", answers=("first", "second")):
-    conversation = crud.create_conversation(session, user, Channel.web)
-    message = crud.add_message(session, conversation.id, MessageRole.user, prompt)
-    release = crud.ensure_base_release(session, "tiny")
+    conversation = conversations.create_conversation(session, user=user, channel=Channel.web)
+    message = conversations.add_message(session, conversation_id=conversation.id, role=MessageRole.user, content=prompt)
+    release = releases.ensure_base_release(session, base_model="tiny")
     responses = [
-        crud.add_response(session, Response(conversation_id=conversation.id, prompt_message_id=message.id,
-                                            release_id=release.id, text=text))
+        conversations.add_response(session, response=Response(conversation_id=conversation.id,
+                                                              prompt_message_id=message.id, release_id=release.id, text=text))
         for text in answers
     ]
-    crud.continue_with(session, message.id, responses[0])
+    conversations.continue_with(session, prompt_message_id=message.id, response=responses[0])
     return conversation, message, responses
 
 
 @pytest.fixture
 def user(database) -> User:
     with session_scope(database) as session:
-        return crud.get_or_create_user(session, "web:alice", "alice")
+        return users.get_or_create_user(session, external_id="web:alice", name="alice")
 
 
 def test_schema_is_at_head_with_every_table(database):
@@ -65,7 +65,7 @@ def test_sqlite_runs_in_wal_with_foreign_keys(database):
 
 def test_foreign_keys_are_enforced(database, user):
     with pytest.raises(IntegrityError), session_scope(database) as session:
-        conversation = crud.create_conversation(session, user, Channel.api)
+        conversation = conversations.create_conversation(session, user=user, channel=Channel.api)
         session.add(Response(conversation_id=conversation.id, prompt_message_id=999_999, text="orphan"))
         session.flush()
 
@@ -73,9 +73,10 @@ def test_foreign_keys_are_enforced(database, user):
 def test_rating_is_one_per_user_and_response_last_write_wins(database, user):
     with session_scope(database) as session:
         _, _, (response, _) = make_turn(session, user)
-        crud.save_rating(session, user, response, thumb=Thumb.down, reason="incorrect", comment="wrong year")
-        crud.save_rating(session, user, response, stars=4)
-        crud.save_rating(session, user, response, thumb=Thumb.up)
+        judgments.save_rating(session, user=user, response=response, thumb=Thumb.down, reason="incorrect",
+                              comment="wrong year")
+        judgments.save_rating(session, user=user, response=response, stars=4)
+        judgments.save_rating(session, user=user, response=response, thumb=Thumb.up)
     with Session(database) as session:
         ratings = session.exec(select(Rating)).all()
     assert len(ratings) == 1
@@ -95,14 +96,14 @@ def test_stars_outside_one_to_five_are_refused_by_the_database(database, user):
 def test_comparison_keeps_positions_and_the_conversation_follows_the_winner(database, user):
     with session_scope(database) as session:
         conversation, message, (a, b) = make_turn(session, user)
-        crud.save_comparison(session, user, a, b, winner=Winner.b, a_position=1)
+        judgments.save_comparison(session, user=user, response_a=a, response_b=b, winner=Winner.b, a_position=1)
     with Session(database) as session:
         comparison = session.exec(select(Comparison)).one()
         assert (comparison.winner, comparison.a_position, comparison.b_position) == (Winner.b, 1, 0)
         assistant = session.exec(select(Message).where(Message.role == MessageRole.assistant)).one()
         assert (assistant.response_id, assistant.content) == (b.id, "second")
     with session_scope(database) as session:  # the user changes their mind: still one row
-        crud.save_comparison(session, user, a, b, winner=Winner.a, a_position=1)
+        judgments.save_comparison(session, user=user, response_a=a, response_b=b, winner=Winner.a, a_position=1)
     with Session(database) as session:
         assert session.exec(select(Comparison)).one().winner == Winner.a
         assistant = session.exec(select(Message).where(Message.role == MessageRole.assistant)).one()
@@ -112,7 +113,7 @@ def test_comparison_keeps_positions_and_the_conversation_follows_the_winner(data
 def test_tie_goes_on_with_the_answer_shown_first(database, user):
     with session_scope(database) as session:
         _, _, (a, b) = make_turn(session, user)
-        crud.save_comparison(session, user, a, b, winner=Winner.tie, a_position=1)
+        judgments.save_comparison(session, user=user, response_a=a, response_b=b, winner=Winner.tie, a_position=1)
     with Session(database) as session:
         assistant = session.exec(select(Message).where(Message.role == MessageRole.assistant)).one()
         assert assistant.response_id == b.id  # b sat at position 0
@@ -120,19 +121,19 @@ def test_tie_goes_on_with_the_answer_shown_first(database, user):
 
 def test_tokens_are_stored_hashed(database):
     with session_scope(database) as session:
-        operator = crud.get_or_create_user(session, "cli:olga", "olga", Role.operator)
-        token = crud.issue_token(session, operator)
+        operator = users.get_or_create_user(session, external_id="cli:olga", name="olga", role=Role.operator)
+        token = users.issue_token(session, user=operator)
     with Session(database) as session:
         stored = session.exec(select(User).where(User.external_id == "cli:olga")).one()
         assert stored.token_hash and token not in stored.token_hash
-        assert crud.user_by_token(session, token).id == stored.id
-        assert crud.user_by_token(session, token + "x") is None
+        assert users.user_by_token(session, token=token).id == stored.id
+        assert users.user_by_token(session, token=token + "x") is None
 
 
 def test_base_release_is_created_once_and_audited(database):
     with session_scope(database) as session:
-        first = crud.ensure_base_release(session, "tiny")
-        again = crud.ensure_base_release(session, "tiny")
+        first = releases.ensure_base_release(session, base_model="tiny")
+        again = releases.ensure_base_release(session, base_model="tiny")
         assert first.id == again.id and first.state == ReleaseState.active
     with Session(database) as session:
         assert len(session.exec(select(Release)).all()) == 1
@@ -142,13 +143,13 @@ def test_base_release_is_created_once_and_audited(database):
 
 def test_exports_in_trl_formats(database, user, tmp_path):
     with session_scope(database) as session:
-        bob = crud.get_or_create_user(session, "web:bob", "bob")
+        bob = users.get_or_create_user(session, external_id="web:bob", name="bob")
         _, _, (a, b) = make_turn(session, user, "Name a prime", ("seven", "eight"))
-        crud.save_comparison(session, user, a, b, winner=Winner.a, a_position=0)
+        judgments.save_comparison(session, user=user, response_a=a, response_b=b, winner=Winner.a, a_position=0)
         _, _, (c, d) = make_turn(session, user, "Say hi", ("hello!", "go away"))
-        crud.save_rating(session, user, c, thumb=Thumb.up)
-        crud.save_rating(session, bob, d, thumb=Thumb.down, reason="unhelpful")
-        crud.add_correction(session, bob, d, "Hi there, how can I help?", None)
+        judgments.save_rating(session, user=user, response=c, thumb=Thumb.up)
+        judgments.save_rating(session, user=bob, response=d, thumb=Thumb.down, reason="unhelpful")
+        judgments.add_correction(session, user=bob, response=d, text="Hi there, how can I help?", comment=None)
 
     with Session(database) as session:
         pairs = {(r.source, r.data["chosen"][0]["content"], r.data["rejected"][0]["content"])
@@ -171,11 +172,11 @@ def test_exports_in_trl_formats(database, user, tmp_path):
 def test_stars_and_both_bad_verdicts_become_labelled_answers(database, user):
     with session_scope(database) as session:
         _, _, (liked, disliked, middling) = make_turn(session, user, "Name a colour", ("blue", "uh", "red-ish"))
-        crud.save_rating(session, user, liked, stars=5)
-        crud.save_rating(session, user, disliked, stars=1)
-        crud.save_rating(session, user, middling, stars=3)  # says nothing either way
+        judgments.save_rating(session, user=user, response=liked, stars=5)
+        judgments.save_rating(session, user=user, response=disliked, stars=1)
+        judgments.save_rating(session, user=user, response=middling, stars=3)  # says nothing either way
         _, _, (a, b) = make_turn(session, user, "Name a fruit", ("rock", "chair"))
-        crud.save_comparison(session, user, a, b, winner=Winner.both_bad, a_position=1)
+        judgments.save_comparison(session, user=user, response_a=a, response_b=b, winner=Winner.both_bad, a_position=1)
     with Session(database) as session:
         rows = sorted((r.source, r.data["completion"][0]["content"], r.data["label"]) for r in kto_rows(session))
         pairs = preference_rows(session)
@@ -190,8 +191,8 @@ def test_processes_starting_together_upgrade_one_after_another(database_url):
     # Four engines (as four workers or replicas would have) upgrade the same fresh database at once.
     from concurrent.futures import ThreadPoolExecutor
 
-    from feedback.db import make_engine
-    from feedback.migrate import upgrade
+    from store.db import make_engine
+    from store.migrate import upgrade
 
     engines = [make_engine(database_url) for _ in range(4)]
     with ThreadPoolExecutor(4) as pool:

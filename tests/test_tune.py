@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from feedback import crud
-from feedback.db import make_engine, session_scope
-from feedback.migrate import upgrade
-from feedback.models import RunStatus, Winner
+from store import judgments, releases, users
+from store.db import make_engine, session_scope
+from store.migrate import upgrade
+from store.models import RunStatus, Winner
 from tests.test_store import make_turn
 from trainer.config import NightlyConfig
 from trainer.nightly import Environment
@@ -38,12 +38,13 @@ def store_pairs(database_url: str, topics: list[str]) -> None:
     database = make_engine(database_url)
     upgrade(database)
     with session_scope(database) as session:
-        user = crud.get_or_create_user(session, "web:alice", "alice")
-        crud.ensure_base_release(session, "tiny")
+        user = users.get_or_create_user(session, external_id="web:alice", name="alice")
+        releases.ensure_base_release(session, base_model="tiny")
         for topic in topics:
             _, _, (short, long) = make_turn(session, user, f"How do I {topic}?",
                                             (f"Like this: {topic}.", f"Well, there are many ways to {topic}. " * 3))
-            crud.save_comparison(session, user, short, long, winner=Winner.a, a_position=0)
+            judgments.save_comparison(session, user=user, response_a=short, response_b=long, winner=Winner.a,
+                                      a_position=0)
     database.dispose()
 
 

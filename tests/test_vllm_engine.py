@@ -15,7 +15,7 @@ from serving.engine import EngineError, GenerationRequest, SamplingParams, gener
 from serving.vllm_engine import VLLMEngine
 from serving.vllm_server import VLLMServer, VLLMServerConfig, free_port
 from tests.models import vllm_tiny_model_dir
-from tests.releases import make_adapter  # TEMP
+from tests.adapters import make_adapter
 
 pytestmark = pytest.mark.timeout(900)
 ASK = [{"role": "user", "content": "Name three colours."}]

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from sqlmodel import Session, col, select
 
-from feedback.models import Comparison, Message, MessageRole, Rating, Response
+from store.models import Comparison, Message, MessageRole, Rating, Response
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",

@@ -109,7 +109,7 @@ class AnswerCache:
     release that earlier nights already evaluated answers only its new prompts."""
 
     def __init__(self, folder: Path, model_path: str, active_path: str | None):
-        from feedback.artifacts import directory_checksum
+        from store.artifacts import directory_checksum
 
         self.path = Path(folder) / "active-answers.jsonl"
         self.release = [str(model_path), directory_checksum(Path(active_path)) if active_path else None]

@@ -27,11 +27,12 @@ from typing import Any
 
 from sqlmodel import Session, col, select
 
-from feedback import crud, locks
-from feedback.artifacts import REWARD_FOLDER, directory_checksum
-from feedback.db import make_engine, session_scope
-from feedback.migrate import upgrade
-from feedback.models import Release, ReleaseState, RunStatus, TrainingRun, utcnow
+from store import audit, releases
+from store import locks
+from store.artifacts import REWARD_FOLDER, directory_checksum
+from store.db import make_engine, session_scope
+from store.migrate import upgrade
+from store.models import Release, ReleaseState, RunStatus, TrainingRun, utcnow
 from trainer import distributed, report
 from trainer.config import NightlyConfig, derive
 from trainer.curation import CurationBlocked, golden_set
@@ -117,7 +118,7 @@ def main(config: NightlyConfig, environment: Environment) -> RunResult:
 def _main(config: NightlyConfig, environment: Environment, database, lead, lease) -> RunResult:  # noqa: ANN001
     with _captured_log() as captured:
         with session_scope(database) as session:
-            active = crud.active_release(session)
+            active = releases.active_release(session)
             if active is None:
                 return RunResult(RunStatus.skipped, "no active release to train on: start the service once first")
             run = _open_run(session, config, environment, active)
@@ -201,7 +202,7 @@ def _run(config: NightlyConfig, environment: Environment, database, run: _Run, c
     folder = environment.data_dir / "releases" / name
     adapter_dir = _copy(stages[-1].adapter_dir, folder / "adapter")
     if reward:
-        _copy(run.folder / "reward", folder / REWARD_FOLDER)  # where feedback.artifacts.reward_dir_for looks
+        _copy(run.folder / "reward", folder / REWARD_FOLDER)  # where store.artifacts.reward_dir_for looks
     checksum = directory_checksum(adapter_dir)
     evaluation, metrics = _evaluate(config, environment, data, run, adapter_dir, folder, reward, choice)
     thresholds, decided_by = _deciding_evidence(environment.gate, choice, evaluation)
@@ -225,7 +226,8 @@ def _run(config: NightlyConfig, environment: Environment, database, run: _Run, c
                           checksum=checksum, state=state, training_run_id=run.id, report=body)
         session.add(release)
         session.flush()
-        crud.audit(session, None, "release.create", f"release:{name}", {"state": state.value, "run_id": run.id})
+        audit.record(session, actor=None, action="release.create", target=f"release:{name}",
+                     details={"state": state.value, "run_id": run.id})
     _finish(database, run.id, RunStatus.succeeded, {"gate": gate, **metrics}, counts, captured.getvalue())
     shutil.rmtree(run.folder, ignore_errors=True)  # checkpoints and saved data are not needed once released
     return RunResult(RunStatus.succeeded, gate["summary"], run.id, name, state, body)

@@ -22,10 +22,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from feedback import crud
-from feedback.db import make_engine, session_scope
-from feedback.migrate import upgrade
-from feedback.models import RunStatus
+from store import releases
+from store.db import make_engine, session_scope
+from store.migrate import upgrade
+from store.models import RunStatus
 from trainer.config import NightlyConfig
 from trainer.datasets import Split
 
@@ -93,7 +93,7 @@ def load_data(environment, config: NightlyConfig) -> tuple[str | None, Split]:
     try:
         upgrade(database)
         with session_scope(database) as session:
-            active = crud.active_release(session)
+            active = releases.active_release(session)
             data = prepare(session, config, since=None, check=environment.output_check)
             return (active.adapter_path if active else None), data.splits["dpo"]
     finally:

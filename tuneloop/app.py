@@ -15,11 +15,8 @@ from fastapi.middleware.cors import CORSMiddleware
 from bot.operator.router import router as releases_router
 from bot.web.pages import router as pages_router
 from bot.web.router import router as widget_router
-from feedback import crud
-from feedback.db import make_engine, session_scope
 from feedback.ingest import RatingWriter
 from feedback.limits import RateLimits
-from feedback.migrate import upgrade
 from feedback.review_router import router as review_router
 from feedback.router import router as feedback_router
 from plugins.manager import Plugins, load_plugins
@@ -27,10 +24,13 @@ from plugins.turns import PluginHooks
 from serving.engine import Engine
 from serving.health import router as health_router
 from serving.reconcile import Reconciler
-from serving.releases import LiveReleases
 from serving.router import RESPONSE_ID_HEADER
 from serving.router import router as openai_router
+from serving.routing import LiveReleases
 from serving.service import ChatService
+from store import releases
+from store.db import make_engine, session_scope
+from store.migrate import upgrade
 from tuneloop.http import BodySizeLimit, document_errors, install_error_handlers
 from tuneloop.settings import EMBEDDED_MODEL, Settings, get_settings
 from tuneloop.wiring import plugin_settings, slack_config
@@ -146,7 +146,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
         database = make_engine(settings.database_url, pool_size=settings.worker_threads + 16)
         await asyncio.to_thread(upgrade, database)
         with session_scope(database) as session:
-            crud.ensure_base_release(session, settings.model)
+            releases.ensure_base_release(session, base_model=settings.model)
         model = engine or await asyncio.to_thread(build_engine, settings)
         await model.start()
         live = LiveReleases()

@@ -103,8 +103,8 @@ def _serve(settings: Settings, host: str | None, port: int | None, nightly: str 
 @db_app.command("upgrade")
 def db_upgrade() -> None:
     """Bring the database schema up to date (the service also does this on start)."""
-    from feedback.db import make_engine
-    from feedback.migrate import current_revision, upgrade
+    from store.db import make_engine
+    from store.migrate import current_revision, upgrade
 
     engine = make_engine(get_settings().database_url)
     upgrade(engine)
@@ -211,9 +211,9 @@ def export(
     out: Path = typer.Option(..., "--out", help="the JSONL file to write"),
 ) -> None:
     """Write stored feedback as a dataset in TRL's format."""
-    from feedback.db import make_engine, session_scope
     from feedback.export import export as write_rows
-    from feedback.migrate import upgrade
+    from store.db import make_engine, session_scope
+    from store.migrate import upgrade
 
     engine = make_engine(get_settings().database_url)
     upgrade(engine)

@@ -17,22 +17,23 @@ users_app = typer.Typer(help="People and their roles.", no_args_is_help=True)
 
 
 def _session_and_actor():
-    from feedback import crud
-    from feedback.db import make_engine
-    from feedback.migrate import upgrade
-    from feedback.models import Role
+    from store import users
+    from store.db import make_engine
+    from store.migrate import upgrade
+    from store.models import Role
     from sqlmodel import Session
 
     database = make_engine(get_settings().database_url)
     upgrade(database)
     session = Session(database, expire_on_commit=False)
     # Whoever can reach the database from a shell is trusted as an operator; the audit log names them.
-    actor = crud.get_or_create_user(session, f"cli:{getpass.getuser()}", getpass.getuser(), Role.operator)
+    actor = users.get_or_create_user(session, external_id=f"cli:{getpass.getuser()}", name=getpass.getuser(),
+                                     role=Role.operator)
     return session, actor
 
 
 def _act(action: Callable) -> None:  # noqa: ANN001
-    from feedback import releases
+    from store import releases
 
     session, actor = _session_and_actor()
     with session:
@@ -49,7 +50,7 @@ def _act(action: Callable) -> None:  # noqa: ANN001
 @releases_app.command("list")
 def list_releases() -> None:
     """Every release, newest first, with its state and gate line."""
-    from feedback import releases
+    from store import releases
 
     session, _ = _session_and_actor()
     with session:
@@ -64,7 +65,7 @@ def show(name: str) -> None:
     """A release's report (JSON) and where its HTML page is."""
     from pathlib import Path
 
-    from feedback import releases
+    from store import releases
 
     session, _ = _session_and_actor()
     with session:
@@ -79,14 +80,14 @@ def show(name: str) -> None:
 @releases_app.command("approve")
 def approve(name: str, canary: float = typer.Option(None, help="serve it to this share of conversations first")) -> None:
     """Approve a candidate: active at once, or a canary with --canary 0.2."""
-    from feedback import releases
+    from store import releases
 
     _act(lambda session, actor: releases.approve(session, name, actor, canary=canary))
 
 
 @releases_app.command("reject")
 def reject(name: str, reason: str = typer.Option("", help="kept in the audit log")) -> None:
-    from feedback import releases
+    from store import releases
 
     _act(lambda session, actor: releases.reject(session, name, actor, reason=reason))
 
@@ -94,7 +95,7 @@ def reject(name: str, reason: str = typer.Option("", help="kept in the audit log
 @releases_app.command("promote")
 def promote() -> None:
     """Make the canary the active release for everyone."""
-    from feedback import releases
+    from store import releases
 
     _act(lambda session, actor: releases.promote(session, actor))
 
@@ -102,7 +103,7 @@ def promote() -> None:
 @releases_app.command("rollback")
 def rollback(reason: str = typer.Option("", help="kept in the audit log")) -> None:
     """End the canary, or return to the previously active release."""
-    from feedback import releases
+    from store import releases
 
     _act(lambda session, actor: releases.rollback(session, actor, reason=reason))
 
@@ -117,8 +118,8 @@ def add_user(
 
     With --slack, set the role of that Slack user instead; they need no token, the Slack app knows them.
     """
-    from feedback import crud
-    from feedback.models import Role
+    from store import audit, users
+    from store.models import Role
 
     try:
         chosen = Role(role)
@@ -132,23 +133,24 @@ def add_user(
         if slack:
             _set_slack_role(session, actor, name, slack, chosen)
             return
-        user = crud.get_or_create_user(session, f"local:{name}", name, chosen)
+        user = users.get_or_create_user(session, external_id=f"local:{name}", name=name, role=chosen)
         user.role = chosen
-        token = crud.issue_token(session, user)
-        crud.audit(session, actor, "user.token", f"user:{name}", {"role": chosen.value})
+        token = users.issue_token(session, user=user)
+        audit.record(session, actor=actor, action="user.token", target=f"user:{name}", details={"role": chosen.value})
         session.commit()
     typer.echo(token)
 
 
 def _set_slack_role(session, actor, name: str, slack_id: str, role) -> None:  # noqa: ANN001
     from bot.slack.people import external_id
-    from feedback import crud
+    from store import audit, users
 
     # The same user the Slack app finds or creates on first contact (bot/slack/people.py).
-    user = crud.get_or_create_user(session, external_id(slack_id), name, role)
+    user = users.get_or_create_user(session, external_id=external_id(slack_id), name=name, role=role)
     user.name, user.role = name, role
     session.add(user)
-    crud.audit(session, actor, "user.role", external_id(slack_id), {"role": role.value, "name": name})
+    audit.record(session, actor=actor, action="user.role", target=external_id(slack_id),
+                 details={"role": role.value, "name": name})
     session.commit()
     typer.echo(f"{name} (Slack {slack_id}): {role.value}")
     settings = get_settings()
@@ -166,7 +168,7 @@ def forget_user(
     from sqlmodel import select
 
     from feedback import privacy
-    from feedback.models import User
+    from store.models import User
 
     session, actor = _session_and_actor()
     with session:

@@ -1,4 +1,7 @@
-"""HTTP plumbing for the whole app: error bodies per route family, and the body size cap."""
+"""HTTP plumbing for the whole app: error bodies per route family, and the body size cap.
+
+The one place where the store's domain errors (store/errors.py) become responses.
+"""
 
 from __future__ import annotations
 
@@ -13,7 +16,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from feedback.redaction import RedactionUnavailable
 from serving.errors import openai_error, openai_validation_error
-from serving.releases import NoActiveRelease
+from serving.routing import NoActiveRelease
+from store.errors import StoreError
 
 log = logging.getLogger(__name__)
 UNREADABLE_BODY = "There was an error parsing the body"
@@ -44,6 +48,13 @@ def install_error_handlers(app: FastAPI) -> None:
         if _is_openai(request):  # the headers too: a 405's Allow, a 429's Retry-After
             return openai_error(error.status_code, str(error.detail), headers=error.headers)
         return JSONResponse({"detail": error.detail}, status_code=error.status_code, headers=error.headers)
+
+    @app.exception_handler(StoreError)
+    async def _refused(request: Request, error: StoreError) -> JSONResponse:
+        """NotFound, Conflict, ... from the store and the feedback domain: the status each stands for."""
+        if _is_openai(request):
+            return openai_error(error.status_code, error.detail)
+        return JSONResponse({"detail": error.detail}, status_code=error.status_code)
 
     @app.exception_handler(RedactionUnavailable)
     async def _not_stored(request: Request, error: RedactionUnavailable) -> JSONResponse:

@@ -11,10 +11,10 @@ from fastapi.responses import FileResponse
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.exc import IntegrityError
 
-from feedback import crud, releases
 from feedback.deps import CurrentUser, SessionDep, current_user
-from feedback.models import Release, Role, User
 from feedback.protocol import error_responses
+from store import releases
+from store.models import Release, Role, User
 
 router = APIRouter(prefix="/api/releases", tags=["releases"])
 
@@ -59,12 +59,7 @@ def summary(release: Release) -> ReleaseOut:
 
 
 def _act(request: Request, session: SessionDep, action) -> ReleaseOut:  # noqa: ANN001
-    try:
-        release = action()
-    except releases.ReleaseNotFound as error:
-        raise HTTPException(404, str(error)) from error
-    except releases.ReleaseError as error:
-        raise HTTPException(409, str(error)) from error
+    release = action()  # ReleaseNotFound: a 404, ReleaseError: a 409 (tuneloop/http.py)
     try:
         session.commit()
     except IntegrityError as error:  # another operator's action won the race: the store allows one of each
@@ -85,13 +80,6 @@ def list_releases(session: SessionDep, _: Operator) -> list[ReleaseOut]:
     return [summary(r) for r in releases.listing(session)]
 
 
-def _get(session: SessionDep, name: str) -> Release:
-    try:
-        return releases.get(session, name)
-    except releases.ReleaseNotFound as error:
-        raise HTTPException(404, str(error)) from error
-
-
 # Before /{name}: a request for another method on /promote must be told it is POST only.
 @router.post("/promote", response_model=ReleaseOut, responses=ACTION_ERRORS)
 def promote(request: Request, session: SessionDep, user: Operator) -> ReleaseOut:
@@ -105,16 +93,16 @@ def rollback(request: Request, session: SessionDep, user: Operator, body: Reason
 
 @router.get("/{name}", responses=error_responses(401, 403, 404))
 def show_release(name: str, session: SessionDep, _: Operator) -> dict:
-    release = _get(session, name)
-    checks = crud.check_outcomes(session, release.id)
+    release = releases.get(session, name)
+    checks = releases.check_outcomes(session, release_id=release.id)
     return {**summary(release).model_dump(), "report": release.report, "checks": checks}
 
 
 def report_reader(request: Request, name: str, session: SessionDep, key: str | None = None) -> None:
     """An operator, or anyone holding the report's shared key (from the link posted to operators)."""
     if key is not None:
-        release = _get(session, name)
-        shared = (release.report or {}).get(crud.REPORT_KEY)
+        release = releases.get(session, name)
+        shared = (release.report or {}).get(releases.REPORT_KEY)
         if shared and secrets.compare_digest(key, shared):
             return
         raise HTTPException(403, "This report link's key is not valid; ask an operator for the current link")
@@ -125,7 +113,7 @@ def report_reader(request: Request, name: str, session: SessionDep, key: str | N
             responses={200: {"content": {"text/html": {}}}, **error_responses(401, 403, 404)})
 def release_report(name: str, session: SessionDep) -> FileResponse:
     """The HTML report the trainer wrote beside the release's adapter."""
-    release = _get(session, name)
+    release = releases.get(session, name)
     page = Path(release.adapter_path).parent / "report.html" if release.adapter_path else None
     if page is None or not page.is_file():
         raise HTTPException(404, f"release {name!r} has no report page")

@@ -15,8 +15,8 @@ from sqlmodel import Session, select
 from bot.slack import blocks
 from bot.slack.calls import call
 from bot.slack.services import SlackServices
-from feedback import crud
-from feedback.models import Release, ReleaseState
+from store import releases, slack_inbox
+from store.models import Release, ReleaseState
 
 log = logging.getLogger(__name__)
 
@@ -44,22 +44,23 @@ class Announcer:
                               text=f"Release {name} is a candidate",
                               blocks=blocks.release_candidate(name, report, url, config.canary_share))
             if sent is None:
-                await self.services.in_session(lambda session, key=_key(name): crud.forget_slack_delivery(session, key))
+                await self.services.in_session(
+                    lambda session, key=_key(name): slack_inbox.forget_slack_delivery(session, key=key))
             else:
                 posted += 1
         return posted
 
     def _claim_new(self, session: Session) -> list[tuple[str, dict]]:
         candidates = session.exec(select(Release).where(Release.state == ReleaseState.candidate)).all()
-        claimed = [r for r in candidates if crud.claim_slack_delivery(session, _key(r.name))]
+        claimed = [r for r in candidates if slack_inbox.claim_slack_delivery(session, key=_key(r.name))]
         for release in claimed:
-            crud.share_report(session, release)
+            releases.share_report(session, release=release)
         return [(r.name, r.report) for r in claimed]
 
 
 def report_link(name: str, report: dict) -> str:
     """The report page, openable from the message: its key stands in for an operator's token."""
-    return f"/api/releases/{name}/report?key={report[crud.REPORT_KEY]}"
+    return f"/api/releases/{name}/report?key={report[releases.REPORT_KEY]}"
 
 
 def _key(name: str) -> str:

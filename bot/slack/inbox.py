@@ -4,7 +4,7 @@ Slack wants an answer within three seconds and retries an event it got none for;
 answer from the model) takes longer, so bolt acknowledges first and works after. Marking an
 event handled when it arrives loses it if the process dies mid-work (Slack got its 200 and never
 retries); marking it when the work ends answers twice when a retry comes while the work goes on.
-So an event is an inbox entry (`feedback.models.SlackDelivery`):
+So an event is an inbox entry (`store.models.SlackDelivery`):
 
 - `take`: kept with its body and leased to this process (a retry, or a replica, whose lease
   is still running, is answered 200 and dropped);
@@ -27,7 +27,7 @@ from typing import Any
 from slack_bolt.async_app import AsyncApp, AsyncBoltContext
 from slack_bolt.request.async_request import AsyncBoltRequest
 
-from feedback import crud
+from store import slack_inbox
 
 log = logging.getLogger(__name__)
 LEASE_S = 30.0  # renewed every LEASE_S / 3 while the work goes on; run out means its holder died
@@ -41,8 +41,8 @@ def key_of(body: dict) -> str | None:
 
 async def take(services: Any, body: dict) -> bool:
     key = key_of(body)
-    return key is None or await services.in_session(lambda session: crud.take_slack_event(session, key, body,
-                                                                                          LEASE_S))
+    return key is None or await services.in_session(
+        lambda session: slack_inbox.take_slack_event(session, key=key, body=body, lease_s=LEASE_S))
 
 
 def exactly_once(listener: Callable[..., Awaitable[None]]) -> Callable[..., Awaitable[None]]:
@@ -65,25 +65,27 @@ def exactly_once(listener: Callable[..., Awaitable[None]]) -> Callable[..., Awai
 
 async def finish(services: Any, key: str | None) -> None:
     if key:
-        await services.in_session(lambda session: crud.finish_slack_event(session, key))
+        await services.in_session(lambda session: slack_inbox.finish_slack_event(session, key=key))
 
 
 async def _renew(services: Any, key: str) -> None:
     while True:
         await asyncio.sleep(LEASE_S / 3)
-        await services.in_session(lambda session: crud.renew_slack_event(session, key, LEASE_S))
+        await services.in_session(lambda session: slack_inbox.renew_slack_event(session, key=key, lease_s=LEASE_S))
 
 
 async def remember_post(context: AsyncBoltContext, ts: str | None) -> None:
     key = context.get(KEY)
     if key and ts:
-        await context["tuneloop"].in_session(lambda session: crud.remember_slack_post(session, key, ts))
+        await context["tuneloop"].in_session(lambda session: slack_inbox.remember_slack_post(session, key=key, ts=ts))
 
 
 async def earlier_post(context: AsyncBoltContext) -> str | None:
     """The message this event's answer was already posted as, before its first holder died."""
     key = context.get(KEY)
-    return await context["tuneloop"].in_session(lambda session: crud.slack_post_of(session, key)) if key else None
+    if not key:
+        return None
+    return await context["tuneloop"].in_session(lambda session: slack_inbox.slack_post_of(session, key=key))
 
 
 class Recovery:
@@ -102,7 +104,7 @@ class Recovery:
 
     async def once(self) -> int:
         stranded = await self.services.in_session(
-            lambda session: [(d.key, d.body) for d in crud.stranded_slack_events(session)])
+            lambda session: [(d.key, d.body) for d in slack_inbox.stranded_slack_events(session)])
         for key, body in stranded:
             log.warning("handling Slack %s again: its first holder stopped before finishing", key)
             # As a Socket Mode message: it was verified when it first came in, and is not re-signed.

@@ -6,9 +6,9 @@ import uuid
 
 from sqlmodel import Session, select
 
-from feedback import crud
 from bot.slack.config import SlackConfig
-from feedback.models import Channel, Conversation, Role, User
+from store import conversations, users
+from store.models import Channel, Conversation, Role, User
 
 
 def external_id(slack_user_id: str) -> str:
@@ -23,7 +23,8 @@ def slack_user(session: Session, config: SlackConfig, slack_user_id: str) -> Use
     """
     granted = (Role.operator if slack_user_id in config.operators
                else Role.reviewer if slack_user_id in config.reviewers else None)
-    user = crud.get_or_create_user(session, external_id(slack_user_id), slack_user_id, granted or Role.user)
+    user = users.get_or_create_user(session, external_id=external_id(slack_user_id), name=slack_user_id,
+                                    role=granted or Role.user)
     if granted is not None and user.role != granted:
         user.role = granted
         session.add(user)
@@ -36,7 +37,7 @@ def thread_conversation(session: Session, user: User, team: str, channel: str, t
     ref = f"{team}:{channel}:{thread_ts}"
     query = select(Conversation.id).where(Conversation.channel == Channel.slack, Conversation.external_ref == ref)
     found = session.exec(query).first()
-    return found or crud.create_conversation(session, user, Channel.slack, external_ref=ref).id
+    return found or conversations.create_conversation(session, user=user, channel=Channel.slack, external_ref=ref).id
 
 
 def slack_id_of(user_external_id: str) -> str | None:

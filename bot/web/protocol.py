@@ -7,8 +7,8 @@ import uuid
 from pydantic import BaseModel, ConfigDict, Field
 from sqlmodel import Session
 
-from feedback import crud
-from feedback.models import Conversation, MessageRole, User
+from store import conversations, judgments
+from store.models import Conversation, MessageRole, User
 
 
 class SessionOut(BaseModel):
@@ -51,13 +51,13 @@ class ConversationOut(BaseModel):
 
 
 def build_conversation(session: Session, user: User, conversation: Conversation) -> ConversationOut:
-    messages = crud.conversation_messages(session, conversation.id)
+    messages = conversations.conversation_messages(session, conversation_id=conversation.id)
     prompts = [m for m in messages if m.role == MessageRole.user]
     chosen = {m.response_id for m in messages if m.role == MessageRole.assistant and m.response_id}
-    responses = crud.responses_for_prompts(session, [p.id for p in prompts])
+    responses = conversations.responses_for_prompts(session, prompt_message_ids=[p.id for p in prompts])
     ids = [r.id for r in responses]
-    ratings = {r.response_id: r for r in crud.ratings_by_user(session, user, ids)}
-    comparisons = {c.response_a_id: c for c in crud.comparisons_by_user(session, user, ids)}
+    ratings = {r.response_id: r for r in judgments.ratings_by_user(session, user=user, response_ids=ids)}
+    comparisons = {c.response_a_id: c for c in judgments.comparisons_by_user(session, user=user, response_ids=ids)}
     turns = []
     for prompt in prompts:
         answers = sorted(

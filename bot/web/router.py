@@ -13,14 +13,14 @@ from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.responses import StreamingResponse
 
 from bot.web.protocol import ConversationOut, MessageIn, SessionOut, build_conversation
-from feedback import crud
 from feedback.deps import CurrentUser, SessionDep
 from feedback.limits import limited
 from feedback.protocol import error_responses
-from feedback.models import Channel, Conversation, User
 from serving.engine import SamplingParams
 from serving.router import ChatDep
 from serving.service import AnswerDelta, AnswerDone, ChatService, Turn
+from store import conversations, users
+from store.models import Channel, Conversation, User
 
 router = APIRouter(prefix="/api", tags=["widget"])
 log = logging.getLogger(__name__)
@@ -31,8 +31,8 @@ log = logging.getLogger(__name__)
 def start_session(session: SessionDep) -> SessionOut:
     """A new anonymous visitor; the widget keeps the token in localStorage."""
     visitor = secrets.token_hex(8)
-    user = crud.get_or_create_user(session, f"web:{visitor}", f"visitor {visitor[:6]}")
-    token = crud.issue_token(session, user)
+    user = users.get_or_create_user(session, external_id=f"web:{visitor}", name=f"visitor {visitor[:6]}")
+    token = users.issue_token(session, user=user)
     session.commit()
     return SessionOut(token=token, user_id=user.id)
 
@@ -40,7 +40,7 @@ def start_session(session: SessionDep) -> SessionOut:
 @router.post("/conversations", status_code=201, response_model=ConversationOut,
              responses=error_responses(401, 413))
 def create_conversation(session: SessionDep, user: CurrentUser) -> ConversationOut:
-    conversation = crud.create_conversation(session, user, Channel.web)
+    conversation = conversations.create_conversation(session, user=user, channel=Channel.web)
     session.commit()
     return build_conversation(session, user, conversation)
 

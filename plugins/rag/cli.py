@@ -43,9 +43,9 @@ def make_rag_app(config: Callable[[], RagCommandsConfig]) -> typer.Typer:
     @rag_app.command("report")
     def report_command(as_json: bool = typer.Option(False, "--json", help="print the report as JSON")) -> None:
         """RAG's win rate against the model alone, overall and per topic, with 95% intervals."""
-        from feedback.db import make_engine
-        from feedback.migrate import upgrade
         from plugins.rag import scoreboard
+        from store.db import make_engine
+        from store.migrate import upgrade
 
         database = make_engine(config().database_url)
         try:

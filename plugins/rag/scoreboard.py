@@ -22,8 +22,8 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import aliased
 from sqlmodel import Session
 
-from feedback.models import Comparison, Message, Response, Winner
 from feedback.stats import wilson
+from store.models import Comparison, Message, Response, Winner
 
 KIND = "rag"
 Z = 1.96  # 95% interval

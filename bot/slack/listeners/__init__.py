@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from slack_bolt.async_app import AsyncApp
 
-from bot.slack.listeners import compare, messages, releases, review, votes
+from bot.slack.listeners import approvals, compare, messages, review, votes
 
 
 def register(app: AsyncApp) -> None:
-    for module in (messages, votes, compare, review, releases):
+    for module in (messages, votes, compare, review, approvals):
         module.register(app)

@@ -17,8 +17,8 @@ from bot.slack import blocks
 from bot.slack.calls import call
 from bot.slack.people import slack_id_of, slack_user
 from bot.slack.services import SlackServices, told
-from feedback import crud
-from feedback.models import Response, Winner
+from store import judgments
+from store.models import Response, Winner
 
 ACTION = "tl_compare_"
 GONE = "Those answers are no longer in the store, so the choice was not kept."
@@ -46,10 +46,11 @@ async def choose(ack: AsyncAck, body: dict, context: AsyncBoltContext, client: A
         if a is None or b is None:
             return None
         user = slack_user(session, services.config, who)
-        crud.save_comparison(session, user, a, b, winner=winner, a_position=pair["a_position"])
+        judgments.save_comparison(session, user=user, response_a=a, response_b=b, winner=winner,
+                                  a_position=pair["a_position"])
         told(session, "comparison", [a.id, b.id], user.id, {"winner": winner.value})
         choices = {}
-        for external, comparison in crud.comparisons_for_pair(session, a.id, b.id):
+        for external, comparison in judgments.comparisons_for_pair(session, response_a_id=a.id, response_b_id=b.id):
             if slack_id_of(external):
                 choices[slack_id_of(external)] = _as_shown(comparison.winner, comparison.a_position)
         return choices

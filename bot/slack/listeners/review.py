@@ -13,9 +13,10 @@ from bot.slack import blocks
 from bot.slack.calls import call
 from bot.slack.people import slack_user
 from bot.slack.services import SlackServices, told
-from feedback import crud, review
-from feedback.models import STAFF, Response
+from feedback import review
 from feedback.redaction import RedactionUnavailable, redact_optional
+from store import judgments
+from store.models import STAFF, Response
 
 HELP = "Usage: `/tuneloop review` sends you the next answer to rate or pair to compare."
 REFUSED = "Only reviewers get review tasks. An operator can give you the role (`tuneloop users`)."
@@ -82,8 +83,8 @@ async def save_correction(ack: AsyncAck, body: dict, view: dict, context: AsyncB
         if response is None:
             return "That answer is no longer in the store."
         try:
-            crud.add_correction(session, reviewer, response, services.redact(text),
-                                redact_optional(services.redact, values["comment"]["value"].get("value")))
+            judgments.add_correction(session, user=reviewer, response=response, text=services.redact(text),
+                                     comment=redact_optional(services.redact, values["comment"]["value"].get("value")))
         except RedactionUnavailable:
             return "The personal-data check could not run, so nothing was stored; please submit again."
         told(session, "correction", [response.id], reviewer.id)

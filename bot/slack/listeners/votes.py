@@ -15,9 +15,9 @@ from bot.slack import blocks
 from bot.slack.calls import call
 from bot.slack.people import slack_id_of, slack_user
 from bot.slack.services import SlackServices, told
-from feedback import crud
-from feedback.models import Response, Thumb
 from feedback.redaction import redact_or_withhold
+from store import judgments
+from store.models import Response, Thumb
 
 GONE = "That answer is no longer in the store, so the vote was not kept."
 
@@ -67,9 +67,9 @@ def _save(session: Session, services: SlackServices, who: str, response_id: uuid
     if response is None:
         return None
     user = slack_user(session, services.config, who)
-    crud.save_rating(session, user, response, **fields)
+    judgments.save_rating(session, user=user, response=response, **fields)
     told(session, "rating", [response_id], user.id, {k: getattr(v, "value", v) for k, v in fields.items() if v})
-    ratings = crud.ratings_for_response(session, response_id)
+    ratings = judgments.ratings_for_response(session, response_id=response_id)
     return {slack_id_of(external): r.thumb.value for external, r in ratings if r.thumb and slack_id_of(external)}
 
 

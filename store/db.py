@@ -111,3 +111,7 @@ def session_scope(engine: Engine) -> Iterator[Session]:
         except BaseException:
             session.rollback()
             raise
+
+
+def dialect_of(session: Session) -> str:
+    return session.get_bind().dialect.name

@@ -23,8 +23,8 @@ from sqlalchemy import delete, update
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
-from feedback.db import dialect_insert
-from feedback.models import JobLock, utcnow
+from store.db import dialect_insert
+from store.models import JobLock, utcnow
 
 log = logging.getLogger(__name__)
 

@@ -1,10 +1,10 @@
-"""Alembic environment: runs against the URL (or connection) that feedback.migrate hands it."""
+"""Alembic environment: runs against the URL (or connection) that store.migrate hands it."""
 
 from alembic import context
 from sqlmodel import SQLModel
 
-import feedback.models  # noqa: F401  (registers the tables on SQLModel.metadata)
-from feedback.db import make_engine
+import store.models  # noqa: F401  (registers the tables on SQLModel.metadata)
+from store.db import make_engine
 
 config = context.config
 target_metadata = SQLModel.metadata

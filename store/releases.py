@@ -6,22 +6,50 @@
 
 The database is the source of truth: serving replicas follow what these functions write.
 Every change is in the audit log with the user who made it.
+Here too: which release is active or canary, the report's share key, and what the plugins'
+checks decided on a release's answers.
 """
 
 from __future__ import annotations
 
+import secrets
+from typing import Any
+
 from sqlmodel import Session, col, select
 
-from feedback import crud
-from feedback.models import Release, ReleaseState, User, utcnow
+from store import audit
+from store.errors import Conflict, NotFound
+from store.models import Release, ReleaseState, Response, User, utcnow
 
 
-class ReleaseError(ValueError):
+class ReleaseError(Conflict, ValueError):
     """A release action that does not fit the release's state; the message says why."""
 
 
-class ReleaseNotFound(LookupError):
+class ReleaseNotFound(NotFound):
     pass
+
+
+def active_release(session: Session) -> Release | None:
+    return session.exec(select(Release).where(Release.state == ReleaseState.active)).first()
+
+
+def canary_release(session: Session) -> Release | None:
+    return session.exec(select(Release).where(Release.state == ReleaseState.canary)).first()
+
+
+def ensure_base_release(session: Session, *, base_model: str) -> Release:
+    """With no active release yet, the base model itself is release `base`."""
+    release = active_release(session)
+    if release is None:
+        release = session.exec(select(Release).where(Release.name == "base")).first()
+    if release is None:
+        release = Release(name="base", base_model=base_model, state=ReleaseState.active)
+        session.add(release)
+        session.flush()
+        audit.record(session, actor=None, action="release.create", target=f"release:{release.name}",
+                     details={"base_model": base_model})
+    return release
 
 
 def get(session: Session, name: str) -> Release:
@@ -40,7 +68,8 @@ def _move(session: Session, release: Release, state: ReleaseState, actor: User |
     release.state, release.updated_at = state, utcnow()
     session.add(release)
     session.flush()
-    crud.audit(session, actor, action, f"release:{release.name}", {"from": before.value, "to": state.value, **details})
+    audit.record(session, actor=actor, action=action, target=f"release:{release.name}",
+                 details={"from": before.value, "to": state.value, **details})
 
 
 def _require(release: Release, *states: ReleaseState) -> None:
@@ -58,7 +87,7 @@ def approve(session: Session, name: str, actor: User | None, canary: float | Non
         return release
     if not 0.0 < canary < 1.0:
         raise ReleaseError("a canary share must be between 0 and 1, such as 0.2")
-    running = crud.canary_release(session)
+    running = canary_release(session)
     if running is not None:
         raise ReleaseError(f"release {running.name!r} is already the canary; promote or roll it back first")
     release.canary_share = canary
@@ -75,7 +104,7 @@ def reject(session: Session, name: str, actor: User | None, reason: str = "") ->
 
 def promote(session: Session, actor: User | None) -> Release:
     """The canary becomes the active release for everyone."""
-    release = crud.canary_release(session)
+    release = canary_release(session)
     if release is None:
         raise ReleaseError("there is no canary to promote")
     _make_active(session, release, actor, "release.promote")
@@ -84,12 +113,12 @@ def promote(session: Session, actor: User | None) -> Release:
 
 def rollback(session: Session, actor: User | None, reason: str = "") -> Release:
     """End the canary if there is one; otherwise go back to the previously active release."""
-    canary = crud.canary_release(session)
+    canary = canary_release(session)
     if canary is not None:
         canary.canary_share = 0.0
         _move(session, canary, ReleaseState.rolled_back, actor, "release.rollback", reason=reason)
         return canary
-    active = crud.active_release(session)
+    active = active_release(session)
     previous = session.exec(
         select(Release).where(Release.state == ReleaseState.retired).order_by(col(Release.updated_at).desc())
     ).first()
@@ -101,8 +130,39 @@ def rollback(session: Session, actor: User | None, reason: str = "") -> Release:
 
 
 def _make_active(session: Session, release: Release, actor: User | None, action: str) -> None:
-    current = crud.active_release(session)
+    current = active_release(session)
     if current is not None and current.id != release.id:
         _move(session, current, ReleaseState.retired, actor, "release.retire", replaced_by=release.name)
     release.canary_share = 0.0
     _move(session, release, ReleaseState.active, actor, action)
+
+
+REPORT_KEY = "share_key"
+
+
+def share_report(session: Session, *, release: Release) -> str:
+    """A key that opens the release's report page without a token, for a link posted where
+    only operators read (the Slack operators' channel). Made once, kept in the report."""
+    if not release.report.get(REPORT_KEY):
+        release.report = {**release.report, REPORT_KEY: secrets.token_urlsafe(24)}
+        session.add(release)
+        session.flush()
+    return release.report[REPORT_KEY]
+
+
+def check_outcomes(session: Session, *, release_id: int) -> dict[str, Any]:
+    """What the plugins' checks decided on a release's answers and their prompts, counted:
+    answers seen, decisions by plugin and action, and by reason (such as "pii.card").
+
+    Read from each response's trace; counted here rather than in SQL because the two
+    databases query JSON differently and a release's answers fit in memory."""
+    traces = session.exec(select(Response.trace).where(Response.release_id == release_id)).all()
+    by_plugin: dict[str, dict[str, int]] = {}
+    reasons: dict[str, int] = {}
+    for trace in traces:
+        for decision in [*trace.get("plugins", {}).get("input", []), *trace.get("plugins", {}).get("output", [])]:
+            actions = by_plugin.setdefault(decision["plugin"], {})
+            actions[decision["action"]] = actions.get(decision["action"], 0) + 1
+            for reason in decision.get("reasons") or []:
+                reasons[reason] = reasons.get(reason, 0) + 1
+    return {"responses": len(traces), "by_plugin": by_plugin, "reasons": reasons}

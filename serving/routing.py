@@ -11,7 +11,7 @@ import uuid
 from collections import Counter
 from dataclasses import dataclass
 
-from feedback.models import Release
+from store.models import Release
 
 
 @dataclass(frozen=True)

@@ -7,10 +7,10 @@ from pathlib import Path
 import torch
 from sqlalchemy.engine import Engine
 
-from feedback import crud
-from feedback.artifacts import directory_checksum
-from feedback.db import session_scope
-from feedback.models import Release, ReleaseState, Role
+from store import releases, users
+from store.artifacts import directory_checksum
+from store.db import session_scope
+from store.models import Release, ReleaseState, Role
 
 
 def make_adapter(model_dir: Path, out: Path, seed: int = 1, alpha: int = 64) -> Path:
@@ -28,7 +28,7 @@ def make_adapter(model_dir: Path, out: Path, seed: int = 1, alpha: int = 64) -> 
 
 def add_candidate(database: Engine, name: str, adapter: Path) -> Release:
     with session_scope(database) as session:
-        base = crud.active_release(session)
+        base = releases.active_release(session)
         release = Release(name=name, base_model=base.base_model, adapter_path=str(adapter),
                           checksum=directory_checksum(adapter), state=ReleaseState.candidate,
                           report={"gate": {"passed": True, "summary": "Gate passed: test release"}})
@@ -39,5 +39,5 @@ def add_candidate(database: Engine, name: str, adapter: Path) -> Release:
 
 def operator_token(database: Engine, name: str = "olga") -> str:
     with session_scope(database) as session:
-        user = crud.get_or_create_user(session, f"local:{name}", name, Role.operator)
-        return crud.issue_token(session, user)
+        user = users.get_or_create_user(session, external_id=f"local:{name}", name=name, role=Role.operator)
+        return users.issue_token(session, user=user)

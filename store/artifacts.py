@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from feedback.models import Release
+    from store.models import Release
 
 
 def directory_checksum(folder: Path | str) -> str:

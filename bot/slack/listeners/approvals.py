@@ -1,6 +1,6 @@
 """Approve, approve as canary or reject a candidate from its announcement (operators only).
 
-The same `feedback.releases` functions as `tuneloop releases` and `/api/releases` run, so
+The same `store.releases` functions as `tuneloop releases` and `/api/releases` run, so
 the audit log names the Slack operator like any other.
 """
 
@@ -14,8 +14,8 @@ from bot.slack import blocks
 from bot.slack.calls import call
 from bot.slack.people import slack_user
 from bot.slack.services import SlackServices
-from feedback import releases
-from feedback.models import Role
+from store import releases
+from store.models import Role
 
 APPROVE, CANARY, REJECT = blocks.RELEASE_ACTIONS
 REFUSED = "Only operators can approve or reject releases."

@@ -30,7 +30,7 @@ def upgrade() -> None:
     else:
         op.add_column("responses", sa.Column("review_scorer_release_id", sa.Integer(),
                                              sa.ForeignKey("releases.id", name=FOREIGN_KEY), nullable=True))
-    # The queue's ORDER BY, key for key (see feedback.models): unscored last on both databases.
+    # The queue's ORDER BY, key for key (see store.models): unscored last on both databases.
     op.create_index(INDEX, "responses", [sa.text("(review_uncertainty IS NULL)"), sa.text("review_uncertainty DESC"),
                                          sa.text("created_at DESC")])
 
