@@ -28,15 +28,16 @@ import logging
 from collections import Counter
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import httpx
 import openai
 
 from serving.engine import Completion, EngineError, GenerationRequest, StreamEvent
+from serving.vllm_server import VLLMServer
 
 log = logging.getLogger(__name__)
 
-BASE_MODEL = "base"  # the name the servers serve the base model under (--served-model-name)
 WARM_UP = [{"role": "user", "content": "Hi"}]
 
 
@@ -50,11 +51,15 @@ class Replica:
 
 
 class VLLMEngine:
-    def __init__(self, urls: Sequence[str], *, api_key: str | None = None, timeout_s: float = 120.0,
-                 model_name: str = BASE_MODEL, connect_timeout_s: float = 5.0) -> None:
+    def __init__(self, urls: Sequence[str] = (), *, api_key: str | None = None, timeout_s: float = 120.0,
+                 model_name: str | None = None, connect_timeout_s: float = 5.0, server: VLLMServer | None = None) -> None:
+        """`urls`: the fleet; or `server`, a local server this engine starts and stops."""
+        urls = [server.url] if server is not None else list(urls)
         if not urls:
             raise ValueError("the vLLM engine needs at least one server URL (TUNELOOP_VLLM_URLS)")
-        self.model_name = model_name
+        self.server = server
+        self.model_name = model_name or ""  # set from the servers' base model on start, unless given
+        self._base = ""  # the name the servers serve the base model under
         timeout = httpx.Timeout(timeout_s, connect=connect_timeout_s)
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self.replicas = [
@@ -70,15 +75,24 @@ class VLLMEngine:
     # ------------------------------------------------------------ lifecycle
 
     async def start(self) -> None:
-        """Check that at least one replica answers; the others are tried again per request."""
+        """Check that at least one replica answers (the others are tried again per request) and
+        learn the name its base model is served under."""
+        if self.server is not None:
+            await asyncio.to_thread(self.server.start)
         healthy = await asyncio.gather(*(self._healthy(r) for r in self.replicas))
         if not any(healthy):
             raise EngineError(f"no vLLM server answers at {', '.join(r.url for r in self.replicas)}")
+        replica = next(r for r, ok in zip(self.replicas, healthy) if ok)
+        models = (await replica.api.models.list()).data
+        self._base = next(m.id for m in models if not getattr(m, "parent", None))  # adapters have a parent
+        self.model_name = self.model_name or self._base
 
     async def close(self) -> None:
         for replica in self.replicas:
             await replica.api.close()
             await replica.admin.aclose()
+        if self.server is not None:
+            await asyncio.to_thread(self.server.stop)
 
     async def _healthy(self, replica: Replica) -> bool:
         try:
@@ -89,7 +103,7 @@ class VLLMEngine:
     # ------------------------------------------------------------ requests
 
     async def stream(self, request: GenerationRequest) -> AsyncIterator[StreamEvent]:
-        model = request.adapter or self.model_name
+        model = request.adapter or self._base
         if request.adapter and request.adapter not in self._served:
             raise EngineError(f"adapter {request.adapter!r} is not loaded")
         failures = []
@@ -162,7 +176,9 @@ class VLLMEngine:
         self._served[name] = path
 
     async def _load_on(self, replica: Replica, name: str, path: str) -> None:
-        response = await replica.admin.post("/v1/load_lora_adapter", json={"lora_name": name, "lora_path": path})
+        # The servers read the adapter from their own disk: a shared volume at the same path for a fleet.
+        where = str(Path(path).resolve())
+        response = await replica.admin.post("/v1/load_lora_adapter", json={"lora_name": name, "lora_path": where})
         if response.status_code >= 400 and "already been loaded" not in response.text:
             raise EngineError(f"load_lora_adapter answered {response.status_code}: {response.text[:300]}")
         # The first request on an adapter pays for loading its weights: pay it here, not a user.

@@ -85,10 +85,13 @@ class VLLMServer:
         return self.url
 
     def _spawn(self) -> None:
+        if self.log_path:
+            self.log_path.parent.mkdir(parents=True, exist_ok=True)
         output = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115 - the child keeps it
         log.info("starting vLLM on %s: %s", self.url, " ".join(self.config.command(self.port)))
         self._process = subprocess.Popen(self.config.command(self.port), env=self.config.environment(),
-                                         stdout=output, stderr=subprocess.STDOUT, start_new_session=True)
+                                         stdout=output, stderr=subprocess.STDOUT, start_new_session=True,
+                                         preexec_fn=_die_with_parent)
 
     def wait_ready(self) -> None:
         deadline = time.monotonic() + self.config.startup_timeout_s
@@ -131,6 +134,17 @@ class VLLMServer:
         """Kill the server as a crash would (the supervisor starts it again)."""
         if self._process is not None:
             os.killpg(self._process.pid, 9)
+
+
+def _die_with_parent() -> None:
+    """In the child: a SIGTERM when tuneloop dies, however it dies (Linux's PR_SET_PDEATHSIG), so
+    a killed service leaves no vLLM server holding the GPU. Elsewhere a no-op."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, 15)  # PR_SET_PDEATHSIG, SIGTERM
+    except (OSError, AttributeError):
+        pass
 
 
 def free_port() -> int:

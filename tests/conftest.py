@@ -17,7 +17,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from store.db import make_engine  # noqa: E402
 from store.migrate import upgrade  # noqa: E402
-from tests.models import tiny_model_dir  # noqa: E402
+from tests.models import tiny_model_dir, vllm_tiny_model_dir  # noqa: E402
 from tuneloop.settings import Settings  # noqa: E402
 
 POSTGRES_URL = os.environ.get("TUNELOOP_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
@@ -26,6 +26,26 @@ POSTGRES_URL = os.environ.get("TUNELOOP_TEST_POSTGRES_URL", "postgresql://postgr
 @pytest.fixture(scope="session")
 def tiny_model() -> Path:
     return tiny_model_dir()
+
+
+@pytest.fixture(scope="session")
+def vllm_model() -> Path:
+    """The tiny twin vLLM's CPU kernels take (head size 64)."""
+    return vllm_tiny_model_dir()
+
+
+@pytest.fixture(scope="session")
+def vllm_url(vllm_model: Path, tmp_path_factory) -> Iterator[str]:
+    """A real vLLM server (its own venv, `make vllm`) serving the tiny model with runtime LoRA,
+    one for the whole session: it takes half a minute to start."""
+    from serving.vllm_server import VLLMServer, VLLMServerConfig
+
+    log = tmp_path_factory.mktemp("vllm") / "vllm.log"
+    server = VLLMServer(VLLMServerConfig(model=str(vllm_model), dtype="float32", max_model_len=512), log_path=log)
+    try:
+        yield server.start()
+    finally:
+        server.stop()
 
 
 @pytest.fixture(scope="session")

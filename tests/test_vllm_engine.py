@@ -1,6 +1,6 @@
 """The vLLM engine against a real vLLM server (the CPU build, `make vllm`) serving the tiny model.
 
-One server is started for the module (about half a minute). A "replica that is down" is a
+One server is started for the session (conftest's `vllm_url`, about half a minute). A "replica that is down" is a
 port nobody listens on: what a crashed or unreachable server looks like to a client.
 """
 
@@ -13,27 +13,11 @@ import pytest
 
 from serving.engine import EngineError, GenerationRequest, SamplingParams, generate
 from serving.vllm_engine import VLLMEngine
-from serving.vllm_server import VLLMServer, VLLMServerConfig, free_port
-from tests.models import vllm_tiny_model_dir
+from serving.vllm_server import free_port
 from tests.adapters import make_adapter
 
 pytestmark = pytest.mark.timeout(900)
 ASK = [{"role": "user", "content": "Name three colours."}]
-
-
-@pytest.fixture(scope="module")
-def vllm_model():
-    return vllm_tiny_model_dir()
-
-
-@pytest.fixture(scope="module")
-def vllm_url(vllm_model, tmp_path_factory):
-    log = tmp_path_factory.mktemp("vllm") / "vllm.log"
-    server = VLLMServer(VLLMServerConfig(model=str(vllm_model), dtype="float32", max_model_len=512), log_path=log)
-    try:
-        yield server.start()
-    finally:
-        server.stop()
 
 
 @pytest.fixture(scope="module")

@@ -39,8 +39,11 @@ log = logging.getLogger(__name__)
 
 
 def build_engine(settings: Settings) -> Engine:
-    from serving.transformers_engine import TransformersEngine
     from serving.weights import resolve_model
+
+    if settings.engine == "vllm":
+        return _vllm_engine(settings)
+    from serving.transformers_engine import TransformersEngine
 
     path = resolve_model(settings.model, settings.models_dir, EMBEDDED_MODEL)
     return TransformersEngine(
@@ -51,6 +54,24 @@ def build_engine(settings: Settings) -> Engine:
         model_name=settings.model,
         threads=settings.torch_threads or None,
     )
+
+
+def _vllm_engine(settings: Settings) -> Engine:
+    """vLLM servers at TUNELOOP_VLLM_URLS, or, with none, a local one this process supervises."""
+    from serving.vllm_engine import VLLMEngine
+
+    common = {"api_key": settings.vllm_api_key, "timeout_s": settings.vllm_timeout_s, "model_name": settings.model}
+    if settings.vllm_urls:
+        return VLLMEngine(settings.vllm_urls, **common)
+    from serving.vllm_server import DEFAULT_PYTHON, VLLMServer, VLLMServerConfig
+    from serving.weights import resolve_model
+
+    config = VLLMServerConfig(
+        model=resolve_model(settings.model, settings.models_dir, EMBEDDED_MODEL),
+        python=str(settings.vllm_python or DEFAULT_PYTHON), max_loras=settings.vllm_max_loras,
+        max_lora_rank=settings.vllm_max_lora_rank, max_model_len=settings.vllm_max_model_len,
+        api_key=settings.vllm_api_key)
+    return VLLMEngine(server=VLLMServer(config, log_path=settings.data_dir / "vllm.log"), **common)
 
 
 def _nightly(settings: Settings):  # noqa: ANN202

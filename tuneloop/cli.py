@@ -38,12 +38,14 @@ class ExportFormat(str, Enum):
 HOST = typer.Option(None, help="defaults to TUNELOOP_HOST (127.0.0.1)")
 PORT = typer.Option(None, help="defaults to TUNELOOP_PORT (8000)")
 NIGHTLY = typer.Option(None, help="HH:MM: run `tuneloop train` then each night (TUNELOOP_NIGHTLY_AT)")
+ENGINE = typer.Option(None, help="transformers (in-process) or vllm (TUNELOOP_VLLM_URLS, or a local server "
+                                 "tuneloop starts); defaults to TUNELOOP_ENGINE (transformers)")
 
 
 @app.command()
-def serve(host: str = HOST, port: int = PORT, nightly: str = NIGHTLY) -> None:
+def serve(host: str = HOST, port: int = PORT, nightly: str = NIGHTLY, engine: str = ENGINE) -> None:
     """Run the chat service: widget at /, OpenAI API at /v1, feedback API at /api/feedback."""
-    _serve(get_settings(), host, port, nightly)
+    _serve(get_settings(), host, port, nightly, engine)
 
 
 @app.command()
@@ -80,7 +82,8 @@ def _log_to_stderr() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
-def _serve(settings: Settings, host: str | None, port: int | None, nightly: str | None) -> None:
+def _serve(settings: Settings, host: str | None, port: int | None, nightly: str | None,
+           engine: str | None = None) -> None:
     import uvicorn
 
     from tuneloop.app import create_app
@@ -95,6 +98,10 @@ def _serve(settings: Settings, host: str | None, port: int | None, nightly: str 
         except ValueError as error:
             raise typer.BadParameter(str(error), param_hint="--nightly") from error
         chosen["nightly_at"] = nightly
+    if engine:
+        if engine not in ("transformers", "vllm"):
+            raise typer.BadParameter(f"transformers or vllm, not {engine!r}", param_hint="--engine")
+        chosen["engine"] = engine
     settings = settings.model_copy(update=chosen)
     _log_to_stderr()
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port)

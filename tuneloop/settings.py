@@ -29,6 +29,16 @@ class Settings(BaseSettings):
     max_tokens: int = Field(default=256, ge=1, le=4096, description="default answer length cap")
     temperature: float = Field(default=0.7, ge=0.0, le=2.0, description="widget and Slack sampling temperature")
     max_batch_size: int = Field(default=16, ge=1, le=64)
+    # Which engine generates: in-process transformers, or vLLM servers (serving/vllm_engine.py).
+    engine: Literal["transformers", "vllm"] = "transformers"
+    vllm_urls: list[str] = Field(default_factory=list, description="vLLM servers (JSON list); none: tuneloop "
+                                                                   "starts and supervises a local one")
+    vllm_api_key: str | None = Field(default=None, description="the servers' --api-key, if they have one")
+    vllm_timeout_s: float = Field(default=120.0, gt=0, description="longest wait for a vLLM answer")
+    vllm_python: Path | None = Field(default=None, description="the local server's Python; default .venv-vllm")
+    vllm_max_loras: int = Field(default=2, ge=1, description="adapters a local server holds at once")
+    vllm_max_lora_rank: int = Field(default=16, ge=1, description="highest LoRA rank a local server takes")
+    vllm_max_model_len: int = Field(default=2048, ge=128, description="a local server's context length")
     batch_wait_ms: float = Field(default=5.0, ge=0, description="how long the batcher waits for company")
 
     reload_interval: float = Field(default=0.5, gt=0, description="seconds between checks for a new release")

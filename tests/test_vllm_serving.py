@@ -1,0 +1,142 @@
+"""tuneloop serving through vLLM: the official OpenAI client against tuneloop, an operator's
+approval hot-swapped into the vLLM server under load, and `tuneloop serve --engine vllm`
+starting, supervising and stopping a vLLM server of its own."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+
+import httpx
+import pytest
+from openai import OpenAI
+
+from tests.adapters import add_candidate, make_adapter, operator_token
+from tests.conftest import LiveServer, free_port
+from tests.test_loop import _stream, chat, eventually, release_of
+
+pytestmark = pytest.mark.timeout(900)
+
+
+@pytest.fixture
+def vllm_settings(settings, vllm_model, vllm_url):
+    return settings.model_copy(update={"engine": "vllm", "vllm_urls": [vllm_url], "model": str(vllm_model)})
+
+
+@pytest.fixture
+def on_vllm(vllm_settings):
+    from tuneloop.app import create_app
+
+    with LiveServer(create_app(vllm_settings)) as server:
+        yield server
+
+
+def test_the_openai_client_streams_through_tuneloop_from_vllm(on_vllm):
+    client = OpenAI(base_url=f"{on_vllm.url}/v1", api_key="unused")
+    asked = {"model": "tuneloop", "messages": [{"role": "user", "content": "Name a colour."}], "max_tokens": 8,
+             "temperature": 0}
+    whole = client.chat.completions.create(**asked)
+    pieces = [c.choices[0].delta.content for c in client.chat.completions.create(**asked, stream=True)
+              if c.choices and c.choices[0].delta.content]
+    assert whole.usage.completion_tokens == 8 and whole.usage.prompt_tokens > 3
+    # Greedy: the same answer, whole or streamed (piece by piece: tests/test_vllm_engine.py).
+    assert pieces and "".join(pieces) == whole.choices[0].message.content
+    assert type(on_vllm.app.state.engine).__name__ == "VLLMEngine"
+
+
+def test_an_approval_reaches_vllm_under_concurrent_streams_and_fails_none(on_vllm, vllm_model, tmp_path):
+    database = on_vllm.app.state.database
+    add_candidate(database, "r-vllm", make_adapter(vllm_model, tmp_path / "adapter"))
+    operator = {"Authorization": f"Bearer {operator_token(database)}"}
+
+    async def scenario():
+        started = [asyncio.Event() for _ in range(4)]
+        streams = [asyncio.create_task(_stream(on_vllm.url, 120, event)) for event in started]
+        await asyncio.gather(*(event.wait() for event in started))
+        async with httpx.AsyncClient() as http:
+            approved = await http.post(f"{on_vllm.url}/api/releases/r-vllm/approve", headers=operator)
+        return approved, await asyncio.gather(*streams)
+
+    approved, finished = asyncio.run(scenario())
+    assert approved.status_code == 200
+    assert [last for _, last, _ in finished] == ["data: [DONE]"] * 4
+    assert {release_of(database, rid) for rid, _, _ in finished} == {"base"}
+    assert eventually(lambda: release_of(database, chat(on_vllm.url)) == "r-vllm", timeout=60)
+    live = on_vllm.app.state.live
+    served = {m["id"] for m in httpx.get(f"{on_vllm.app.state.settings.vllm_urls[0]}/v1/models").json()["data"]}
+    assert live.active.adapter in served  # loaded on the vLLM server under the release's versioned name
+    assert httpx.post(f"{on_vllm.url}/api/releases/rollback", headers=operator).status_code == 200
+    assert eventually(lambda: release_of(database, chat(on_vllm.url)) == "base", timeout=60)
+
+
+def test_serve_with_the_vllm_engine_and_no_url_runs_its_own_server(vllm_model, tmp_path):
+    port = free_port()
+    env = {**os.environ, "TUNELOOP_MODEL": str(vllm_model), "TUNELOOP_DATA_DIR": str(tmp_path / "var"),
+           "TUNELOOP_PORT": str(port), "TUNELOOP_MAX_TOKENS": "6", "TUNELOOP_VLLM_MAX_MODEL_LEN": "512",
+           "TUNELOOP_REVIEW_SCORING": "false", "HF_HUB_OFFLINE": "1"}
+    output = open(tmp_path / "service.log", "wb")  # noqa: SIM115 - a file, not a pipe it could fill and block on
+    service = subprocess.Popen([sys.executable, "-m", "tuneloop.cli", "serve", "--engine", "vllm"], env=env,
+                               stdout=output, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        assert eventually(lambda: _ready(url), timeout=600), _why(service, tmp_path)
+        client = OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=120)
+        answer = client.chat.completions.create(model="tuneloop", messages=[{"role": "user", "content": "Hi"}])
+        assert answer.usage.completion_tokens <= 6 and answer.choices[0].message.content
+        first = _vllm_children(service.pid)
+        assert first, "no vLLM server among the service's children"
+        os.kill(first[0], signal.SIGKILL)  # the vLLM server crashes ...
+        assert eventually(lambda: _vllm_children(service.pid) and _answers(client), timeout=600)  # ... and is back
+        second = _vllm_children(service.pid)
+        assert second != first
+    finally:
+        service.send_signal(signal.SIGTERM)
+        try:
+            service.wait(120)
+        except subprocess.TimeoutExpired:
+            os.killpg(service.pid, signal.SIGKILL)  # the assertion that failed above is the news, not this
+            service.wait()
+    # A graceful stop (uvicorn re-raises the SIGTERM it handled once it has shut down).
+    assert "Application shutdown complete" in (tmp_path / "service.log").read_text()
+    assert eventually(lambda: not any(os.path.exists(f"/proc/{pid}") for pid in second), timeout=30)  # stopped too
+
+
+def _ready(url: str) -> bool:
+    try:
+        return httpx.get(f"{url}/readyz", timeout=5).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def _answers(client: OpenAI) -> bool:
+    try:
+        return bool(client.chat.completions.create(model="tuneloop", messages=[{"role": "user", "content": "Hi"}]))
+    except Exception:  # noqa: BLE001 - not back yet
+        return False
+
+
+def _vllm_children(pid: int) -> list[int]:
+    """The vLLM API servers the service `pid` started."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                command = f.read().decode(errors="replace")
+            with open(f"/proc/{entry}/stat") as f:
+                parent = int(f.read().rsplit(")", 1)[1].split()[1])
+        except OSError:
+            continue
+        if "vllm.entrypoints.openai.api_server" in command and parent == pid:
+            found.append(int(entry))
+    return found
+
+
+def _why(service: subprocess.Popen, tmp_path) -> str:  # noqa: ANN001
+    logs = [tmp_path / "service.log", tmp_path / "var" / "vllm.log"]
+    ends = "\n".join(f"{log.name} ends: {log.read_text(errors='replace')[-1500:]}" for log in logs if log.is_file())
+    return f"the service {'exited' if service.poll() is not None else 'did not become ready'}; {ends}"
