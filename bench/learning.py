@@ -193,7 +193,7 @@ def night(folder: Path, share: float, events: int, name: str, args: argparse.Nam
            "TUNELOOP_DEVICE": "cpu"}
     env.pop("TUNELOOP_DATABASE_URL", None)
     # Every night here is judged against the same base release: the base's greedy answers that one
-    # night gave, the next reuses (trainer.evaluate.AnswerCache), as nights against one active
+    # night gave, the next reuses (trainer.answers.AnswerCache), as nights against one active
     # release do in a deployment.
     shared_cache = folder.parent / "eval-cache"
     if shared_cache.is_dir():
