@@ -16,6 +16,10 @@ release routing above (canary share, stickiness, rollback) needs nothing vLLM-sp
   the name served. If one replica fails, the adapter is unloaded from those that took it and
   the load fails, so no replica ever routes to a release another one lacks.
 - **Unloading** waits until the requests in flight on that adapter are done.
+- **A replica that restarts** comes back without runtime adapters. Every few seconds, and as
+  soon as a request finds it unreachable or missing an adapter, the engine compares the
+  replica's `/v1/models` with what it serves; until the missing adapters are loaded and
+  warmed there again, the replica gets no traffic (unless no other replica can answer).
 
 The OpenAI SDK streams the answers (it parses the server-sent events and maps errors); the
 LoRA routes are vLLM's own, not OpenAI's, and go through plain httpx.
@@ -48,11 +52,13 @@ class Replica:
     admin: httpx.AsyncClient
     in_flight: int = 0
     adapters: Counter = field(default_factory=Counter)  # adapter -> requests in flight on it here
+    ready: bool = True  # answers, and holds every adapter the engine serves
 
 
 class VLLMEngine:
     def __init__(self, urls: Sequence[str] = (), *, api_key: str | None = None, timeout_s: float = 120.0,
-                 model_name: str | None = None, connect_timeout_s: float = 5.0, server: VLLMServer | None = None) -> None:
+                 model_name: str | None = None, connect_timeout_s: float = 5.0, server: VLLMServer | None = None,
+                 check_interval_s: float = 5.0) -> None:
         """`urls`: the fleet; or `server`, a local server this engine starts and stops."""
         urls = [server.url] if server is not None else list(urls)
         if not urls:
@@ -71,6 +77,9 @@ class VLLMEngine:
         ]
         self._served: dict[str, str] = {}  # adapter name -> path, loaded on every replica
         self._idle: dict[str, asyncio.Event] = {}
+        self.check_interval_s = check_interval_s
+        self._watcher: asyncio.Task | None = None
+        self._syncing: dict[str, asyncio.Task] = {}  # replica url -> its resync in progress
 
     # ------------------------------------------------------------ lifecycle
 
@@ -86,8 +95,15 @@ class VLLMEngine:
         models = (await replica.api.models.list()).data
         self._base = next(m.id for m in models if not getattr(m, "parent", None))  # adapters have a parent
         self.model_name = self.model_name or self._base
+        for replica, ok in zip(self.replicas, healthy):
+            replica.ready = ok
+        self._watcher = asyncio.create_task(self._watch(), name="vllm-replicas")
 
     async def close(self) -> None:
+        if self._watcher is not None:
+            self._watcher.cancel()
+        for task in self._syncing.values():
+            task.cancel()
         for replica in self.replicas:
             await replica.api.close()
             await replica.admin.aclose()
@@ -106,8 +122,9 @@ class VLLMEngine:
         model = request.adapter or self._base
         if request.adapter and request.adapter not in self._served:
             raise EngineError(f"adapter {request.adapter!r} is not loaded")
-        failures = []
-        for replica in sorted(self.replicas, key=lambda r: r.in_flight):  # least outstanding requests first
+        failures, order, resynced = [], self._route_order(), set()
+        while order:
+            replica = order[0]
             started = False
             self._enter(replica, request.adapter)
             try:
@@ -115,15 +132,23 @@ class VLLMEngine:
                     started = True
                     yield event
                 return
-            except (openai.APIConnectionError, openai.InternalServerError) as error:
+            except (openai.APIConnectionError, openai.InternalServerError, openai.NotFoundError) as error:
                 if started:
                     raise EngineError(f"vLLM at {replica.url} failed mid-answer: {error}") from error
-                log.warning("vLLM at %s unavailable, trying the next replica: %s", replica.url, error)
                 failures.append(f"{replica.url}: {error}")
+                if isinstance(error, openai.NotFoundError) and replica.url not in resynced:
+                    # It lost the adapter (a restart): give it back, then ask it again.
+                    resynced.add(replica.url)
+                    await self._check(replica)
+                    if replica.ready:
+                        continue
+                log.warning("vLLM at %s cannot answer, trying the next replica: %s", replica.url, error)
+                self._resync_soon(replica)
             except openai.APIStatusError as error:
                 raise EngineError(f"vLLM refused the request ({error.status_code}): {_message(error)}") from error
             finally:
                 self._leave(replica, request.adapter)
+            order.pop(0)
         raise EngineError("no vLLM replica could answer: " + "; ".join(failures))
 
     async def _stream_from(self, replica: Replica, model: str, request: GenerationRequest) -> AsyncIterator[StreamEvent]:
@@ -147,6 +172,44 @@ class VLLMEngine:
                                                             chunk.usage.prompt_tokens, chunk.usage.completion_tokens))
                     return
         raise EngineError(f"vLLM at {replica.url} ended the stream without its usage")
+
+    def _route_order(self) -> list[Replica]:
+        """Least outstanding requests first; replicas still catching up only after all others."""
+        return sorted(self.replicas, key=lambda r: (not r.ready, r.in_flight))
+
+    # ------------------------------------------------------------ replicas that come back
+
+    async def _watch(self) -> None:
+        while True:
+            await asyncio.sleep(self.check_interval_s)
+            await asyncio.gather(*(self._check(r) for r in self.replicas), return_exceptions=True)
+
+    def _resync_soon(self, replica: Replica) -> None:
+        replica.ready = False
+        if replica.url not in self._syncing:
+            task = asyncio.create_task(self._check(replica), name=f"vllm-resync {replica.url}")
+            self._syncing[replica.url] = task
+            task.add_done_callback(lambda _: self._syncing.pop(replica.url, None))
+
+    async def _check(self, replica: Replica) -> None:
+        """Give `replica` the adapters it lacks (load and warm), then traffic again."""
+        try:
+            held = {model.id for model in (await replica.api.models.list()).data}
+        except openai.APIError:
+            replica.ready = False
+            return
+        missing = {name: path for name, path in self._served.items() if name not in held}
+        if missing:
+            replica.ready = False
+            log.warning("vLLM at %s lacks %s (restarted?): loading before it gets traffic", replica.url,
+                        ", ".join(missing))
+            try:
+                for name, path in missing.items():
+                    await self._load_on(replica, name, path)
+            except (EngineError, openai.APIError, httpx.HTTPError) as error:
+                log.warning("vLLM at %s could not take the live adapters yet: %s", replica.url, error)
+                return
+        replica.ready = True
 
     def _enter(self, replica: Replica, adapter: str | None) -> None:
         replica.in_flight += 1

@@ -145,3 +145,34 @@ def test_a_client_that_goes_away_cancels_its_upstream_request(vllm_url):
 
     during, after = run(using([vllm_url], work))
     assert during == 1 and after == 0
+
+
+def test_a_replica_that_lost_its_adapters_gets_them_back_before_traffic(vllm_url, adapter_dir):
+    """A restarted vLLM server holds no runtime adapters: here one is unloaded behind the
+    engine's back, which leaves the server in exactly that state."""
+    async def work(engine):
+        await engine.load_adapter("release-2-d", str(adapter_dir))
+        httpx.post(f"{vllm_url}/v1/unload_lora_adapter", json={"lora_name": "release-2-d"}).raise_for_status()
+        assert "release-2-d" not in served(vllm_url)
+        request = GenerationRequest(ASK, SamplingParams(temperature=0.0, max_tokens=4), adapter="release-2-d")
+        answered = await generate(engine, request)  # the request finds it gone, and it is given back first
+        assert "release-2-d" in served(vllm_url)
+        httpx.post(f"{vllm_url}/v1/unload_lora_adapter", json={"lora_name": "release-2-d"}).raise_for_status()
+        for _ in range(100):  # with no request at all, the engine's own check notices too
+            if "release-2-d" in served(vllm_url):
+                break
+            await asyncio.sleep(0.1)
+        back = "release-2-d" in served(vllm_url)
+        await engine.unload_adapter("release-2-d")
+        return answered, back
+
+    async def checking_often(work_):  # noqa: ANN001
+        engine = VLLMEngine([vllm_url], check_interval_s=0.5)
+        await engine.start()
+        try:
+            return await work_(engine)
+        finally:
+            await engine.close()
+
+    answered, back = run(checking_often(work))
+    assert answered.completion_tokens == 4 and back
