@@ -66,3 +66,47 @@ def test_the_compose_file_starts_only_with_a_real_password_and_no_anonymous_api(
     assert chosen.environment == "production" and chosen.allow_anonymous_api is False
     with pytest.raises(ValidationError, match="placeholder"):
         settings(resolved("tuneloop"))
+
+
+KUBERNETES = ROOT / "docker" / "kubernetes"
+
+
+def _documents(name: str) -> list[dict]:
+    return [doc for doc in yaml.safe_load_all((KUBERNETES / name).read_text()) if doc]
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in KUBERNETES.glob("*.yaml")))
+def test_every_kubernetes_manifest_is_valid_against_the_api_schema(name):
+    import kubernetes_validate
+
+    for document in _documents(name):
+        kubernetes_validate.validate(document, "1.30", strict=True)  # raises on an unknown or mistyped field
+
+
+def test_tuneloop_serves_through_every_vllm_replica_on_one_shared_volume():
+    by_kind = {doc["kind"]: doc for name in ("vllm.yaml", "tuneloop.yaml") for doc in _documents(name)}
+    vllm, tuneloop = by_kind["StatefulSet"], by_kind["Deployment"]
+    env = {e["name"]: e.get("value") for e in tuneloop["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert set(env) <= {f"TUNELOOP_{name.upper()}" for name in Settings.model_fields}
+    urls = yaml.safe_load(env["TUNELOOP_VLLM_URLS"])
+    assert env["TUNELOOP_ENGINE"] == "vllm"
+    assert urls == [f"http://vllm-{i}.vllm:8000" for i in range(vllm["spec"]["replicas"])]  # one per replica
+    args = vllm["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert "--enable-lora" in args and args[args.index("--served-model-name") + 1] == "base"
+    claims = {doc["spec"]["template"]["spec"]["volumes"][0]["persistentVolumeClaim"]["claimName"]
+              for doc in (vllm, tuneloop)}
+    mounts = {doc["spec"]["template"]["spec"]["containers"][0]["volumeMounts"][0]["mountPath"] for doc in (vllm, tuneloop)}
+    assert claims == {"tuneloop-data"} and mounts == {"/data"}  # adapter paths mean the same files in both
+    assert by_kind["PersistentVolumeClaim"]["spec"]["accessModes"] == ["ReadWriteMany"]
+    assert vllm["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == 1
+
+
+def test_the_compose_gpu_profile_runs_vllm_on_the_shared_volume():
+    compose = yaml.safe_load((ROOT / "docker" / "compose.yaml").read_text())
+    vllm, tuneloop = compose["services"]["vllm"], compose["services"]["tuneloop"]
+    assert vllm["profiles"] == ["gpu"] and "tuneloop" not in compose["services"]["tuneloop"].get("profiles", [])
+    assert vllm["deploy"]["resources"]["reservations"]["devices"][0]["capabilities"] == ["gpu"]
+    assert "--enable-lora" in vllm["command"] and vllm["environment"]["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] == "True"
+    assert set(vllm["volumes"]) == set(tuneloop["volumes"]) == {"tuneloop-data:/data"}
+    model = vllm["command"].split("--model ", 1)[1].split()[0]
+    assert model.startswith("/data/models/")  # the base model the tuneloop image put in the volume
