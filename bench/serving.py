@@ -7,6 +7,7 @@ are printed, and throughput is generated tokens per wall-clock second.
 
     HF_HUB_OFFLINE=1 .venv/bin/python bench/serving.py            # embedded SmolLM2-135M
     HF_HUB_OFFLINE=1 .venv/bin/python bench/serving.py --http     # also through /v1/chat/completions
+    HF_HUB_OFFLINE=1 .venv/bin/python bench/serving.py --engine vllm   # in-process against vLLM (make vllm)
 """
 
 from __future__ import annotations
@@ -78,6 +79,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, default=1, help="repeat both modes, alternating their order")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--http", action="store_true", help="also measure through POST /v1/chat/completions")
+    parser.add_argument("--engine", choices=["transformers", "vllm"], default="transformers",
+                        help="vllm: the in-process engine against vLLM through the service (bench/engine_compare.py)")
+    parser.add_argument("--concurrency", default="1,8,32", help="with --engine vllm: chats at once, comma-separated")
     return parser.parse_args()
 
 
@@ -196,6 +200,13 @@ def ratio_line(label: str, seq: list[Phase], conc: list[Phase], target: float | 
 
 async def main() -> None:
     args = parse_args()
+    if args.engine == "vllm":
+        from bench import engine_compare
+
+        levels = [int(level) for level in args.concurrency.split(",")]
+        engine_compare.report(await asyncio.to_thread(engine_compare.compare, model_path(args), PROMPTS, levels,
+                                                      args.max_tokens))
+        return
     import torch
 
     from serving.transformers_engine import TransformersEngine

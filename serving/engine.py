@@ -1,7 +1,7 @@
 """The engine interface: what the rest of tuneloop needs from something that generates text.
 
-The in-process transformers engine is the first implementation; a remote
-OpenAI-compatible engine (vLLM with runtime LoRA) fits the same shape.
+Two implementations: the in-process transformers engine (`transformers_engine.py`) and a
+fleet of vLLM servers with runtime LoRA (`vllm_engine.py`).
 """
 
 from __future__ import annotations
