@@ -54,6 +54,7 @@ def service(data_dir: Path, model: str, settings: dict[str, str] | None = None, 
     env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "TUNELOOP_MODEL": model,
            "TUNELOOP_DEVICE": "cpu", "TUNELOOP_DATA_DIR": str(data_dir), "TUNELOOP_PORT": str(port)}
     env.pop("TUNELOOP_DATABASE_URL", None)  # a SQLite file in data_dir, whatever the caller's shell says
+    env.setdefault("TUNELOOP_ENGINE", "transformers")  # what a bench measures is named, never picked for it
     env.update({f"TUNELOOP_{key}": str(value) for key, value in (settings or {}).items()})
     if threads:
         env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(threads)

@@ -152,7 +152,7 @@ def server(url: str, tmp: Path, args: argparse.Namespace):
     port = free_port()
     env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "TUNELOOP_DATABASE_URL": url,
            "TUNELOOP_MODEL": str(tiny_model_dir()), "TUNELOOP_DEVICE": "cpu", "TUNELOOP_DATA_DIR": str(tmp),
-           "TUNELOOP_PORT": str(port)}
+           "TUNELOOP_PORT": str(port), "TUNELOOP_ENGINE": "transformers"}  # the feedback API is measured, not generation
     command = [sys.executable, "-m", "uvicorn", "tuneloop.app:create_app", "--factory", "--host", "127.0.0.1",
                "--port", str(port), "--log-level", "warning", "--workers", str(args.workers)]
     if not args.access_log:

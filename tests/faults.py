@@ -54,7 +54,8 @@ class Round:
 def start(data_dir: Path, model: str, database_url: str, port: int, log: Path) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "TUNELOOP_MODEL": model,
            "TUNELOOP_DEVICE": "cpu", "TUNELOOP_DATA_DIR": str(data_dir), "TUNELOOP_DATABASE_URL": database_url,
-           "TUNELOOP_MAX_TOKENS": "4", "TUNELOOP_AB_SHARE": "1.0", "TUNELOOP_REVIEW_SCORING": "false"}
+           "TUNELOOP_MAX_TOKENS": "4", "TUNELOOP_AB_SHARE": "1.0", "TUNELOOP_REVIEW_SCORING": "false",
+           "TUNELOOP_ENGINE": "transformers"}  # the tiny model's head size is too small for vLLM's CPU kernels
     command = [sys.executable, "-m", "uvicorn", "tuneloop.app:create_app", "--factory", "--host", "127.0.0.1",
                "--port", str(port), "--log-level", "warning"]
     with log.open("ab") as out:

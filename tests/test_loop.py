@@ -180,7 +180,7 @@ def test_a_second_service_process_on_the_same_database_follows(live_server, adap
     settings = live_server.app.state.settings
     env = {**os.environ, "TUNELOOP_DATABASE_URL": settings.database_url, "TUNELOOP_MODEL": str(tiny_model),
            "TUNELOOP_DATA_DIR": str(tmp_path / "second"), "TUNELOOP_PORT": str(port), "TUNELOOP_DEVICE": "cpu",
-           "TUNELOOP_MAX_TOKENS": "4", "HF_HUB_OFFLINE": "1"}
+           "TUNELOOP_MAX_TOKENS": "4", "HF_HUB_OFFLINE": "1", "TUNELOOP_ENGINE": "transformers"}
     second = subprocess.Popen([sys.executable, "-m", "tuneloop.cli", "serve"], env=env,
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     url = f"http://127.0.0.1:{port}"

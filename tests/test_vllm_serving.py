@@ -140,3 +140,13 @@ def _why(service: subprocess.Popen, tmp_path) -> str:  # noqa: ANN001
     logs = [tmp_path / "service.log", tmp_path / "var" / "vllm.log"]
     ends = "\n".join(f"{log.name} ends: {log.read_text(errors='replace')[-1500:]}" for log in logs if log.is_file())
     return f"the service {'exited' if service.poll() is not None else 'did not become ready'}; {ends}"
+
+
+def test_auto_serves_through_vllm_where_it_is_installed_and_in_process_elsewhere(settings, tmp_path):
+    from tuneloop.app import engine_kind
+
+    auto = settings.model_copy(update={"engine": "auto"})
+    assert engine_kind(auto) == "vllm"  # `make test` built .venv-vllm, as `make run` does
+    assert engine_kind(auto.model_copy(update={"vllm_python": tmp_path / "no-vllm" / "python"})) == "transformers"
+    assert engine_kind(auto.model_copy(update={"vllm_python": tmp_path / "none", "vllm_urls": ["http://x"]})) == "vllm"
+    assert engine_kind(auto.model_copy(update={"engine": "transformers"})) == "transformers"

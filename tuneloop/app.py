@@ -6,6 +6,7 @@ import asyncio
 import gc
 import logging
 import sys
+from pathlib import Path
 from contextlib import asynccontextmanager
 
 import anyio
@@ -41,7 +42,7 @@ log = logging.getLogger(__name__)
 def build_engine(settings: Settings) -> Engine:
     from serving.weights import resolve_model
 
-    if settings.engine == "vllm":
+    if engine_kind(settings) == "vllm":
         return _vllm_engine(settings)
     from serving.transformers_engine import TransformersEngine
 
@@ -54,6 +55,16 @@ def build_engine(settings: Settings) -> Engine:
         model_name=settings.model,
         threads=settings.torch_threads or None,
     )
+
+
+def engine_kind(settings: Settings) -> str:
+    """The engine `auto` means here: vLLM when servers are given or its venv is installed."""
+    if settings.engine != "auto":
+        return settings.engine
+    from serving.vllm_server import DEFAULT_PYTHON
+
+    installed = Path(settings.vllm_python or DEFAULT_PYTHON).is_file()
+    return "vllm" if settings.vllm_urls or installed else "transformers"
 
 
 def _vllm_engine(settings: Settings) -> Engine:

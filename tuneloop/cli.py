@@ -38,8 +38,9 @@ class ExportFormat(str, Enum):
 HOST = typer.Option(None, help="defaults to TUNELOOP_HOST (127.0.0.1)")
 PORT = typer.Option(None, help="defaults to TUNELOOP_PORT (8000)")
 NIGHTLY = typer.Option(None, help="HH:MM: run `tuneloop train` then each night (TUNELOOP_NIGHTLY_AT)")
-ENGINE = typer.Option(None, help="transformers (in-process) or vllm (TUNELOOP_VLLM_URLS, or a local server "
-                                 "tuneloop starts); defaults to TUNELOOP_ENGINE (transformers)")
+ENGINE = typer.Option(None, help="transformers (in-process), vllm (TUNELOOP_VLLM_URLS, or a local server "
+                                 "tuneloop starts) or auto (vllm where `make vllm` installed it); defaults to "
+                                 "TUNELOOP_ENGINE (auto)")
 
 
 @app.command()
@@ -99,8 +100,8 @@ def _serve(settings: Settings, host: str | None, port: int | None, nightly: str 
             raise typer.BadParameter(str(error), param_hint="--nightly") from error
         chosen["nightly_at"] = nightly
     if engine:
-        if engine not in ("transformers", "vllm"):
-            raise typer.BadParameter(f"transformers or vllm, not {engine!r}", param_hint="--engine")
+        if engine not in ("auto", "transformers", "vllm"):
+            raise typer.BadParameter(f"auto, transformers or vllm, not {engine!r}", param_hint="--engine")
         chosen["engine"] = engine
     settings = settings.model_copy(update=chosen)
     _log_to_stderr()
