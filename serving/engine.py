@@ -48,6 +48,10 @@ class EngineError(RuntimeError):
     """Generation failed inside the engine."""
 
 
+class EngineRefused(EngineError):
+    """The engine refused the request as given (a vLLM server's 4xx): the caller must change it."""
+
+
 @runtime_checkable
 class Engine(Protocol):
     model_name: str

@@ -37,7 +37,7 @@ from pathlib import Path
 import httpx
 import openai
 
-from serving.engine import Completion, EngineError, GenerationRequest, StreamEvent
+from serving.engine import Completion, EngineError, EngineRefused, GenerationRequest, StreamEvent
 from serving.vllm_server import VLLMServer
 
 log = logging.getLogger(__name__)
@@ -145,7 +145,8 @@ class VLLMEngine:
                 log.warning("vLLM at %s cannot answer, trying the next replica: %s", replica.url, error)
                 self._resync_soon(replica)
             except openai.APIStatusError as error:
-                raise EngineError(f"vLLM refused the request ({error.status_code}): {_message(error)}") from error
+                kind = EngineRefused if error.status_code < 500 else EngineError
+                raise kind(f"vLLM refused the request ({error.status_code}): {_message(error)}") from error
             finally:
                 self._leave(replica, request.adapter)
             order.pop(0)

@@ -112,6 +112,7 @@ class VLLMServer:
         while not self._stopping.wait(2.0):
             if self._process is not None and self._process.poll() is not None:
                 log.warning("vLLM exited with %s; starting it again", self._process.returncode)
+                _kill_group(self._process.pid)  # its engine and worker processes, which outlive it
                 self.restarts += 1
                 try:
                     self._spawn()
@@ -134,6 +135,21 @@ class VLLMServer:
         """Kill the server as a crash would (the supervisor starts it again)."""
         if self._process is not None:
             os.killpg(self._process.pid, 9)
+
+
+def _kill_group(leader: int) -> None:
+    """Kill what is left of a server's process group (it leads its own session), waiting until
+    it is gone: a new server started beside the old one's workers waits on them for minutes."""
+    try:
+        os.killpg(leader, 9)
+    except (ProcessLookupError, PermissionError):
+        return
+    for _ in range(50):
+        try:
+            os.killpg(leader, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.1)
 
 
 def _die_with_parent() -> None:

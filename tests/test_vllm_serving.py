@@ -12,7 +12,7 @@ import sys
 
 import httpx
 import pytest
-from openai import OpenAI
+from openai import BadRequestError, OpenAI
 
 from tests.adapters import add_candidate, make_adapter, operator_token
 from tests.conftest import LiveServer, free_port
@@ -45,6 +45,8 @@ def test_the_openai_client_streams_through_tuneloop_from_vllm(on_vllm):
     # Greedy: the same answer, whole or streamed (piece by piece: tests/test_vllm_engine.py).
     assert pieces and "".join(pieces) == whole.choices[0].message.content
     assert type(on_vllm.app.state.engine).__name__ == "VLLMEngine"
+    with pytest.raises(BadRequestError, match="refused the request"):  # past the server's context: its 400, passed on
+        client.chat.completions.create(**{**asked, "max_tokens": 4000})
 
 
 def test_an_approval_reaches_vllm_under_concurrent_streams_and_fails_none(on_vllm, vllm_model, tmp_path):
@@ -89,6 +91,9 @@ def test_serve_with_the_vllm_engine_and_no_url_runs_its_own_server(vllm_model, t
         first = _vllm_children(service.pid)
         assert first, "no vLLM server among the service's children"
         os.kill(first[0], signal.SIGKILL)  # the vLLM server crashes ...
+        down = httpx.post(f"{url}/v1/chat/completions", timeout=60,
+                          json={"model": "tuneloop", "messages": [{"role": "user", "content": "Hi"}]})
+        assert down.status_code == 503 and "could not answer" in down.json()["error"]["message"]  # not a 500
         assert eventually(lambda: _vllm_children(service.pid) and _answers(client), timeout=600)  # ... and is back
         second = _vllm_children(service.pid)
         assert second != first

@@ -15,6 +15,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from feedback.redaction import RedactionUnavailable
+from serving.engine import EngineError, EngineRefused
 from serving.errors import openai_error, openai_validation_error
 from serving.routing import NoActiveRelease
 from store.errors import StoreError
@@ -68,6 +69,18 @@ def install_error_handlers(app: FastAPI) -> None:
         if _is_openai(request):
             return openai_error(503, str(error))
         return JSONResponse({"detail": str(error)}, status_code=503)
+
+    @app.exception_handler(EngineError)
+    async def _engine_down(request: Request, error: EngineError) -> JSONResponse:
+        """The engine could not answer (every vLLM replica down, or it refused): a 503 that says so."""
+        if isinstance(error, EngineRefused):
+            message = f"The model refused the request: {error}"
+            return openai_error(400, message) if _is_openai(request) else JSONResponse({"detail": message}, 400)
+        log.warning("the engine could not answer %s: %s", request.url.path, error)
+        message = f"The model could not answer: {error}. Retry shortly."
+        if _is_openai(request):
+            return openai_error(503, message, headers={"Retry-After": "5"})
+        return JSONResponse({"detail": message}, status_code=503, headers={"Retry-After": "5"})
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, error: Exception) -> JSONResponse:
