@@ -126,27 +126,6 @@ def test_unloading_waits_for_the_requests_in_flight_on_that_adapter(vllm_url, ad
     assert "release-2-c" not in served(vllm_url)
 
 
-def test_a_client_that_goes_away_cancels_its_upstream_request(vllm_url):
-    def running() -> float:
-        metrics = httpx.get(f"{vllm_url}/metrics").text
-        return sum(float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines()
-                   if line.startswith("vllm:num_requests_running"))
-
-    async def work(engine):
-        stream = engine.stream(GenerationRequest(ASK, SamplingParams(max_tokens=400)))
-        await anext(stream)
-        during = running()
-        await stream.aclose()  # what the service does when the client disconnects
-        for _ in range(100):  # vLLM notices the closed connection at its next step
-            if running() == 0:
-                break
-            await asyncio.sleep(0.1)
-        return during, running()
-
-    during, after = run(using([vllm_url], work))
-    assert during == 1 and after == 0
-
-
 def test_a_replica_that_lost_its_adapters_gets_them_back_before_traffic(vllm_url, adapter_dir):
     """A restarted vLLM server holds no runtime adapters: here one is unloaded behind the
     engine's back, which leaves the server in exactly that state."""
