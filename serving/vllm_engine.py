@@ -9,8 +9,8 @@ release routing above (canary share, stickiness, rollback) needs nothing vLLM-sp
   replica that cannot be reached before the first token is skipped for the next, so a replica
   that is down costs a retry, not a failed turn. Once text has streamed, an error ends the
   turn with EngineError (the user has seen half an answer; sending it again elsewhere would
-  repeat it). Closing the stream (a client that went away) closes the upstream request,
-  which vLLM aborts.
+  repeat it). Closing the stream (a client that went away) closes the upstream connection,
+  and vLLM aborts a request whose client disconnects.
 - **Adapters** load in two phases: on every replica, each warmed by a one-token generation
   (vLLM loads an adapter's weights on its first request, seconds on a CPU), and only then is
   the name served. If one replica fails, the adapter is unloaded from those that took it and
