@@ -32,10 +32,14 @@ class AdapterRefused(RuntimeError):
 
 class Reconciler:
     last_read: float | None = None  # time.monotonic() of the last reconcile that read the store
+    retry_s = 30.0  # a release the engine failed to load (a replica down, ...) is tried again this often
 
     def __init__(self, engine: Engine, database: Database, live: LiveReleases, interval: float = 0.5):
         self.engine, self.database, self.live, self.interval = engine, database, live, interval
-        self._refused: set[tuple[int, str | None]] = set()  # reported once, not at every poll
+        # (release, checksum) -> when to try it again: never for files that fail verification, which
+        # do not change by waiting; `retry_s` later for an engine that could not load it. Each is
+        # audited once, not at every poll.
+        self._refused: dict[tuple[int, str | None], float] = {}
         self._woken = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -79,16 +83,21 @@ class Reconciler:
         """The choice once its adapter is loaded and verified; None if it is refused."""
         if choice.adapter is None or choice.adapter in self.engine.adapters():
             return choice
-        if (choice.release_id, choice.checksum) in self._refused:
+        key = (choice.release_id, choice.checksum)
+        if time.monotonic() < self._refused.get(key, 0.0):
             return None
         try:
             await asyncio.to_thread(verify, choice.adapter_path, choice.checksum)
             await self.engine.load_adapter(choice.adapter, choice.adapter_path)
         except Exception as error:
-            self._refused.add((choice.release_id, choice.checksum))
-            log.error("refusing release %s: %s", choice.name, error)
-            await asyncio.to_thread(self._audit, "serving.refuse", choice, {"reason": str(error)})
+            retry = float("inf") if isinstance(error, AdapterRefused) else time.monotonic() + self.retry_s
+            if key not in self._refused:
+                log.error("refusing release %s: %s", choice.name, error)
+                await asyncio.to_thread(self._audit, "serving.refuse", choice,
+                                        {"reason": str(error), "retrying": retry != float("inf")})
+            self._refused[key] = retry
             return None
+        self._refused.pop(key, None)
         log.info("loaded release %s (adapter %s, checksum verified)", choice.name, choice.adapter)
         return choice
 

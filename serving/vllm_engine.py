@@ -234,8 +234,8 @@ class VLLMEngine:
         results = await asyncio.gather(*(self._load_on(r, name, path) for r in self.replicas), return_exceptions=True)
         failed = [f"{r.url}: {e}" for r, e in zip(self.replicas, results) if isinstance(e, BaseException)]
         if failed:
-            took = [r for r, e in zip(self.replicas, results) if not isinstance(e, BaseException)]
-            await asyncio.gather(*(self._unload_on(r, name) for r in took), return_exceptions=True)
+            # Everywhere, not only where it warmed: a replica can take the name and then fail its warm-up.
+            await asyncio.gather(*(self._unload_on(r, name) for r in self.replicas), return_exceptions=True)
             raise EngineError(f"adapter {name!r} not loaded on every replica, so on none: " + "; ".join(failed))
         self._served[name] = path
 
@@ -259,7 +259,7 @@ class VLLMEngine:
 
     async def _unload_on(self, replica: Replica, name: str) -> None:
         response = await replica.admin.post("/v1/unload_lora_adapter", json={"lora_name": name})
-        if response.status_code >= 400:
+        if response.status_code >= 400 and response.status_code != 404:  # 404: it never took it
             log.warning("vLLM at %s did not unload %s: %s", replica.url, name, response.text[:300])
 
     def adapters(self) -> set[str]:

@@ -1,19 +1,25 @@
 """tuneloop serving through vLLM: the official OpenAI client against tuneloop, an operator's
-approval hot-swapped into the vLLM server under load, and `tuneloop serve --engine vllm`
-starting, supervising and stopping a vLLM server of its own."""
+approval hot-swapped into the vLLM server under load, an adapter vLLM refuses, a fleet whose
+second replica restarts, and `tuneloop serve --engine vllm` starting, supervising and stopping
+a vLLM server of its own."""
 
 from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
 import subprocess
 import sys
+import time
 
 import httpx
 import pytest
 from openai import BadRequestError, OpenAI
+from sqlmodel import Session, select
 
+from serving.vllm_server import VLLMServer, VLLMServerConfig
+from store.models import AuditLog
 from tests.adapters import add_candidate, make_adapter, operator_token
 from tests.conftest import LiveServer, free_port
 from tests.test_loop import _stream, chat, eventually, release_of
@@ -72,6 +78,75 @@ def test_an_approval_reaches_vllm_under_concurrent_streams_and_fails_none(on_vll
     assert live.active.adapter in served  # loaded on the vLLM server under the release's versioned name
     assert httpx.post(f"{on_vllm.url}/api/releases/rollback", headers=operator).status_code == 200
     assert eventually(lambda: release_of(database, chat(on_vllm.url)) == "base", timeout=60)
+
+
+def refusals(database) -> list[AuditLog]:  # noqa: ANN001
+    with Session(database) as session:
+        return list(session.exec(select(AuditLog).where(AuditLog.action == "serving.refuse")))
+
+
+def test_an_adapter_vllm_cannot_load_is_refused_and_the_old_release_serves(on_vllm, vllm_model, tmp_path):
+    database = on_vllm.app.state.database
+    adapter = make_adapter(vllm_model, tmp_path / "adapter")
+    # Broken before the release recorded its checksum: the files verify, so vLLM itself must refuse them.
+    (adapter / "adapter_model.safetensors").write_bytes(b"these bytes are not a safetensors file")
+    add_candidate(database, "r-broken", adapter)
+    operator = {"Authorization": f"Bearer {operator_token(database)}"}
+    assert httpx.post(f"{on_vllm.url}/api/releases/r-broken/approve", headers=operator).status_code == 200
+
+    assert eventually(lambda: refusals(database), timeout=120)
+    [entry] = refusals(database)  # audited once, however often the reconciler tries again
+    assert "not loaded on every replica" in entry.details["reason"] and entry.details["retrying"] is True
+    assert release_of(database, chat(on_vllm.url)) == "base"  # the old release serves, and vLLM still answers
+    vllm = on_vllm.app.state.settings.vllm_urls[0]
+    assert served(vllm) == {"base"}  # the name it took before the warm-up failed is let go again
+
+
+def test_a_restarted_replica_gets_the_live_adapters_again_before_it_serves(vllm_settings, vllm_model, vllm_url,
+                                                                             tmp_path):
+    from tuneloop.app import create_app
+
+    log = tmp_path / "second.log"
+    second = VLLMServer(VLLMServerConfig(model=str(vllm_model), dtype="float32", max_model_len=512), log_path=log)
+    second.start()
+    try:
+        # One user chatting all through the restart: no per-user rate limit.
+        fleet = vllm_settings.model_copy(update={"vllm_urls": [vllm_url, second.url], "rate_limit_chat": ""})
+        with LiveServer(create_app(fleet)) as service:
+            database = service.app.state.database
+            add_candidate(database, "r-fleet", make_adapter(vllm_model, tmp_path / "adapter"))
+            operator = {"Authorization": f"Bearer {operator_token(database)}"}
+            assert httpx.post(f"{service.url}/api/releases/r-fleet/approve", headers=operator).status_code == 200
+            assert eventually(lambda: release_of(database, chat(service.url)) == "r-fleet", timeout=120)
+            adapter = service.app.state.live.active.adapter
+            assert adapter in served(vllm_url) and adapter in served(second.url)
+
+            second.kill()  # it crashes; its supervisor starts it again, without runtime adapters
+            answered = []
+            while not (second.restarts and _healthy(second.url)):
+                answered.append(release_of(database, chat(service.url)))  # raises on any failed turn
+                time.sleep(0.2)
+            assert answered and set(answered) == {"r-fleet"}  # the other replica answered meanwhile
+            assert eventually(lambda: adapter in served(second.url), timeout=60)  # tuneloop gave it back
+            for _ in range(6):  # and the replica serves again (least in flight: both take turns)
+                assert release_of(database, chat(service.url)) == "r-fleet"
+    finally:
+        second.stop()
+    after_restart = log.read_text(errors="replace").rsplit("Application startup complete", 1)[1]
+    loaded = after_restart.index("POST /v1/load_lora_adapter")
+    first_answer = re.search(r'POST /v1/chat/completions HTTP/1.1" 200', after_restart)
+    assert first_answer and loaded < first_answer.start()  # no answer from it before it had the adapter
+
+
+def _healthy(url: str) -> bool:
+    try:
+        return httpx.get(f"{url}/health", timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def served(url: str) -> set[str]:
+    return {model["id"] for model in httpx.get(f"{url}/v1/models").json()["data"]}
 
 
 def test_serve_with_the_vllm_engine_and_no_url_runs_its_own_server(vllm_model, tmp_path):
@@ -148,7 +223,7 @@ def _why(service: subprocess.Popen, tmp_path) -> str:  # noqa: ANN001
 
 
 def test_auto_serves_through_vllm_where_it_is_installed_and_in_process_elsewhere(settings, tmp_path):
-    from tuneloop.app import engine_kind
+    from tuneloop.engines import engine_kind
 
     auto = settings.model_copy(update={"engine": "auto"})
     assert engine_kind(auto) == "vllm"  # `make test` built .venv-vllm, as `make run` does

@@ -1,24 +1,45 @@
 """Both releases' greedy answers to the evaluation prompts, from one engine holding both
-adapters, and the cache that keeps the active release's answers between nights."""
+adapters, and the cache that keeps the active release's answers between nights.
+
+The engine is the in-process transformers one unless the deployment gives another
+(`Environment.answer_engine`: the vLLM fleet, or a local vLLM server, where serving runs on
+vLLM). Adapters are loaded under names of their own, so a fleet that also serves users never
+confuses an evaluation's candidate with a release.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
 import json
-from collections.abc import Sequence
+import logging
+import uuid
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from serving.engine import GenerationRequest, SamplingParams, generate
+from serving.engine import Engine, GenerationRequest, SamplingParams, generate
 from serving.transformers_engine import TransformersEngine
 
-CANDIDATE, ACTIVE = "candidate", "active"
-EVAL_BATCH = 32  # rows decoded together: on CPU a bigger batch is more answers per second
+log = logging.getLogger("tuneloop.trainer")
+EVAL_BATCH = 32  # rows decoded together in-process: on CPU a bigger batch is more answers per second
+EngineFactory = Callable[[], Engine]
 
 
-async def _answers(engine: TransformersEngine, prompts: Sequence[list[dict]], adapter: str | None,
+def in_process(model_path: str, device: str) -> EngineFactory:
+    return lambda: TransformersEngine(model_path, device=device, max_batch_size=EVAL_BATCH, batch_wait_ms=20)
+
+
+def describe(engine: Engine) -> str:
+    """Which engine answered, for the report."""
+    replicas = getattr(engine, "replicas", None)
+    if replicas is not None:
+        return "vLLM at " + ", ".join(replica.url for replica in replicas)
+    return f"in-process {type(engine).__name__}"
+
+
+async def _answers(engine: Engine, prompts: Sequence[list[dict]], adapter: str | None,
                    params: SamplingParams, progress: tqdm) -> list[str]:
     async def one(messages: list[dict]) -> str:
         completion = await generate(engine, GenerationRequest(messages, params, adapter))
@@ -28,31 +49,50 @@ async def _answers(engine: TransformersEngine, prompts: Sequence[list[dict]], ad
     return list(await asyncio.gather(*(one(messages) for messages in prompts)))
 
 
-async def compare(model_path: str, candidate_path: str, active_path: str | None, prompts: Sequence[list[dict]],
-                   max_tokens: int, device: str, cache: AnswerCache | None = None,
-                   ) -> tuple[list[str], list[str], TransformersEngine]:
-    """Both releases' answers, and the (closed) engine: its model still holds both adapters.
-    The active release's answers come from `cache` where an earlier night already gave them."""
-    engine = TransformersEngine(model_path, device=device, max_batch_size=EVAL_BATCH, batch_wait_ms=20)
-    await engine.start()
+async def compare(factory: EngineFactory, fallback: EngineFactory, candidate_path: str, active_path: str | None,
+                  prompts: Sequence[list[dict]], max_tokens: int, cache: AnswerCache | None = None,
+                  ) -> tuple[list[str], list[str], str]:
+    """Both releases' answers, and which engine gave them. The active release's answers come
+    from `cache` where an earlier night already gave them. Where `factory`'s engine cannot
+    start or load the adapters, `fallback`'s answers: an evaluation that cannot reach vLLM is
+    slower, not lost, and the report says which engine answered."""
+    engine = factory()
     try:
-        await engine.load_adapter(CANDIDATE, candidate_path)
-        if active_path:
-            await engine.load_adapter(ACTIVE, active_path)
+        return await _compare_on(engine, candidate_path, active_path, prompts, max_tokens, cache)
+    except Exception as error:
+        if factory is fallback:
+            raise
+        log.warning("evaluation could not generate through %s (%s): answering in-process", describe(engine), error)
+    return await _compare_on(fallback(), candidate_path, active_path, prompts, max_tokens, cache)
+
+
+async def _compare_on(engine: Engine, candidate_path: str, active_path: str | None, prompts: Sequence[list[dict]],
+                      max_tokens: int, cache: AnswerCache | None) -> tuple[list[str], list[str], str]:
+    run = uuid.uuid4().hex[:8]
+    candidate, active = f"eval-{run}-candidate", f"eval-{run}-active" if active_path else None
+    try:
+        await engine.start()
+        await engine.load_adapter(candidate, candidate_path)
+        if active:
+            await engine.load_adapter(active, active_path)
         params = SamplingParams(temperature=0.0, max_tokens=max_tokens)  # greedy: the same answers every run
-        known = cache.get(prompts, max_tokens) if cache else [None] * len(prompts)
+        kind = type(engine).__name__  # engines' greedy answers differ in their last digits: cached apart
+        known = cache.get(prompts, max_tokens, kind) if cache else [None] * len(prompts)
         missing = [messages for messages, answer in zip(prompts, known) if answer is None]
         with tqdm(total=len(prompts) + len(missing), desc="Answering evaluation prompts", unit="answer") as progress:
             ours, fresh = await asyncio.gather(
-                _answers(engine, prompts, CANDIDATE, params, progress),
-                _answers(engine, missing, ACTIVE if active_path else None, params, progress),
+                _answers(engine, prompts, candidate, params, progress),
+                _answers(engine, missing, active, params, progress),
             )
         if cache:
-            cache.put(missing, max_tokens, fresh)
+            cache.put(missing, max_tokens, kind, fresh)
         answers = iter(fresh)
         theirs = [answer if answer is not None else next(answers) for answer in known]
-        return ours, theirs, engine
+        return ours, theirs, describe(engine)
     finally:
+        for name in (candidate, active):
+            if name in engine.adapters():
+                await engine.unload_adapter(name)  # a fleet that serves users keeps no evaluation's adapters
         await engine.close()
 
 
@@ -72,17 +112,19 @@ class AnswerCache:
                 entry = json.loads(line)
                 self.known[entry["key"]] = entry["answer"]
 
-    def _key(self, messages: list[dict], max_tokens: int) -> str:
-        text = json.dumps([*self.release, messages, max_tokens], sort_keys=True, ensure_ascii=False)
+    def _key(self, messages: list[dict], max_tokens: int, engine: str) -> str:
+        # The in-process engine's key is the one earlier versions wrote, so their caches still count.
+        engine_part = [] if engine == "TransformersEngine" else [engine]
+        text = json.dumps([*self.release, messages, max_tokens, *engine_part], sort_keys=True, ensure_ascii=False)
         return hashlib.sha256(text.encode()).hexdigest()
 
-    def get(self, prompts: Sequence[list[dict]], max_tokens: int) -> list[str | None]:
-        return [self.known.get(self._key(messages, max_tokens)) for messages in prompts]
+    def get(self, prompts: Sequence[list[dict]], max_tokens: int, engine: str) -> list[str | None]:
+        return [self.known.get(self._key(messages, max_tokens, engine)) for messages in prompts]
 
-    def put(self, prompts: Sequence[list[dict]], max_tokens: int, answers: Sequence[str]) -> None:
+    def put(self, prompts: Sequence[list[dict]], max_tokens: int, engine: str, answers: Sequence[str]) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self.path.open("a", encoding="utf-8") as handle:
             for messages, answer in zip(prompts, answers, strict=True):
-                key = self._key(messages, max_tokens)
+                key = self._key(messages, max_tokens, engine)
                 self.known[key] = answer
                 handle.write(json.dumps({"key": key, "answer": answer}, ensure_ascii=False) + "\n")

@@ -48,7 +48,8 @@ def assess(config: NightlyConfig, environment: Environment, data: TrainingData, 
                               max_tokens=config.pipeline.eval_max_tokens or environment.max_tokens,
                               seed=config.pipeline.seed_eval, device=environment.device,
                               cache_dir=environment.data_dir / "eval-cache",
-                              primary=independent[0] if independent else None).as_dict()
+                              primary=independent[0] if independent else None,
+                              answer_engine=environment.answer_engine).as_dict()
     evaluation = {**result, "pair_accuracy": implicit, "prompt_sources": sources,
                   "reward_pair_accuracy": reward["pair_accuracy"] if reward else None}
     return evaluation, _gate_metrics(evaluation)

@@ -24,10 +24,11 @@ from typing import Any
 
 
 from feedback.stats import wilson
-from trainer.answers import ACTIVE, CANDIDATE, AnswerCache, compare
+from trainer.answers import AnswerCache, EngineFactory, compare, in_process
 from trainer.curation import GoldenItem
 from trainer.judges import Judge, words
-from trainer.logprobs import device_of, encode, next_token_logprobs, pad, token_batches, using
+from trainer.logprobs import (ACTIVE, CANDIDATE, device_of, encode, next_token_logprobs, pad, token_batches, using,
+                              with_adapters)
 
 EXAMPLES = 5  # held-out answers shown side by side in the report (without topics)
 TOPIC_EXAMPLES = 12  # at most one per topic
@@ -232,6 +233,17 @@ def kl_to_active(model: Any, tokenizer: Any, prompts: Sequence[list[dict]], answ
     return {"per_token": total / tokens if tokens else None, "tokens": tokens}
 
 
+def _kl(model_path: str, candidate: str, active: str | None, prompts: Sequence[list[dict]], answers: Sequence[str],
+        device: str) -> dict:
+    from transformers import AutoTokenizer
+
+    from serving.transformers_engine import pick_device
+
+    model = with_adapters(model_path, candidate, active, pick_device(device))
+    return kl_to_active(model, AutoTokenizer.from_pretrained(model_path), prompts, answers,
+                        active=ACTIVE if active else None)
+
+
 # ------------------------------------------------------------------ topics
 
 
@@ -289,6 +301,7 @@ class Evaluation:
     kl: dict
     topics: list[dict] = field(default_factory=list)
     examples: list[dict] = field(default_factory=list)
+    answered_by: str = ""  # the engine that gave both releases' answers
 
     @property
     def primary(self) -> WinRate | None:
@@ -310,7 +323,7 @@ class Evaluation:
             # The primary judge's figures under the key earlier reports used (Slack, operator page).
             "win_rate": self.primary.as_dict() if self.primary else None,
             "golden": self.golden, "violations": self.violations, "length": self.length, "kl": self.kl,
-            "topics": self.topics, "examples": self.examples,
+            "topics": self.topics, "examples": self.examples, "answered_by": self.answered_by,
         }
 
 
@@ -319,7 +332,8 @@ def evaluate_release(model_path: str, candidate_adapter: str, active_adapter: st
                      *, output_check: Any = None, system_prompt: str, max_tokens: int, seed: int = 0,
                      device: str = "auto", topics: bool = True,
                      embed: Callable[[list[str]], list[list[float]]] | None = None,
-                     cache_dir: Path | None = None, primary: str | None = "first") -> Evaluation:
+                     cache_dir: Path | None = None, primary: str | None = "first",
+                     answer_engine: EngineFactory | None = None) -> Evaluation:
     """Everything the gate and the report need, from one round of greedy answers by both releases.
 
     `prompts` are held-out chat prompts (system message first); `judges` maps names to judges,
@@ -327,19 +341,20 @@ def evaluate_release(model_path: str, candidate_adapter: str, active_adapter: st
     another or is None (no judge decides: each is reported only); `output_check` is what
     plugins provide (see `violation_check`), or None for "not measured"; `embed` replaces the
     MiniLM embeddings used to find topics; `cache_dir` keeps the active release's answers
-    between nights (`AnswerCache`).
+    between nights (`AnswerCache`); `answer_engine` makes the engine that answers (default: an
+    in-process one; it falls back to that where another cannot start).
     """
     asked = [*prompts, *(_golden_messages(item, system_prompt) for item in golden)]
     cache = AnswerCache(cache_dir, model_path, active_adapter) if cache_dir else None
-    ours, theirs, engine = asyncio.run(compare(model_path, candidate_adapter, active_adapter, asked,
-                                                max_tokens, device, cache))
+    local = in_process(model_path, device)
+    ours, theirs, answered_by = asyncio.run(compare(answer_engine or local, local, candidate_adapter, active_adapter,
+                                                    asked, max_tokens, cache))
     held = len(prompts)
     texts = _user_texts(prompts)
     judged = {name: judge_answers(texts, ours[:held], theirs[:held], judge, name, seed)
               for name, judge in judges.items()}
     primary = next(iter(judges), None) if primary == "first" else primary
-    kl = kl_to_active(engine.model, engine.tokenizer, prompts, ours[:held],
-                      active=ACTIVE if active_adapter else None)
+    kl = _kl(model_path, candidate_adapter, active_adapter, prompts, ours[:held], device)
     references = [item.answer for item in golden]
     names = topic_names(texts, embed) if topics and primary else {}
     return Evaluation(
@@ -351,6 +366,7 @@ def evaluate_release(model_path: str, candidate_adapter: str, active_adapter: st
         kl=kl,
         topics=topic_breakdown(texts, judged[primary][1], names=names) if names else [],
         examples=_examples(texts, ours, theirs, judged, golden, names),
+        answered_by=answered_by,
     )
 
 

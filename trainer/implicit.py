@@ -13,15 +13,11 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-from peft import PeftModel
 from tqdm.auto import tqdm
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoTokenizer
 
 from feedback.export import Row
-from trainer.logprobs import device_of, encode, next_token_logprobs, pad, using
-
-CANDIDATE, ACTIVE = "candidate", "active"
-
+from trainer.logprobs import ACTIVE, CANDIDATE, device_of, encode, next_token_logprobs, pad, using, with_adapters
 
 def _text(answer: list[dict]) -> str:
     return answer[-1]["content"]  # TRL's conversational answer: one assistant message
@@ -45,10 +41,7 @@ def pair_accuracy(model_path: str, candidate: str | Path, active: str | Path | N
         return None
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32),
-                                      str(candidate), adapter_name=CANDIDATE).to(device).eval()
-    if active:
-        model.load_adapter(str(active), adapter_name=ACTIVE)
+    model = with_adapters(model_path, str(candidate), str(active) if active else None, device)
     encoded = [(encode(tokenizer, p.data["prompt"], _text(p.data["chosen"])),
                 encode(tokenizer, p.data["prompt"], _text(p.data["rejected"]))) for p in pairs]
     margins = []

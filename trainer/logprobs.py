@@ -12,6 +12,23 @@ from contextlib import contextmanager
 from typing import Any
 
 
+CANDIDATE, ACTIVE = "candidate", "active"  # the adapters' names in `with_adapters`' model
+
+
+def with_adapters(model_path: str, candidate: str, active: str | None, device: Any) -> Any:
+    """The base model in float32 with the candidate's adapter and, unless `active` is None (the
+    active release is the bare base model), the active release's."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
+    model = PeftModel.from_pretrained(base, str(candidate), adapter_name=CANDIDATE).to(device).eval()
+    if active:
+        model.load_adapter(str(active), adapter_name=ACTIVE)
+    return model
+
+
 def encode(tokenizer: Any, messages: list[dict], answer: str) -> tuple[list[int], int]:
     """Token ids of prompt + answer, and where the answer starts (the serving engine's templating)."""
     prompt = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)

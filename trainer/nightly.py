@@ -59,6 +59,7 @@ class Environment:
     device: str = "auto"
     output_check: Any = None  # the plugins' output check: scrubs training data, counts violations
     reward_functions: list = field(default_factory=list)  # the plugins' reward functions (GRPO, PPO)
+    answer_engine: Any = None  # makes the engine evaluation answers through (trainer.answers); None: in-process
 
     def __post_init__(self) -> None:
         self.data_dir = Path(self.data_dir)

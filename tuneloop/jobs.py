@@ -21,6 +21,17 @@ def gate_thresholds(settings: Settings) -> GateThresholds:
     )
 
 
+def answer_engine(settings: Settings):  # noqa: ANN201 - a factory, or None for in-process
+    """What the nightly evaluation generates through: the serving fleet at TUNELOOP_VLLM_URLS
+    (under adapter names of its own), or a vLLM server of its own; None: in-process."""
+    from tuneloop.engines import engine_kind, vllm_engine
+
+    kind = settings.eval_engine if settings.eval_engine != "auto" else engine_kind(settings)
+    if kind != "vllm":
+        return None
+    return lambda: vllm_engine(settings, log_name="vllm-evaluation.log")
+
+
 def training_environment(settings: Settings) -> Environment:
     from plugins.manager import load_plugins
     from serving.weights import resolve_model
@@ -37,4 +48,5 @@ def training_environment(settings: Settings) -> Environment:
         device=settings.device,
         output_check=plugins,
         reward_functions=plugins.reward_functions,
+        answer_engine=answer_engine(settings),
     )

@@ -41,6 +41,9 @@ class Settings(BaseSettings):
     vllm_max_loras: int = Field(default=2, ge=1, description="adapters a local server holds at once")
     vllm_max_lora_rank: int = Field(default=16, ge=1, description="highest LoRA rank a local server takes")
     vllm_max_model_len: int = Field(default=2048, ge=128, description="a local server's context length")
+    # The nightly evaluation's answers: auto generates where serving does (vLLM's batching makes
+    # the evaluation several times faster); where vLLM cannot start, it answers in-process.
+    eval_engine: Literal["auto", "transformers", "vllm"] = "auto"
     batch_wait_ms: float = Field(default=5.0, ge=0, description="how long the batcher waits for company")
 
     reload_interval: float = Field(default=0.5, gt=0, description="seconds between checks for a new release")
