@@ -12,6 +12,12 @@ random weights on the served model (set-up, not timed).
 
     HF_HUB_OFFLINE=1 PYTHONPATH=. .venv/bin/python bench/swap.py                 # embedded SmolLM2-135M
     HF_HUB_OFFLINE=1 PYTHONPATH=. .venv/bin/python bench/swap.py --model tiny    # the tests' tiny model: quick
+    HF_HUB_OFFLINE=1 PYTHONPATH=. .venv/bin/python bench/swap.py --engine vllm --replicas 2   # a vLLM fleet (make vllm)
+
+With `--engine vllm` the script starts `--replicas` vLLM servers (serving/vllm_server.py, the
+way `tuneloop serve` starts its own) and the service routes to them through TUNELOOP_VLLM_URLS,
+so an approval is loaded and warmed on every replica before any routes to it (two-phase), and
+the figure includes that warm-up.
 """
 
 from __future__ import annotations
@@ -26,7 +32,10 @@ import sys
 import tempfile
 import time
 import uuid
-from dataclasses import dataclass, field
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -96,6 +105,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--timeout", type=float, default=120, help="give up on a round after this many seconds")
     parser.add_argument("--threads", type=int, default=0, help="torch threads in the service (0: torch's default)")
     parser.add_argument("--keep", action="store_true", help="keep the data dir (adapters, DB, service.log)")
+    parser.add_argument("--engine", choices=["transformers", "vllm"], default="transformers",
+                        help="the service's engine: in-process, or a fleet of local vLLM servers")
+    parser.add_argument("--replicas", type=int, default=1, help="vLLM servers in the fleet (--engine vllm)")
     return parser.parse_args()
 
 
@@ -214,7 +226,8 @@ def report(rounds: list[Round], args: argparse.Namespace, model: str) -> None:
     print(f"failed requests: {failed} of {requests} (in-flight streams and probes) plus approvals")
     print(f"targets: approve -> first new-release token < {TARGET_SECONDS:g} s: {'met' if met_time else 'NOT met'}; "
           f"0 failed: {'met' if failed == 0 else 'NOT met'}")
-    print(f"model {model}; reload interval {args.reload_interval:g} s; {args.streams} streams of max_tokens "
+    fleet = f"vLLM, {args.replicas} replica{'s' * (args.replicas > 1)}" if args.engine == "vllm" else "in-process"
+    print(f"engine {fleet}; model {model}; reload interval {args.reload_interval:g} s; {args.streams} streams of max_tokens "
           f"{args.max_tokens}, greedy; probes of max_tokens {args.probe_max_tokens}, one at a time, "
           f"{args.probe_gap:g} s apart; service torch threads {args.threads or 'default'}; "
           f"'->swap': approval to the service routing to the new release (audit log); "
@@ -231,12 +244,13 @@ def main() -> None:
     # Gentle random adapters: a strong one turns the real model's answers to noise that can end at
     # once, and a round needs its 8 streams still running when the approval lands.
     adapters = [make_adapter(Path(model), tmp / f"adapter-r{i}", seed=i, alpha=4) for i in range(1, args.rounds + 1)]
-    settings = {"RELOAD_INTERVAL": args.reload_interval}
+    settings = {"RELOAD_INTERVAL": args.reload_interval, "ENGINE": args.engine, "RATE_LIMIT_CHAT": "",
+                "REVIEW_SCORING": "false"}
     if args.batch_wait_ms is not None:
         settings["BATCH_WAIT_MS"] = args.batch_wait_ms
     rounds = []
     try:
-        with service(tmp, model, settings, args.threads) as base:
+        with fleet(args, model, tmp) as urls, service(tmp, model, {**settings, **urls}, args.threads) as base:
             database = make_engine(f"sqlite:///{tmp / 'tuneloop.db'}")
             token = operator_token(database)
             asyncio.run(_warm_up(base, args))
@@ -254,6 +268,37 @@ def main() -> None:
             print(f"kept {tmp}")
         else:
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+@contextmanager
+def fleet(args: argparse.Namespace, model: str, folder: Path) -> Iterator[dict]:
+    """With `--engine vllm`, the replicas, started side by side; yields the service's settings for them."""
+    if args.engine != "vllm":
+        yield {}
+        return
+    from serving.vllm_server import VLLMServer, VLLMServerConfig
+
+    config = VLLMServerConfig(model=str(Path(model).resolve()), max_model_len=2048)
+    servers = [VLLMServer(replace(config, cpu_cores=cores), log_path=folder / f"vllm-{i}.log")
+               for i, cores in enumerate(_cores(args.replicas))]
+    try:
+        with ThreadPoolExecutor(len(servers)) as pool:
+            list(pool.map(lambda server: server.start(), servers))
+        print(f"{len(servers)} vLLM replica(s) up: {', '.join(s.url for s in servers)}", flush=True)
+        yield {"VLLM_URLS": json.dumps([server.url for server in servers])}
+    finally:
+        for server in servers:
+            server.stop()
+
+
+def _cores(replicas: int) -> list[str]:
+    """Each replica its own cores where there are enough (as each GPU replica has its own GPU);
+    on a GPU machine vLLM ignores this."""
+    cpus = os.cpu_count() or 1
+    if replicas == 1 or cpus < replicas:
+        return ["nobind"] * replicas
+    share = cpus // replicas
+    return [f"{i * share}-{(i + 1) * share - 1}" if share > 1 else str(i) for i in range(replicas)]
 
 
 async def _warm_up(base: str, args: argparse.Namespace) -> None:

@@ -45,6 +45,9 @@ class VLLMServerConfig:
     dtype: str = "auto"
     api_key: str | None = None
     startup_timeout_s: float = 600.0
+    # The CPU build: which cores its threads take ("0-3", "4-7", ...); servers sharing a machine
+    # each need their own, or their spinning threads slow each other many times over.
+    cpu_cores: str = "nobind"
     extra_args: tuple[str, ...] = ()
 
     def command(self, port: int) -> list[str]:
@@ -59,7 +62,7 @@ class VLLMServerConfig:
         if not _has_cuda(self.python):
             # The CPU build: a small KV cache, and no pinning of its threads to cores it shares.
             env.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
-            env.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
+            env.setdefault("VLLM_CPU_OMP_THREADS_BIND", self.cpu_cores)
         return env
 
 
@@ -79,11 +82,31 @@ class VLLMServer:
         self.restarts = 0
 
     def start(self) -> str:
-        self._spawn()
-        self.wait_ready()
-        self._watcher = threading.Thread(target=self._watch, name="vllm-supervisor", daemon=True)
+        """Start the server and wait until it answers. It is spawned by the supervisor thread,
+        which outlives every start and restart: Linux sends PR_SET_PDEATHSIG's signal when the
+        *thread* that forked the child ends, so a server forked by a short-lived thread (a pool
+        worker) would be stopped as soon as that thread was done."""
+        started: dict[str, BaseException | None] = {}
+        ready = threading.Event()
+        self._watcher = threading.Thread(target=self._supervise, args=(started, ready), name="vllm-supervisor",
+                                         daemon=True)
         self._watcher.start()
+        ready.wait()
+        if started["error"] is not None:
+            raise started["error"]
         return self.url
+
+    def _supervise(self, started: dict, ready: threading.Event) -> None:
+        try:
+            self._spawn()
+            self.wait_ready()
+            started["error"] = None
+        except Exception as error:  # noqa: BLE001 - start() raises it in the caller's thread
+            started["error"] = error
+            return
+        finally:
+            ready.set()
+        self._watch()
 
     def _spawn(self) -> None:
         if self.log_path:

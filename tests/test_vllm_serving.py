@@ -9,9 +9,15 @@ import asyncio
 import os
 import re
 import signal
+import socket
+import socketserver
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -102,13 +108,68 @@ def test_an_adapter_vllm_cannot_load_is_refused_and_the_old_release_serves(on_vl
     assert served(vllm) == {"base"}  # the name it took before the warm-up failed is let go again
 
 
+def test_a_release_a_replica_could_not_take_is_loaded_once_the_replica_is_back(vllm_settings, vllm_url, vllm_model,
+                                                                              tmp_path):
+    from tuneloop.app import create_app
+
+    port = free_port()  # the second replica: down when the operator approves (nobody listens here yet)
+    fleet = vllm_settings.model_copy(update={"vllm_urls": [vllm_url, f"http://127.0.0.1:{port}"]})
+    with LiveServer(create_app(fleet)) as service:
+        service.app.state.reconciler.retry_s = 1.0  # not the default's 30 s of waiting
+        database = service.app.state.database
+        add_candidate(database, "r-later", make_adapter(vllm_model, tmp_path / "adapter"))
+        operator = {"Authorization": f"Bearer {operator_token(database)}"}
+        assert httpx.post(f"{service.url}/api/releases/r-later/approve", headers=operator).status_code == 200
+        assert eventually(lambda: refusals(database), timeout=60)
+        assert release_of(database, chat(service.url)) == "base"  # none switches while one cannot take it
+        with forwarding(port, vllm_url):  # the replica is up (here: its port leads to the first server)
+            assert eventually(lambda: release_of(database, chat(service.url)) == "r-later", timeout=60)
+        assert len(refusals(database)) == 1 and refusals(database)[0].details["retrying"] is True
+
+
+@contextmanager
+def forwarding(port: int, to: str) -> Iterator[None]:
+    """A TCP port that forwards to the server at `to` while the block runs. Hand-written: a few
+    lines of sockets stand in for a replica coming up, with no proxy to install."""
+    target = urlsplit(to)
+
+    class Pipe(socketserver.BaseRequestHandler):
+        def handle(self) -> None:
+            upstream = socket.create_connection((target.hostname, target.port))
+            ends = [self.request, upstream]
+            threading.Thread(target=_pump, args=(upstream, self.request), daemon=True).start()
+            _pump(self.request, upstream)
+            for end in ends:
+                end.close()
+
+    server = socketserver.ThreadingTCPServer(("127.0.0.1", port), Pipe)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def _pump(source: socket.socket, sink: socket.socket) -> None:
+    try:
+        while data := source.recv(65536):
+            sink.sendall(data)
+        sink.shutdown(socket.SHUT_WR)
+    except OSError:
+        pass
+
+
 def test_a_restarted_replica_gets_the_live_adapters_again_before_it_serves(vllm_settings, vllm_model, vllm_url,
                                                                              tmp_path):
     from tuneloop.app import create_app
 
     log = tmp_path / "second.log"
     second = VLLMServer(VLLMServerConfig(model=str(vllm_model), dtype="float32", max_model_len=512), log_path=log)
-    second.start()
+    starter = threading.Thread(target=second.start)  # from a thread that ends at once, as a pool's may
+    starter.start()
+    starter.join()
     try:
         # One user chatting all through the restart: no per-user rate limit.
         fleet = vllm_settings.model_copy(update={"vllm_urls": [vllm_url, second.url], "rate_limit_chat": ""})
@@ -120,6 +181,7 @@ def test_a_restarted_replica_gets_the_live_adapters_again_before_it_serves(vllm_
             assert eventually(lambda: release_of(database, chat(service.url)) == "r-fleet", timeout=120)
             adapter = service.app.state.live.active.adapter
             assert adapter in served(vllm_url) and adapter in served(second.url)
+            assert second.restarts == 0  # the thread that started it is gone, and the server is not
 
             second.kill()  # it crashes; its supervisor starts it again, without runtime adapters
             answered = []
