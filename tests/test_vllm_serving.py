@@ -67,7 +67,7 @@ def test_an_approval_reaches_vllm_under_concurrent_streams_and_fails_none(on_vll
     operator = {"Authorization": f"Bearer {operator_token(database)}"}
 
     async def scenario():
-        started = [asyncio.Event() for _ in range(4)]
+        started = [asyncio.Event() for _ in range(8)]
         streams = [asyncio.create_task(_stream(on_vllm.url, 120, event)) for event in started]
         await asyncio.gather(*(event.wait() for event in started))
         async with httpx.AsyncClient() as http:
@@ -76,7 +76,7 @@ def test_an_approval_reaches_vllm_under_concurrent_streams_and_fails_none(on_vll
 
     approved, finished = asyncio.run(scenario())
     assert approved.status_code == 200
-    assert [last for _, last, _ in finished] == ["data: [DONE]"] * 4
+    assert [last for _, last, _ in finished] == ["data: [DONE]"] * 8
     assert {release_of(database, rid) for rid, _, _ in finished} == {"base"}
     assert eventually(lambda: release_of(database, chat(on_vllm.url)) == "r-vllm", timeout=60)
     live = on_vllm.app.state.live
@@ -292,3 +292,39 @@ def test_auto_serves_through_vllm_where_it_is_installed_and_in_process_elsewhere
     assert engine_kind(auto.model_copy(update={"vllm_python": tmp_path / "no-vllm" / "python"})) == "transformers"
     assert engine_kind(auto.model_copy(update={"vllm_python": tmp_path / "none", "vllm_urls": ["http://x"]})) == "vllm"
     assert engine_kind(auto.model_copy(update={"engine": "transformers"})) == "transformers"
+
+
+def generated_tokens(url: str) -> float:
+    """vLLM's own count of the tokens it generated (its Prometheus metrics)."""
+    lines = httpx.get(f"{url}/metrics").text.splitlines()
+    return sum(float(line.rsplit(" ", 1)[1]) for line in lines if line.startswith("vllm:generation_tokens_total{"))
+
+
+def test_a_client_that_goes_away_cancels_its_request_on_vllm(vllm_settings, vllm_url):
+    from tuneloop.app import create_app
+
+    # No output checks: they hold text back until it is checked, so the first piece a user sees
+    # would come hundreds of the tiny model's tokens in, too late to tell a cancel from the end.
+    unchecked = vllm_settings.model_copy(update={"plugins_disabled": ["guardrails", "rag"]})
+    with LiveServer(create_app(unchecked)) as service:
+        _cancel_midway(service.url, vllm_url)
+
+
+def _cancel_midway(url: str, vllm: str) -> None:
+    client = OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
+    asked = {"model": "tuneloop", "messages": [{"role": "user", "content": "Tell me a long story."}],
+             "max_tokens": 450, "temperature": 1.0, "stream": True}
+    before = generated_tokens(vllm)
+    for _ in client.chat.completions.create(**asked):  # read to the end ...
+        pass
+    whole = generated_tokens(vllm) - before
+    # ... it runs to its cap: the tiny random model's words are short and many, and end-of-text
+    # is one token in 49,152 (the cap is what the next one would reach too)
+    assert whole >= 450
+
+    before = generated_tokens(vllm)
+    stream = client.chat.completions.create(**asked)
+    next(chunk for chunk in stream if chunk.choices and chunk.choices[0].delta.content)  # the answer has begun
+    stream.close()  # the user closed the tab
+    time.sleep(3)
+    assert generated_tokens(vllm) - before < whole / 3  # vLLM stopped generating it
