@@ -20,6 +20,7 @@ from sqlmodel import Session, col, select
 from store import audit
 from store.errors import NotFound
 from store.models import (
+    AnswerFailure,
     Comparison,
     Conversation,
     Correction,
@@ -71,6 +72,8 @@ def forget(session: Session, user: User, actor: User | None) -> dict[str, int]:
     session.execute(update(Message).where(col(Message.conversation_id).in_(conversations)).values(response_id=None))
     counts["answers"] = _count(session, delete(Response).where(col(Response.id).in_(responses)))
     counts["messages"] = _count(session, delete(Message).where(col(Message.conversation_id).in_(conversations)))
+    counts["failed answers"] = _count(session, delete(AnswerFailure).where(
+        col(AnswerFailure.conversation_id).in_(conversations)))
     counts["conversations"] = _count(session, delete(Conversation).where(col(Conversation.id).in_(conversations)))
     counts["slack events"] = _forget_slack_events(session, user)
     user.external_id, user.name, user.token_hash, user.role = f"forgotten:{uuid.uuid4().hex}", "forgotten", None, Role.user

@@ -16,13 +16,13 @@ from dataclasses import dataclass, field, replace
 from sqlalchemy.engine import Engine as Database
 
 from feedback.redaction import redact_or_withhold
-from serving.engine import Completion, Engine, GenerationRequest, SamplingParams, StreamEvent
+from serving.engine import Completion, Engine, EngineError, GenerationRequest, SamplingParams, StreamEvent
 from serving.hooks import Checked, NoHooks, TurnHooks
 from serving.pairs import draw_contrast
 from serving.routing import LiveReleases, ReleaseChoice
 from store import conversations
 from store.db import session_scope
-from store.models import Channel, Message, MessageRole, Response, User
+from store.models import AnswerFailure, Channel, Message, MessageRole, Response, User
 
 
 @dataclass
@@ -36,6 +36,8 @@ class Turn:
     # Where each answer is shown (0 = first); an A/B turn shuffles them.
     positions: list[int] = field(default_factory=list)
     release: ReleaseChoice | None = None  # chosen when generation starts
+    # Per answer, where they differ: an interleaved pair's canary and active release.
+    answer_releases: list[ReleaseChoice] = field(default_factory=list)
     channel: str = "web"
     kind: str = "sample"  # of an A/B pair: two samples, a "contrast", or a plugin's alternative such as "rag"
     # Per answer: the messages it is generated from, and what its trace adds.
@@ -49,6 +51,9 @@ class Turn:
 
     def messages_for(self, index: int) -> list[dict[str, str]]:
         return self.answer_messages[index] if self.answer_messages else self.messages
+
+    def release_for(self, index: int) -> ReleaseChoice:
+        return self.answer_releases[index] if self.answer_releases else self.release
 
     def params_for(self, index: int, params: SamplingParams) -> SamplingParams:
         heat = self.answer_heat[index] if self.answer_heat else 0.0
@@ -71,12 +76,13 @@ class AnswerDone:
 
 
 TurnEvent = AnswerDelta | AnswerDone
+INTERLEAVED = "release"  # a pair's kind when its answers come from the canary and the active release
 
 
 class ChatService:
     def __init__(
         self, engine: Engine, database: Database, live: LiveReleases, *, system_prompt: str,
-        hooks: TurnHooks | None = None, ab_strategy: str = "contrast",
+        hooks: TurnHooks | None = None, ab_strategy: str = "contrast", compare_share: float = 0.0,
     ):
         self.engine = engine
         self.database = database
@@ -85,6 +91,9 @@ class ChatService:
         self.hooks = hooks or NoHooks()
         self.ab_strategy = ab_strategy  # how an A/B pair's second answer differs (serving/pairs.py)
         draw_contrast(ab_strategy)  # an unknown strategy fails here, at start-up
+        # While a canary runs: the share of widget and Slack turns that show its answer beside the
+        # active release's (serving/canary.py reads the users' choices).
+        self.compare_share = compare_share
 
     # ------------------------------------------------------------ opening a turn
 
@@ -118,7 +127,9 @@ class ChatService:
     def _plan(self, turn: Turn, prompt: str, ab: bool) -> None:
         """One answer, or a pair (an alternative's, or the plain answer and a contrast) shown in random order."""
         pair = self.hooks.plan_pair(prompt, turn.messages)
-        if pair is not None:
+        if pair is None and self.live.canary is not None and random.random() < self.compare_share:
+            turn.kind = INTERLEAVED  # the two releases, chosen when generation starts
+        elif pair is not None:
             turn.kind, turn.answer_messages = pair.kind, [turn.messages, pair.messages]
             turn.answer_traces = [{}, pair.trace]
         elif ab:
@@ -181,14 +192,19 @@ class ChatService:
         continue_with = turn.positions.index(0)
         started = time.perf_counter()
         turn.release = self.live.choose(turn.conversation_id)
+        if turn.kind == INTERLEAVED:
+            self._interleave(turn)
         if turn.refusal is not None:
             refused = Completion(turn.refusal, "content_filter", 0, 0)
             stored = await asyncio.to_thread(self._store, turn, 0, refused, params, started, True, [])
             yield AnswerDone(0, stored, turn.refusal)
             return
-        self.live.begin(turn.release)  # its adapter stays loaded until this turn is done
+        serving = {turn.release_for(i) for i in range(len(turn.response_ids))}
+        for release in serving:
+            self.live.begin(release)  # its adapter stays loaded until this turn is done
         try:
-            requests = [GenerationRequest(turn.messages_for(i), turn.params_for(i, params), turn.release.adapter)
+            requests = [GenerationRequest(turn.messages_for(i), turn.params_for(i, params),
+                                          turn.release_for(i).adapter)
                         for i in range(len(turn.response_ids))]
             guards = [_GuardedAnswer(self.hooks, turn) for _ in turn.response_ids]
             async for index, event in _merge([self.engine.stream(r) for r in requests]):
@@ -205,16 +221,34 @@ class ChatService:
                     checked.decisions,
                 )
                 yield AnswerDone(index, response, guard.unshown(response.text))
+        except EngineError as error:
+            await asyncio.to_thread(self._store_failure, turn, error)  # the release's error rate counts it
+            raise
         finally:
-            self.live.end(turn.release)
+            for release in serving:
+                self.live.end(release)
 
     async def answer(self, turn: Turn, params: SamplingParams) -> list[Response]:
         done = [event async for event in self.stream(turn, params) if isinstance(event, AnswerDone)]
         return [event.response for event in sorted(done, key=lambda event: event.index)]
 
+    def _interleave(self, turn: Turn) -> None:
+        """The conversation's own release first (what it goes on with), the other one second."""
+        other = self.live.active if turn.release == self.live.canary else self.live.canary
+        if other is None or other == turn.release:  # the canary ended since the turn was planned
+            turn.kind = "sample"
+            return
+        turn.answer_releases = [turn.release, other]
+
+    def _store_failure(self, turn: Turn, error: EngineError) -> None:
+        with session_scope(self.database) as session:
+            session.add(AnswerFailure(release_id=turn.release.release_id, conversation_id=turn.conversation_id,
+                                      reason=str(error)[:500]))
+
     def _store(self, turn: Turn, index: int, completion: Completion, params: SamplingParams, started: float,
                chosen: bool, output_decisions: list[dict]) -> Response:
-        trace = {"release": turn.release.name, "adapter": turn.release.adapter, "index": index,
+        release = turn.release_for(index)
+        trace = {"release": release.name, "adapter": release.adapter, "index": index,
                  "shown_at": turn.positions[index], "channel": turn.channel,
                  "plugins": {"input": turn.input_decisions, "output": output_decisions}}
         if len(turn.response_ids) == 2:
@@ -225,7 +259,7 @@ class ChatService:
             id=turn.response_ids[index],
             conversation_id=turn.conversation_id,
             prompt_message_id=turn.prompt_message_id,
-            release_id=turn.release.release_id,
+            release_id=release.release_id,
             text=self._storable(completion.text),
             finish_reason=completion.finish_reason,
             latency_ms=(time.perf_counter() - started) * 1000,

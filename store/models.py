@@ -232,6 +232,18 @@ class TrainingRun(SQLModel, table=True):
     finished_at: Optional[datetime] = Field(default=None, sa_type=DateTime(timezone=True))
 
 
+class AnswerFailure(SQLModel, table=True):
+    """An answer the engine could not give (every replica down, a crash mid-answer): a canary's
+    error rate counts these beside the answers it gave."""
+
+    __tablename__ = "answer_failures"
+    id: Optional[int] = Field(default=None, primary_key=True)
+    release_id: Optional[int] = Field(default=None, foreign_key="releases.id", index=True)
+    conversation_id: uuid.UUID = Field(foreign_key="conversations.id", index=True)
+    reason: str = Field(default="", max_length=500)
+    created_at: datetime = _when()
+
+
 class AuditLog(SQLModel, table=True):
     __tablename__ = "audit_log"
     id: Optional[int] = Field(default=None, primary_key=True)

@@ -79,9 +79,10 @@ def _require(release: Release, *states: ReleaseState) -> None:
 
 
 def approve(session: Session, name: str, actor: User | None, canary: float | None = None) -> Release:
-    """Approve a candidate: straight to active, or as a canary on `canary` of conversations."""
+    """Approve a candidate: straight to active, or as a canary on `canary` of conversations. A
+    rolled-back release may be approved again: how an operator undoes an automatic rollback."""
     release = get(session, name)
-    _require(release, ReleaseState.candidate)
+    _require(release, ReleaseState.candidate, ReleaseState.rolled_back)
     if canary is None or canary >= 1.0:
         _make_active(session, release, actor, "release.approve")
         return release

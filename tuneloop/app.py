@@ -24,6 +24,7 @@ from plugins.manager import Plugins, load_plugins
 from plugins.turns import PluginHooks
 from serving.engine import Engine
 from serving.health import router as health_router
+from serving.canary import CanaryMonitor
 from serving.reconcile import Reconciler
 from serving.router import RESPONSE_ID_HEADER
 from serving.router import router as openai_router
@@ -35,7 +36,7 @@ from store.migrate import upgrade
 from tuneloop.engines import build_engine
 from tuneloop.http import BodySizeLimit, document_errors, install_error_handlers
 from tuneloop.settings import EMBEDDED_MODEL, Settings, get_settings
-from tuneloop.wiring import plugin_settings, slack_config
+from tuneloop.wiring import canary_policy, plugin_settings, slack_config
 
 log = logging.getLogger(__name__)
 
@@ -140,13 +141,16 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
         reconciler = Reconciler(model, database, live, interval=settings.reload_interval)
         await reconciler.reconcile()  # load the active release before the first request
         following = asyncio.create_task(reconciler.run(), name="tuneloop-reconciler")
+        canary = CanaryMonitor(database, canary_policy(settings), settings.canary_check_interval_s,
+                               decided=reconciler.wake)
+        judging = asyncio.create_task(canary.run(), name="tuneloop-canary")
         app.state.database, app.state.engine, app.state.live = database, model, live
-        app.state.reconciler = reconciler
+        app.state.reconciler, app.state.canary = reconciler, canary
         app.state.plugins = await asyncio.to_thread(load_plugins, plugin_settings(settings))
         hooks = PluginHooks(app.state.plugins)
         app.state.redact = hooks.redact  # every free text on its way into the store (feedback/redaction.py)
         app.state.chat = ChatService(model, database, live, system_prompt=settings.system_prompt, hooks=hooks,
-                                     ab_strategy=settings.ab_strategy)
+                                     ab_strategy=settings.ab_strategy, compare_share=settings.canary_compare_share)
         app.state.notify_feedback = _feedback_notifier(app.state.plugins)
         app.state.ratings = RatingWriter(database, notify=app.state.notify_feedback)
         app.state.ratings.start()
@@ -166,6 +170,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
             if slack:
                 await slack.stop()
             following.cancel()
+            judging.cancel()
             if app.state.review_scorer:
                 await asyncio.to_thread(app.state.review_scorer.stop)
             await asyncio.to_thread(app.state.ratings.close)  # acknowledged means stored

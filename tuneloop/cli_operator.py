@@ -67,14 +67,47 @@ def show(name: str) -> None:
 
     from store import releases
 
+    from serving import canary
+    from store.models import ReleaseState
+    from tuneloop.wiring import canary_policy
+
     session, _ = _session_and_actor()
     with session:
         release = releases.get(session, name)
-        report = {k: v for k, v in release.report.items() if k != "training"}
+        report = {k: v for k, v in release.report.items() if k not in ("training", "canary")}
         typer.echo(json.dumps({"name": release.name, "state": release.state.value, "checksum": release.checksum,
                                "adapter": release.adapter_path, **report}, indent=2, default=str))
         if release.adapter_path:
             typer.echo(f"report page: {Path(release.adapter_path).parent / 'report.html'}")
+        active = releases.active_release(session)
+        if release.state == ReleaseState.canary and active is not None:
+            _, status = canary.current(session, release, active, canary_policy(get_settings()))
+            typer.echo(canary_summary(status))
+        elif release.report.get("canary"):
+            typer.echo(canary_summary(release.report["canary"]))
+
+
+def canary_summary(status: dict) -> str:
+    """A canary's live evidence, as an operator reads it in a terminal."""
+    choices, expected = status["choices"], status["expected"]
+    lines = [f"canary since {status['since']}: {status['events']} events; decision: "
+             f"{status['decision']['action']} ({status['decision']['reason']})",
+             f"  interleaved choices: canary won {choices['canary_won']}, lost {choices['canary_lost']}, "
+             f"ties {choices['ties']}"]
+    for side, figures in status["metrics"].items():
+        down = figures["thumbs_down_rate"]
+        interval = f" [{down['low']:.2f}-{down['high']:.2f}]" if down["n"] else ""
+        lines.append(f"  {side:<7} {figures['answers']} answers, {figures['errors']} errors, "
+                     f"{figures['interventions']} guardrail interventions, thumbs down "
+                     f"{down['rate'] if down['rate'] is None else round(down['rate'], 3)}{interval} of {down['n']}")
+    for test in [*status["tests"].values(), status["promotion"]]:
+        if test:
+            lines.append(f"  {test['metric']:<24} statistic {test['log_ratio']:7.2f} / boundary {test['boundary']:.2f}"
+                         f"  ({test['verdict']})")
+    hours = expected.get("hours_to_decide")
+    lines.append(f"  expected: {'no decision in sight at the current rate' if hours is None else f'{hours:.1f} h'} "
+                 f"({expected['choices_per_hour']:.1f} choices an hour)")
+    return "\n".join(lines)
 
 
 @releases_app.command("approve")

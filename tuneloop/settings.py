@@ -96,6 +96,22 @@ class Settings(BaseSettings):
     # Where people can reach this service, for links in Slack messages (release reports).
     public_url: str = Field(default="", description="base URL, such as https://tuneloop.example.com")
 
+    # Canaries that judge themselves (serving/canary.py, feedback/canary.py): a sequential test on
+    # the canary's live evidence, looked at every few seconds; worse -> rolled back; better ->
+    # promoted (promote=auto) or put to an operator (ask). Off: evidence is shown, not acted on.
+    canary_decide: bool = Field(default=True, description="roll back / promote canaries on their evidence")
+    canary_promote: Literal["auto", "ask"] = Field(default="ask", description="a clear win promotes, or asks")
+    canary_false_rollback: float = Field(default=0.05, gt=0, lt=0.5, description="error rate of a rollback")
+    canary_false_promotion: float = Field(default=0.05, gt=0, lt=0.5, description="error rate of a promotion")
+    canary_min_answers: int = Field(default=30, ge=5, description="per release, before a rate can decide")
+    canary_max_choices: int = Field(default=1000, ge=10, description="choices before calling it inconclusive")
+    canary_rollback_metrics: list[Literal["choices", "thumbs_down", "stars", "guardrails", "errors"]] = Field(
+        default_factory=lambda: ["choices", "thumbs_down", "stars", "guardrails", "errors"],
+        description="metrics that alone can roll a canary back")
+    canary_check_interval_s: float = Field(default=5.0, gt=0, description="seconds between looks at the canary")
+    canary_compare_share: float = Field(default=0.2, ge=0.0, le=1.0,
+                                        description="share of widget/Slack turns shown canary-vs-active")
+
     # Slack: off unless a bot token and a signing secret (HTTP mode) or an app token
     # (Socket Mode) are set. Slack ids in the role lists get that role on first contact.
     slack_bot_token: str = Field(default="", description="xoxb-... bot token")

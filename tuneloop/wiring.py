@@ -7,6 +7,7 @@ and this module builds it from the one `Settings`. The jobs' configs are in `tun
 from __future__ import annotations
 
 from bot.slack.config import SlackConfig
+from feedback.canary import CanaryPolicy
 from plugins.config import PluginSettings, RagCommandsConfig
 from tuneloop.settings import Settings
 
@@ -48,3 +49,11 @@ def slack_config(settings: Settings) -> SlackConfig:
         temperature=settings.temperature,
         max_tokens=settings.max_tokens,
     )
+
+
+def canary_policy(settings: Settings) -> CanaryPolicy:
+    return CanaryPolicy(decide=settings.canary_decide, promote=settings.canary_promote,
+                        false_rollback=settings.canary_false_rollback,
+                        false_promotion=settings.canary_false_promotion, min_answers=settings.canary_min_answers,
+                        max_choices=settings.canary_max_choices,
+                        rollback_metrics=tuple(settings.canary_rollback_metrics))

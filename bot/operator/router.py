@@ -7,14 +7,16 @@ from pathlib import Path
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, HTTPException, Request
-from fastapi.responses import FileResponse
+from fastapi.responses import FileResponse, HTMLResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.exc import IntegrityError
 
+from feedback import canary_plot
 from feedback.deps import CurrentUser, SessionDep, current_user
 from feedback.protocol import error_responses
+from serving import canary
 from store import releases
-from store.models import Release, Role, User
+from store.models import Release, ReleaseState, Role, User
 
 router = APIRouter(prefix="/api/releases", tags=["releases"])
 
@@ -92,10 +94,18 @@ def rollback(request: Request, session: SessionDep, user: Operator, body: Reason
 
 
 @router.get("/{name}", responses=error_responses(401, 403, 404))
-def show_release(name: str, session: SessionDep, _: Operator) -> dict:
+def show_release(name: str, request: Request, session: SessionDep, _: Operator) -> dict:
+    """The release, its report and its checks' outcomes; for the running canary, its live
+    evidence now (`canary`): per-release metrics with intervals, each test's statistic against
+    its boundary, and the expected time to a decision at today's traffic."""
     release = releases.get(session, name)
     checks = releases.check_outcomes(session, release_id=release.id)
-    return {**summary(release).model_dump(), "report": release.report, "checks": checks}
+    body = {**summary(release).model_dump(), "report": release.report, "checks": checks}
+    active = releases.active_release(session)
+    if release.state == ReleaseState.canary and active is not None:
+        _, status = canary.current(session, release, active, request.app.state.canary.policy)
+        body["canary"] = {**status, "history": (release.report.get("canary") or {}).get("history", [])}
+    return body
 
 
 def report_reader(request: Request, name: str, session: SessionDep, key: str | None = None) -> None:
@@ -111,13 +121,18 @@ def report_reader(request: Request, name: str, session: SessionDep, key: str | N
 
 @router.get("/{name}/report", response_class=FileResponse, dependencies=[Depends(report_reader)],
             responses={200: {"content": {"text/html": {}}}, **error_responses(401, 403, 404)})
-def release_report(name: str, session: SessionDep) -> FileResponse:
+def release_report(name: str, session: SessionDep) -> Response:
     """The HTML report the trainer wrote beside the release's adapter."""
     release = releases.get(session, name)
     page = Path(release.adapter_path).parent / "report.html" if release.adapter_path else None
     if page is None or not page.is_file():
         raise HTTPException(404, f"release {name!r} has no report page")
-    return FileResponse(page, media_type="text/html")
+    status = (release.report or {}).get("canary")
+    if not status:
+        return FileResponse(page, media_type="text/html")
+    # The page was written at training time; a canary's evidence came later: its section is added here.
+    html = page.read_text(encoding="utf-8")
+    return HTMLResponse(html.replace("</body>", canary_plot.html_section(status) + "</body>", 1))
 
 
 @router.post("/{name}/approve", response_model=ReleaseOut, responses=ACTION_ERRORS)

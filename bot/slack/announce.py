@@ -1,4 +1,5 @@
-"""Candidate releases announced in the operators' channel, once, whichever replica sees them first.
+"""Candidate releases and canaries' own decisions announced in the operators' channel, once,
+whichever replica sees them first.
 
 The nightly job runs in another process; like serving, the announcer follows the
 database. A post that fails is un-claimed, so the next look tries it again.
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from datetime import timedelta
 
 from slack_sdk.web.async_client import AsyncWebClient
 from sqlmodel import Session, select
@@ -16,7 +18,8 @@ from bot.slack import blocks
 from bot.slack.calls import call
 from bot.slack.services import SlackServices
 from store import releases, slack_inbox
-from store.models import Release, ReleaseState
+from serving.canary import DECIDE
+from store.models import AuditLog, Release, ReleaseState, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +37,10 @@ class Announcer:
             await asyncio.sleep(self.services.config.announce_interval)
 
     async def announce_new(self) -> int:
-        """Post each candidate not yet announced; how many were posted."""
+        """Post each candidate and each canary decision not yet announced; how many were posted."""
+        return await self._announce_candidates() + await self._announce_canary_decisions()
+
+    async def _announce_candidates(self) -> int:
         claimed = await self.services.in_session(self._claim_new)
         posted = 0
         for name, report in claimed:
@@ -49,6 +55,36 @@ class Announcer:
             else:
                 posted += 1
         return posted
+
+    async def _announce_canary_decisions(self) -> int:
+        claimed = await self.services.in_session(self._claim_decisions)
+        posted = 0
+        for entry_id, name, details, report in claimed:
+            config = self.services.config
+            url = f"{config.public_url.rstrip('/')}{report_link(name, report)}" if config.public_url else ""
+            blocks_ = blocks.canary_decision(name, details, url)
+            sent = await call(self.client, "chat.postMessage", channel=config.operators_channel,
+                              text=blocks_[0]["text"]["text"], blocks=blocks_)
+            if sent is None:
+                await self.services.in_session(
+                    lambda session, key=f"canary:{entry_id}": slack_inbox.forget_slack_delivery(session, key=key))
+            else:
+                posted += 1
+        return posted
+
+    def _claim_decisions(self, session: Session) -> list[tuple[int, str, dict, dict]]:
+        """The canary decisions of the last day no replica has posted yet (serving/canary.py)."""
+        recent = select(AuditLog).where(AuditLog.action == DECIDE, AuditLog.created_at >= utcnow() - timedelta(days=1))
+        claimed = []
+        for entry in session.exec(recent):
+            if not slack_inbox.claim_slack_delivery(session, key=f"canary:{entry.id}"):
+                continue
+            name = entry.target.removeprefix("release:")
+            release = session.exec(select(Release).where(Release.name == name)).first()
+            if release is not None:
+                releases.share_report(session, release=release)
+                claimed.append((entry.id, name, entry.details, release.report))
+        return claimed
 
     def _claim_new(self, session: Session) -> list[tuple[str, dict]]:
         candidates = session.exec(select(Release).where(Release.state == ReleaseState.candidate)).all()

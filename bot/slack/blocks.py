@@ -165,6 +165,40 @@ def release_candidate(name: str, report: dict, report_url: str, canary_share: fl
     return blocks
 
 
+CANARY_HEADLINES = {
+    "rollback": "Canary {name} was rolled back automatically",
+    "promote": "Canary {name} was promoted automatically",
+    "ask_promote": "Canary {name} looks better: promote it?",
+    "inconclusive": "Canary {name}: users cannot tell it from the active release",
+}
+CANARY_UNDO = {
+    "rollback": "Disagree? `tuneloop releases approve {name} --canary 0.2` starts it again on fresh evidence.",
+    "promote": "Disagree? `tuneloop releases rollback` restores the release it replaced.",
+    "ask_promote": "`tuneloop releases promote` makes it active; `tuneloop releases rollback` ends it.",
+    "inconclusive": "`tuneloop releases promote` or `tuneloop releases rollback`: an operator decides.",
+}
+
+
+def canary_decision(name: str, details: dict, report_url: str) -> list[dict]:
+    """A canary's own decision for the operators' channel: what, why, and how to undo it."""
+    decision = details.get("decision", "")
+    evidence = details.get("evidence", {})
+    metrics = evidence.get("metrics", {})
+    lines = [details.get("reason", ""), f"Events so far: {evidence.get('events', 0)}."]
+    for side in ("canary", "active"):
+        figures = metrics.get(side, {})
+        down = (figures.get("thumbs_down_rate") or {}).get("rate")
+        lines.append(f"*{side}*: {figures.get('answers', 0)} answers, thumbs down "
+                     f"{_figure(down)}, {figures.get('errors', 0)} errors")
+    blocks = [{"type": "header", "text": {"type": "plain_text",
+                                          "text": CANARY_HEADLINES.get(decision, "Canary {name}").format(name=name)}},
+              _section("\n".join(lines))]
+    if report_url:
+        blocks.append(_section(f"<{report_url}|Report and evidence>"))
+    blocks.append(_context(CANARY_UNDO.get(decision, "").format(name=name)))
+    return blocks
+
+
 def release_decided(blocks: Sequence[dict], line: str) -> list[dict]:
     """The announcement with its buttons replaced by who decided what."""
     return [b for b in blocks if b.get("type") != "actions"] + [_context(line)]

@@ -87,7 +87,7 @@ async def _events(chat: ChatService, turn: Turn, params: SamplingParams) -> Asyn
             elif isinstance(event, AnswerDone):
                 yield _event("done", {"response_id": rid, "text": event.response.text,
                                       "finish_reason": event.response.finish_reason,
-                                      "release": turn.release.name})
+                                      "release": turn.release_for(event.index).name})
     except Exception:  # the stream has begun: tell the widget in-band, keep details in the log
         log.exception("a widget turn failed in conversation %s", turn.conversation_id)
         yield _event("error", {"message": "The answer could not be generated; please try again."})
