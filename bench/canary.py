@@ -14,8 +14,13 @@ with thumbs or stars and a guardrail may act on. After **every** turn the servic
   median and 95th percentile.
 - A canary users prefer 60/40: events to the promotion (asked of an operator by default).
 
+- `--end-to-end`: on the embedded model, a deliberately worse release approved as a canary and
+  rolled back by simulated users' choices; time and events to the rollback, failed requests
+  (bench/canary_loop.py).
+
     PYTHONPATH=. .venv/bin/python bench/canary.py              # 400 runs per scenario
     PYTHONPATH=. .venv/bin/python bench/canary.py --runs 100   # quicker
+    HF_HUB_OFFLINE=1 PYTHONPATH=. .venv/bin/python bench/canary.py --end-to-end
 """
 
 from __future__ import annotations
@@ -110,7 +115,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=400, help="seeded runs per scenario")
     parser.add_argument("--turns", type=int, default=4000, help="turns per run at most")
+    parser.add_argument("--end-to-end", action="store_true", help="the service on the embedded model instead")
     args = parser.parse_args()
+    if args.end_to_end:
+        from bench.canary_loop import end_to_end
+
+        end_to_end()
+        return
     policy = CanaryPolicy()
     started = time.perf_counter()
     print(f"policy: false rollback {policy.false_rollback}, false promotion {policy.false_promotion}, "

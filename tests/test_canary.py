@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import random
+import re
 import threading
 import uuid
 from datetime import UTC, datetime
@@ -316,3 +317,19 @@ def test_a_rollback_while_the_canary_streams_an_answer_lets_that_answer_finish(s
         again = httpx.post(f"{service.url}/api/conversations/{conversation}/messages", json={"content": "hi"},
                            headers=headers, timeout=60)
         assert again.status_code == 200 and '"release": "base"' in again.text  # the conversation moved back
+
+
+def test_releases_show_reads_out_the_live_canary(monkeypatch, tmp_path):
+    from tests.test_cli import cli
+
+    assert cli(monkeypatch, tmp_path, "db", "upgrade").exit_code == 0
+    database = make_engine(f"sqlite:///{tmp_path / 'var' / 'tuneloop.db'}")
+    base_id, canary_id = _fleet(database)
+    _choices(database, base_id, canary_id, ["active"] * 12 + ["canary"] * 3 + ["tie"] * 2)
+    shown = cli(monkeypatch, tmp_path, "releases", "show", "r-canary")
+    assert shown.exit_code == 0, shown.output
+    assert "17 events; decision: wait" in shown.output
+    assert "interleaved choices: canary won 3, lost 12, ties 2" in shown.output
+    assert re.search(r"interleaved choices\s+statistic\s+[\d.]+ / boundary 4\.61\s+\(undecided\)", shown.output)
+    assert re.search(r"expected: [\d.]+ h", shown.output)  # losing at today's rate: a decision is in sight
+    database.dispose()

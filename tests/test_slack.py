@@ -414,3 +414,25 @@ def test_the_announced_report_link_opens_with_its_key_alone(app, slack, tmp_path
     assert "?key=" in path and app.get(path).text == "<h1>Report of r3</h1>"
     assert app.get(path.split("?key=")[0] + "?key=guessed").status_code == 403
     assert app.get(path.split("?key=")[0]).status_code == 401
+
+
+def test_a_canarys_own_rollback_is_announced_once_with_how_to_undo_it(app, slack, tmp_path, tiny_model):
+    from store import releases
+    from store.db import session_scope
+    from tests.adapters import add_candidate, make_adapter
+    from tests.test_canary import _choices
+
+    database = app.app.state.database
+    add_candidate(database, "r-judged", make_adapter(tiny_model, tmp_path / "r-judged"))
+    slack.wait_for("chat.postMessage", lambda a: "candidate" in a.get("text", ""))  # the candidate's own post
+    with session_scope(database) as session:
+        canary = releases.approve(session, "r-judged", None, canary=0.5)
+        ids = canary.id, releases.active_release(session).id
+    _choices(database, ids[1], ids[0], ["active"] * 40)
+    assert app.app.state.canary.look().action == "rollback"
+    post_ = slack.wait_for("chat.postMessage", lambda a: "rolled back automatically" in a.get("text", ""))
+    text = json.dumps(post_["blocks"])
+    assert post_["channel"] == "C0OPS" and "interleaved choices crossed its boundary" in text
+    assert "tuneloop releases approve r-judged --canary" in text  # how an operator undoes it
+    time.sleep(1.0)  # a few more looks by the announcer
+    assert len([c for c in slack.calls_to("chat.postMessage") if "automatically" in c.get("text", "")]) == 1
