@@ -60,7 +60,7 @@ class VLLMServerConfig:
     def environment(self) -> dict[str, str]:
         env = {**os.environ, **QUIET, "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True"}
         if not _has_cuda(self.python):
-            # The CPU build: a small KV cache, and no pinning of its threads to cores it shares.
+            # The CPU build: a small KV cache, and its threads on the cores `cpu_cores` names (or unpinned).
             env.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
             env.setdefault("VLLM_CPU_OMP_THREADS_BIND", self.cpu_cores)
         return env

@@ -16,6 +16,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from bot.operator.router import router as releases_router
 from bot.web.pages import router as pages_router
 from bot.web.router import router as widget_router
+from bot.workspace import auth as workspace
 from feedback.ingest import RatingWriter
 from feedback.limits import RateLimits
 from feedback.review_router import router as review_router
@@ -193,5 +194,6 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
                    health_router):
         app.include_router(router)
     _mount_slack(app, settings)
+    workspace.install(app)  # the reviewers' and operators' pages, with their session cookie
 
     return app

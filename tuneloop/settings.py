@@ -95,6 +95,9 @@ class Settings(BaseSettings):
 
     # Where people can reach this service, for links in Slack messages (release reports).
     public_url: str = Field(default="", description="base URL, such as https://tuneloop.example.com")
+    # Signs the workspace's session cookies; the same on every replica. Empty: one is made once
+    # and kept in DATA_DIR/session-secret.
+    session_secret: str | None = Field(default=None, description="signs the reviewers' and operators' sessions")
 
     # Canaries that judge themselves (serving/canary.py, feedback/canary.py): a sequential test on
     # the canary's live evidence, looked at every few seconds; worse -> rolled back; better ->

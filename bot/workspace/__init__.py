@@ -1,0 +1,1 @@
+"""The workspace in the browser for reviewers and operators: sign-in, the operator's console."""
