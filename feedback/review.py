@@ -14,12 +14,13 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal
 
-from sqlalchemy import exists, or_
+from sqlalchemy import and_, exists, or_
 from sqlalchemy.orm import aliased
 from sqlmodel import Session, col, select
 
 from store import conversations
 from store.models import (
+    STAFF,
     Comparison,
     Correction,
     Message,
@@ -27,6 +28,7 @@ from store.models import (
     Rating,
     Response,
     User,
+    Winner,
 )
 
 LOOK_BACK = 500  # answers searched for pairs per call; older pairs wait for a quieter queue
@@ -105,3 +107,37 @@ def _task(session: Session, kind: Literal["compare", "rate"], responses: list[Re
     history = [(m.role.value, m.content) for m in messages
                if m.id < prompt.id and m.role in (MessageRole.user, MessageRole.assistant)]
     return ReviewTask(kind, prompt, history, responses)
+
+
+def agreement(session: Session, reviewer: User) -> tuple[int, int]:
+    """(agreed, shared): of the items this reviewer judged that other staff judged too, how many
+    got the same verdict: the same winner of a pair (whichever way round it was stored), or the
+    same thumb on an answer."""
+    agreed = shared = 0
+    theirs = session.exec(select(Comparison).where(Comparison.user_id == reviewer.id)).all()
+    for mine in theirs:
+        others = session.exec(select(Comparison).join(User, col(User.id) == col(Comparison.user_id)).where(
+            Comparison.user_id != reviewer.id, col(User.role).in_(STAFF),
+            or_(and_(Comparison.response_a_id == mine.response_a_id, Comparison.response_b_id == mine.response_b_id),
+                and_(Comparison.response_a_id == mine.response_b_id, Comparison.response_b_id == mine.response_a_id)),
+        )).all()
+        for other in others:
+            shared += 1
+            agreed += _winning(mine) == _winning(other)
+    rated = session.exec(select(Rating).where(Rating.user_id == reviewer.id, col(Rating.thumb).is_not(None))).all()
+    for mine in rated:
+        others = session.exec(select(Rating).join(User, col(User.id) == col(Rating.user_id)).where(
+            Rating.response_id == mine.response_id, Rating.user_id != reviewer.id, col(User.role).in_(STAFF),
+            col(Rating.thumb).is_not(None))).all()
+        shared += len(others)
+        agreed += sum(other.thumb == mine.thumb for other in others)
+    return agreed, shared
+
+
+def _winning(comparison: Comparison) -> str:
+    """The verdict on a pair, independent of which answer was stored as `a`."""
+    if comparison.winner == Winner.a:
+        return str(comparison.response_a_id)
+    if comparison.winner == Winner.b:
+        return str(comparison.response_b_id)
+    return comparison.winner.value

@@ -120,10 +120,18 @@ def test_a_reviewer_works_three_items_by_keyboard(open_page, live_server):
 
 def test_an_operator_approves_a_canary_and_the_service_routes_to_it(open_page, live_server, tiny_model, tmp_path):
     url, database = live_server.url, live_server.app.state.database
-    add_candidate(database, "r1", make_adapter(tiny_model, tmp_path / "adapter"))
+    candidate = add_candidate(database, "r1", make_adapter(tiny_model, tmp_path / "adapter"))
+    with session_scope(database) as session:  # what the night that made it reported of its curation
+        release = session.get(type(candidate), candidate.id)
+        release.report = {**release.report, "curation": {"rows_in": 40, "rows_out": 31,
+                                                        "removed": {"per_user_cap": 6, "disagreement": 3},
+                                                        "agreement": {"rita": {"pairs": 0.75}}}}
     page, olga = open_page(), token(database, "olga", Role.operator)
     sign_in(page, url, olga)
     expect(page.get_by_role("heading", name="Releases")).to_be_visible()
+    expect(page.get_by_text("40 rows in, 31 rows out.")).to_be_visible()
+    expect(page.get_by_role("row", name="per_user_cap 6")).to_be_visible()
+    expect(page.get_by_role("row", name="rita.pairs 0.750")).to_be_visible()
     no_serious_violations(page)
     shot(page, "releases-desktop.png")
     page.get_by_role("link", name="r1").click()
@@ -175,3 +183,50 @@ def shot(page, name: str) -> None:
     if folder:
         Path(folder).mkdir(parents=True, exist_ok=True)
         page.screenshot(path=str(Path(folder) / name), full_page=True)
+
+
+def current_item(page) -> str | None:
+    """The answer on a reviewer's screen (a single answer's id), or None when the queue is empty."""
+    field = page.locator("input[name=response_id]").first
+    return field.get_attribute("value") if field.count() else None
+
+
+def test_reviewers_do_not_collide_but_overlap_items_go_to_two_and_undo_takes_back(open_page, live_server):
+    url, database = live_server.url, live_server.app.state.database
+    settings = live_server.app.state.settings
+    for _ in range(2):
+        answered(url, False, live_server)
+    settings.review_overlap_share = 0.0
+    pages = {}
+    for name in ("ann", "bob", "cid"):
+        pages[name] = open_page()
+        sign_in(pages[name], url, token(database, name, Role.reviewer))
+    ann, bob = current_item(pages["ann"]), current_item(pages["bob"])
+    assert ann and bob and ann != bob  # each has an item of their own
+    assert current_item(pages["cid"]) is None  # both items are taken
+    expect(pages["cid"].get_by_text("Nothing to review right now.")).to_be_visible()
+
+    settings.review_overlap_share = 1.0  # now every item goes to two reviewers
+    pages["cid"].reload()
+    assert current_item(pages["cid"]) in (ann, bob)
+
+    page = pages["ann"]
+    page.keyboard.press("u")
+    expect(page.get_by_role("status")).to_contain_text("Rating saved")
+    assert len(rows(database, Rating)) == 1
+    page.keyboard.press("z")
+    expect(page.get_by_role("status")).to_contain_text("Undone")
+    assert rows(database, Rating) == []  # withdrawn, as the API's DELETE does
+
+    # Agreement: two reviewers' thumbs on the same (overlap) answer.
+    settings.review_overlap_share = 1.0
+    pages["cid"].reload()
+    shared = current_item(pages["cid"])
+    pages["cid"].keyboard.press("u")
+    expect(pages["cid"].get_by_role("status")).to_contain_text("Rating saved")
+    other = next(name for name, item in (("ann", ann), ("bob", bob)) if item == shared)
+    pages[other].reload()
+    assert current_item(pages[other]) == shared  # still theirs
+    pages[other].keyboard.press("u")
+    expect(pages[other].get_by_role("status")).to_contain_text("Rating saved")
+    expect(pages[other].locator("#agreement")).to_contain_text("1 of 1 shared items (100%)")

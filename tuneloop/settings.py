@@ -95,6 +95,9 @@ class Settings(BaseSettings):
 
     # Where people can reach this service, for links in Slack messages (release reports).
     public_url: str = Field(default="", description="base URL, such as https://tuneloop.example.com")
+    # The review queue in the browser: the share of items handed to two reviewers (their agreement).
+    review_overlap_share: float = Field(default=0.1, ge=0.0, le=1.0,
+                                        description="share of review items given to two reviewers")
     # Signs the workspace's session cookies; the same on every replica. Empty: one is made once
     # and kept in DATA_DIR/session-secret.
     session_secret: str | None = Field(default=None, description="signs the reviewers' and operators' sessions")

@@ -1,6 +1,6 @@
-"""The operator's console: the releases, one release with its report and the actions its state
-allows (each confirmed in the browser, checked for CSRF and role here, audited by the store),
-the live canary, and the audit log. The same calls the HTTP API, the CLI and Slack make."""
+"""The operator's console: the releases and the last run's curation summary, one release with its
+report and the actions its state allows (each confirmed in the browser, checked for CSRF and
+role here, audited by the store), the live canary, and the audit log. The same calls the HTTP API, the CLI and Slack make."""
 
 from __future__ import annotations
 
@@ -30,7 +30,12 @@ ACTIONS = {
 @router.get("", response_class=HTMLResponse)
 def console(request: Request, session: SessionDep) -> HTMLResponse:
     user = signed_in(request, session, Role.operator)
-    return render(request, "releases.html", user=user, releases=[_row(r) for r in releases.listing(session)])
+    listed = releases.listing(session)
+    last_run = next((r for r in listed if (r.report or {}).get("curation")), None)  # newest first
+    curation = last_run.report["curation"] if last_run else None
+    return render(request, "releases.html", user=user, releases=[_row(r) for r in listed], curation=curation,
+                  curation_release=last_run.name if last_run else None,
+                  agreement=_flatten((curation or {}).get("agreement") or {}))
 
 
 @router.get("/audit", response_class=HTMLResponse)
@@ -99,3 +104,12 @@ def _row(release: Release) -> dict:
             "gate": (report.get("gate") or {}).get("summary", ""), "win_rate": win.get("rate"),
             "win_low": win.get("low"), "win_high": win.get("high"), "created_at": release.created_at,
             "decision": (report.get("canary") or {}).get("decision")}
+
+
+def _flatten(value: dict, prefix: str = "") -> list[tuple[str, object]]:
+    """Nested figures (agreement per reviewer, per kind) as (dotted name, value) rows."""
+    rows: list[tuple[str, object]] = []
+    for key, inner in value.items():
+        name = f"{prefix}.{key}" if prefix else str(key)
+        rows += _flatten(inner, name) if isinstance(inner, dict) else [(name, inner)]
+    return rows
