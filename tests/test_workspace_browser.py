@@ -102,6 +102,8 @@ def test_a_reviewer_works_three_items_by_keyboard(open_page, live_server):
             page.keyboard.press("w")  # the ideal answer
             page.keyboard.press("Control+a")
             page.keyboard.type("A better answer, written by a reviewer.")
+            expect(page.locator("#changes ins").first).to_have_text("A")  # beside the original, as a diff
+            expect(page.locator("#changes del")).not_to_have_count(0)  # the original's words, struck
             page.keyboard.press("Control+Enter")
             done["correction"] = True
         expect(page.get_by_role("status")).to_contain_text("saved")
@@ -114,7 +116,8 @@ def test_a_reviewer_works_three_items_by_keyboard(open_page, live_server):
     assert correction.text == "A better answer, written by a reviewer."
     expect(page.locator("#done")).to_have_text("3")
 
-    page.goto(f"{url}/releases")  # the console is for operators
+    refused = page.goto(f"{url}/releases")  # the console is for operators
+    assert refused.status == 403
     expect(page.get_by_role("alert")).to_contain_text("This page is for operators")
 
 
