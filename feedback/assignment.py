@@ -15,7 +15,7 @@ from datetime import timedelta
 from sqlmodel import Session
 
 from store import locks
-from store.models import User, utcnow
+from store.models import User, in_utc, utcnow
 
 LOOKING = timedelta(minutes=15)  # how long an opened item stays with its reviewer
 JUDGED = timedelta(days=3650)  # a judged item stays theirs
@@ -42,7 +42,7 @@ def available(session: Session, reviewer: User, response_ids: list, share: float
     now = utcnow()
     for name in _slots(item_key(response_ids), share):
         held = locks.holder_of(session, name)
-        if held is None or held.holder == _holder(reviewer) or _aware(held.expires_at) < now:
+        if held is None or held.holder == _holder(reviewer) or in_utc(held.expires_at) < now:
             return True
     return False
 
@@ -60,9 +60,3 @@ def claim(session: Session, reviewer: User, response_ids: list, share: float, le
 def keep(session: Session, reviewer: User, response_ids: list, share: float) -> None:
     """The reviewer judged the item: it stays with them."""
     claim(session, reviewer, response_ids, share, JUDGED)
-
-
-def _aware(moment):  # noqa: ANN001, ANN202 - SQLite gives back naive UTC times
-    from datetime import UTC
-
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)

@@ -3,24 +3,19 @@
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
-from store.models import Thumb, Winner
+from store.models import Thumb, Winner, in_utc
 
 # Why a thumbs-down: a short fixed list, so reasons can be counted.
 DOWN_REASONS = ("incorrect", "unhelpful", "unsafe", "off_topic", "too_long", "too_short", "other")
 
 
-def _in_utc(moment: datetime) -> datetime:
-    # The store keeps UTC; SQLite hands it back without a zone, so it is added here, and every
-    # timestamp the API returns is an RFC 3339 date-time with its offset, as the schema says.
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
-
-
-UtcDatetime = Annotated[datetime, AfterValidator(_in_utc)]
+# Every timestamp the API returns is an RFC 3339 date-time with its offset, as the schema says.
+UtcDatetime = Annotated[datetime, AfterValidator(in_utc)]
 
 
 class ErrorOut(BaseModel):

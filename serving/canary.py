@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 from sqlalchemy.engine import Engine as Database
 from sqlmodel import Session
@@ -29,7 +29,7 @@ from feedback.sequential import choices_to_decide
 from feedback.stats import wilson
 from store import audit, locks, releases
 from store.db import session_scope
-from store.models import Release, utcnow
+from store.models import Release, in_utc, utcnow
 
 log = logging.getLogger(__name__)
 JOB = "canary-judge"
@@ -119,7 +119,7 @@ def _remember(canary: Release, status: dict) -> None:
 
 def live_status(evidence: CanaryEvidence, judgement: Judgement, since: datetime, policy: CanaryPolicy) -> dict:
     """What `releases show` and GET /api/releases/NAME show of a running canary."""
-    elapsed_h = max((utcnow() - _aware(since)).total_seconds() / 3600, 1e-9)
+    elapsed_h = max((utcnow() - in_utc(since)).total_seconds() / 3600, 1e-9)
     decisive = evidence.wins + evidence.losses
     to_go = choices_to_decide(evidence.wins, evidence.losses,
                               policy.false_rollback / max(1, len(policy.rollback_metrics))
@@ -137,7 +137,7 @@ def live_status(evidence: CanaryEvidence, judgement: Judgement, since: datetime,
             "latency_ms_mean": side.latency_ms_sum / side.answers if side.answers else None,
         }
     return {
-        "since": _aware(since).isoformat(), "judged_at": utcnow().isoformat(), "events": evidence.events,
+        "since": in_utc(since).isoformat(), "judged_at": utcnow().isoformat(), "events": evidence.events,
         "choices": {"canary_won": evidence.wins, "canary_lost": evidence.losses, "ties": evidence.ties,
                     "canary_share": _rate(evidence.wins, decisive)},
         "metrics": metrics,
@@ -155,7 +155,3 @@ def _rate(hits: int, n: int) -> dict:
     """A rate with its 95% Wilson interval (for reading; the decisions are the sequential tests')."""
     low, high = wilson(hits, n)
     return {"rate": hits / n if n else None, "low": low, "high": high, "n": n}
-
-
-def _aware(moment: datetime) -> datetime:  # SQLite gives back naive UTC times
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)

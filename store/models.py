@@ -16,6 +16,11 @@ def utcnow() -> datetime:
     return datetime.now(timezone.utc)
 
 
+def in_utc(moment: datetime) -> datetime:
+    """A stored time as an aware UTC time: SQLite hands times back without their zone."""
+    return moment.replace(tzinfo=timezone.utc) if moment.tzinfo is None else moment.astimezone(timezone.utc)
+
+
 def _when(**kwargs: Any) -> Any:
     return Field(default_factory=utcnow, sa_type=DateTime(timezone=True), **kwargs)
 
