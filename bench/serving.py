@@ -106,7 +106,7 @@ async def timed(name: str, engine, run) -> Phase:  # noqa: ANN001
     started = time.perf_counter()
     completions = await run()
     seconds = time.perf_counter() - started
-    return Phase(name, seconds, completions, engine.batch_sizes[first_batch:])
+    return Phase(name, seconds, completions, list(engine.batch_sizes)[first_batch:])
 
 
 async def sequential(engine, batch: list[GenerationRequest]) -> list[Completion]:  # noqa: ANN001

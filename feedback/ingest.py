@@ -20,6 +20,7 @@ import logging
 import queue
 import threading
 import uuid
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -141,7 +142,7 @@ class RatingWriter:
         self._threads = [
             threading.Thread(target=self._run, name=f"tuneloop-rating-writer-{n}", daemon=True) for n in range(threads)
         ]
-        self.batch_sizes: list[int] = []  # for benchmarks and tests: how well requests grouped
+        self.batch_sizes: deque[int] = deque(maxlen=4096)  # the latest batches: how well requests grouped
 
     def start(self) -> None:
         for thread in self._threads:

@@ -11,10 +11,14 @@ import random
 import threading
 from collections.abc import Callable
 
+from prometheus_client import Counter
+
 from feedback.redaction import RedactionUnavailable
 from plugins.manager import Plugins
 from plugins.protocols import TurnContext, Verdict
 from serving.hooks import Augmented, Checked, PairPlan
+
+VERDICTS = Counter("tuneloop_guardrail_verdicts", "What each check decided about a text", ["check", "outcome"])
 
 log = logging.getLogger(__name__)
 UNAVAILABLE = "Sorry, I can't answer that right now."
@@ -84,10 +88,12 @@ class PluginHooks:
                 self.plugins.errors[check.name] += 1
                 log.exception("plugin check %s failed", check.name)
                 decisions.append({"plugin": check.name, "action": "error", "error": type(error).__name__})
+                VERDICTS.labels(check.name, "error").inc()
                 if check.fail_closed:
                     return Checked(text, UNAVAILABLE, decisions)
                 continue
             decisions.append({"plugin": check.name, "action": verdict.action, "reasons": verdict.reasons})
+            VERDICTS.labels(check.name, verdict.action).inc()
             if verdict.action == "refuse":
                 return Checked(text, verdict.text or UNAVAILABLE, decisions)
             if verdict.action == "fix" and verdict.text is not None:

@@ -27,6 +27,7 @@ from feedback.canary import CanaryEvidence, CanaryPolicy, Judgement, judge
 from feedback.canary_evidence import canary_since, collect
 from feedback.sequential import choices_to_decide
 from feedback.stats import wilson
+from serving import metrics
 from store import audit, locks, releases
 from store.db import session_scope
 from store.models import Release, in_utc, utcnow
@@ -66,8 +67,10 @@ class CanaryMonitor:
     def _judge(self, session: Session) -> Judgement | None:
         canary, active = releases.canary_release(session), releases.active_release(session)
         if canary is None or active is None:
+            metrics.canary_judged(None)
             return None
         judgement, status = current(session, canary, active, self.policy)
+        metrics.canary_judged(status)
         _remember(canary, status)
         session.add(canary)
         if self.policy.decide:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from sqlalchemy.engine import Engine as Database
 
+from serving import metrics
 from serving.engine import Engine
 from serving.routing import LiveReleases, ReleaseChoice, choice_of
 from store import audit, releases
@@ -70,6 +71,8 @@ class Reconciler:
         if (new_active, ready_canary) != (self.live.active, self.live.canary) or share != self.live.canary_share:
             before = (self.live.active, self.live.canary)
             self.live.set(new_active, ready_canary, share)
+            metrics.routed(new_active.name if new_active else None, ready_canary.name if ready_canary else None,
+                           self.live.canary_share)
             await asyncio.to_thread(self._audit_swap, before)
         await self._unload_unused()
 

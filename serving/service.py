@@ -16,6 +16,7 @@ from dataclasses import dataclass, field, replace
 from sqlalchemy.engine import Engine as Database
 
 from feedback.redaction import redact_or_withhold
+from serving import metrics
 from serving.engine import Completion, Engine, EngineError, GenerationRequest, SamplingParams, StreamEvent
 from serving.hooks import Checked, NoHooks, TurnHooks
 from serving.pairs import draw_contrast
@@ -207,13 +208,16 @@ class ChatService:
                                           turn.release_for(i).adapter)
                         for i in range(len(turn.response_ids))]
             guards = [_GuardedAnswer(self.hooks, turn) for _ in turn.response_ids]
+            speed = _Speed(type(self.engine).__name__, started, len(requests))
             async for index, event in _merge([self.engine.stream(r) for r in requests]):
                 guard = guards[index]
                 if event.completion is None:
+                    speed.text(index)
                     shown = await guard.add(event.text)
                     if shown:
                         yield AnswerDelta(index, shown)
                     continue
+                speed.done(index, event.completion)
                 checked = await guard.finish(event.completion.text + (turn.citation if turn.citation else ""))
                 completion = _checked_completion(event.completion, checked)
                 response = await asyncio.to_thread(
@@ -222,6 +226,7 @@ class ChatService:
                 )
                 yield AnswerDone(index, response, guard.unshown(response.text))
         except EngineError as error:
+            metrics.ANSWER_FAILURES.labels(type(self.engine).__name__).inc()
             await asyncio.to_thread(self._store_failure, turn, error)  # the release's error rate counts it
             raise
         finally:
@@ -273,6 +278,26 @@ class ChatService:
             if chosen:
                 conversations.continue_with(session, prompt_message_id=turn.prompt_message_id, response=response)
         return response
+
+
+class _Speed:
+    """A turn's answers timed for Prometheus: to the first piece of text, and tokens per second."""
+
+    def __init__(self, engine: str, started: float, answers: int) -> None:
+        self.engine, self.started = engine, started
+        self.first: list[float | None] = [None] * answers
+
+    def text(self, index: int) -> None:
+        if self.first[index] is None:
+            self.first[index] = time.perf_counter()
+            metrics.FIRST_TOKEN.labels(self.engine).observe(self.first[index] - self.started)
+
+    def done(self, index: int, completion: Completion) -> None:
+        seconds = time.perf_counter() - self.started
+        metrics.ANSWERS.labels(self.engine, completion.finish_reason).inc()
+        metrics.GENERATED_TOKENS.labels(self.engine).inc(completion.completion_tokens)
+        if completion.completion_tokens and seconds > 0:
+            metrics.TOKENS_PER_SECOND.labels(self.engine).observe(completion.completion_tokens / seconds)
 
 
 # Output checks may rewrite what is still arriving (a card number, a key): an answer is

@@ -30,6 +30,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
 from serving.batching import RowOutput, RowSampling, RowState
 from serving.decode import RunningBatch
+from serving import metrics
 from serving.engine import BASE_ADAPTER, EngineError, GenerationRequest, StreamEvent
 
 log = logging.getLogger(__name__)
@@ -90,7 +91,9 @@ class TransformersEngine:
         self._controls: list[_Control] = []  # accepted adapter work waiting for its moment (worker only)
         self._stopping = False
         self._worker: threading.Thread | None = None
-        self.batch_sizes: list[int] = []  # the running batch's size each time requests joined it
+        # The running batch's size each time requests joined it: the latest few thousand, for tests
+        # and benchmarks (Prometheus gets every one as a histogram).
+        self.batch_sizes: deque[int] = deque(maxlen=4096)
 
     # ------------------------------------------------------------ lifecycle
 
@@ -120,6 +123,7 @@ class TransformersEngine:
         events: asyncio.Queue[StreamEvent | BaseException] = asyncio.Queue()
         job = _Job(request, lambda event: loop.call_soon_threadsafe(events.put_nowait, event))
         self._queue.put(job)
+        metrics.QUEUE_DEPTH.set(self._queue.qsize())
         try:
             while True:
                 event = await events.get()
@@ -266,6 +270,7 @@ class TransformersEngine:
             return
         running += jobs
         self.batch_sizes.append(len(running))
+        metrics.BATCH_SIZE.observe(len(running))
         self._advance(jobs, logits)
 
     def _tokenized(self, job: _Job) -> bool:

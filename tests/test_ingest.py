@@ -53,7 +53,7 @@ def test_ratings_queued_together_are_written_in_one_batch(database, rater):
     writer.close()
 
     assert statuses == [201] * len(ids)
-    assert writer.batch_sizes == [len(ids)]
+    assert list(writer.batch_sizes) == [len(ids)]
     assert sorted(r.response_id for r in stored(database)) == sorted(ids)
 
 

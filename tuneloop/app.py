@@ -34,6 +34,7 @@ from serving.service import ChatService
 from store import releases
 from store.db import make_engine, session_scope
 from store.migrate import upgrade
+from tuneloop import metrics
 from tuneloop.engines import build_engine
 from tuneloop.http import BodySizeLimit, document_errors, install_error_handlers
 from tuneloop.settings import EMBEDDED_MODEL, Settings, get_settings
@@ -195,5 +196,6 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
         app.include_router(router)
     _mount_slack(app, settings)
     workspace.install(app)  # the reviewers' and operators' pages, with their session cookie
+    metrics.install(app)  # GET /metrics for Prometheus
 
     return app
