@@ -13,6 +13,7 @@ import uuid
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field, replace
 
+from asgi_correlation_id import correlation_id
 from sqlalchemy.engine import Engine as Database
 
 from feedback.redaction import redact_or_withhold
@@ -49,6 +50,7 @@ class Turn:
     citation: str = ""  # appended to a single answer made with retrieved context
     refusal: str | None = None  # the input checks refused: this is the whole answer
     input_decisions: list[dict] = field(default_factory=list)
+    request_id: str | None = field(default_factory=lambda: correlation_id.get())  # the HTTP request that opened it
 
     def messages_for(self, index: int) -> list[dict[str, str]]:
         return self.answer_messages[index] if self.answer_messages else self.messages
@@ -254,7 +256,7 @@ class ChatService:
                chosen: bool, output_decisions: list[dict]) -> Response:
         release = turn.release_for(index)
         trace = {"release": release.name, "adapter": release.adapter, "index": index,
-                 "shown_at": turn.positions[index], "channel": turn.channel,
+                 "shown_at": turn.positions[index], "channel": turn.channel, "request_id": turn.request_id,
                  "plugins": {"input": turn.input_decisions, "output": output_decisions}}
         if len(turn.response_ids) == 2:
             trace["pair_kind"] = turn.kind

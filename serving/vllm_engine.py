@@ -36,6 +36,7 @@ from pathlib import Path
 
 import httpx
 import openai
+from asgi_correlation_id import correlation_id
 
 from serving.engine import Completion, EngineError, EngineRefused, GenerationRequest, StreamEvent
 from serving.vllm_server import VLLMServer
@@ -158,6 +159,8 @@ class VLLMEngine:
             model=model, messages=request.messages, stream=True, stream_options={"include_usage": True},
             temperature=params.temperature, top_p=params.top_p, max_tokens=params.max_tokens,
             stop=list(params.stop) or None,
+            # vLLM names the request by this header in its logs: the same id as tuneloop's.
+            extra_headers={"X-Request-Id": rid} if (rid := correlation_id.get()) else None,
         )
         finish, text = "stop", []
         async with stream:  # leaving early closes the connection

@@ -10,6 +10,7 @@ from pathlib import Path
 from contextlib import asynccontextmanager
 
 import anyio
+from asgi_correlation_id import CorrelationIdMiddleware
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
@@ -34,13 +35,14 @@ from serving.service import ChatService
 from store import releases
 from store.db import make_engine, session_scope
 from store.migrate import upgrade
-from tuneloop import metrics
+from tuneloop import metrics, observability
 from tuneloop.engines import build_engine
 from tuneloop.http import BodySizeLimit, document_errors, install_error_handlers
 from tuneloop.settings import EMBEDDED_MODEL, Settings, get_settings
 from tuneloop.wiring import canary_policy, plugin_settings, slack_config
 
 log = logging.getLogger(__name__)
+REQUEST_ID_HEADER = "X-Request-ID"
 
 
 def _nightly(settings: Settings):  # noqa: ANN202
@@ -134,6 +136,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
         anyio.to_thread.current_default_thread_limiter().total_tokens = settings.worker_threads
         # Connections for those threads, plus the chat service's and the reconciler's.
         database = make_engine(settings.database_url, pool_size=settings.worker_threads + 16)
+        observability.trace_database(app.state.tracing, database)
         await asyncio.to_thread(upgrade, database)
         with session_scope(database) as session:
             releases.ensure_base_release(session, base_model=settings.model)
@@ -180,6 +183,8 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
                 await asyncio.to_thread(app.state.notify_feedback.close)
             await model.close()
             database.dispose()
+            if app.state.tracing is not None:
+                app.state.tracing.shutdown()  # what is still batched goes out
 
     app = FastAPI(title="tuneloop", version="0.1.0", lifespan=lifespan)
     app.state.settings = settings
@@ -189,13 +194,16 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     document_errors(app)
     # The widget runs on other sites' pages (TUNELOOP_ALLOWED_ORIGINS); it sends a bearer token, never cookies.
     app.add_middleware(CORSMiddleware, allow_origins=settings.allowed_origins, allow_methods=["*"],
-                       allow_headers=["*"], expose_headers=[RESPONSE_ID_HEADER])
+                       allow_headers=["*"], expose_headers=[RESPONSE_ID_HEADER, REQUEST_ID_HEADER])
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    # X-Request-ID in and out: the caller's, if it is a plain token, else one made here.
+    app.add_middleware(CorrelationIdMiddleware, header_name=REQUEST_ID_HEADER, validator=observability.usable_request_id)
     for router in (openai_router, feedback_router, review_router, widget_router, releases_router, pages_router,
                    health_router):
         app.include_router(router)
     _mount_slack(app, settings)
     workspace.install(app)  # the reviewers' and operators' pages, with their session cookie
     metrics.install(app)  # GET /metrics for Prometheus
+    app.state.tracing = observability.start_tracing(app)  # OpenTelemetry, only where OTEL_* asks for it
 
     return app

@@ -79,8 +79,11 @@ def slack(
 
 
 def _log_to_stderr() -> None:
-    """The long-running commands (serve, train, tune) log INFO and up, one format."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    """The long-running commands (serve, train, tune) log in one format (TUNELOOP_LOG_FORMAT)."""
+    from tuneloop.observability import configure_logging
+
+    settings = get_settings()
+    configure_logging(settings.log_format, settings.log_level)
 
 
 def _serve(settings: Settings, host: str | None, port: int | None, nightly: str | None,
@@ -105,7 +108,8 @@ def _serve(settings: Settings, host: str | None, port: int | None, nightly: str 
         chosen["engine"] = engine
     settings = settings.model_copy(update=chosen)
     _log_to_stderr()
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port)
+    # log_config=None: uvicorn's own loggers go through the handler above, in its format.
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_config=None)
 
 
 @db_app.command("upgrade")
