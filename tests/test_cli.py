@@ -160,3 +160,44 @@ def test_users_add_slack_gives_a_slack_user_a_role(monkeypatch, tmp_path):
         assert session.exec(select(AuditLog).where(AuditLog.target == "slack:U0RITA")).all()
     bad = cli(monkeypatch, tmp_path, "users", "add", "x", "--slack", "@rita")
     assert bad.exit_code != 0 and "Slack user id" in bad.output
+
+
+def test_a_release_exports_with_its_model_card_and_loads_with_plain_peft(monkeypatch, tmp_path, tiny_model):
+    import yaml
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from store.artifacts import directory_checksum
+    from store.models import Release, ReleaseState
+    from tests.adapters import make_adapter
+    from trainer import model_card
+
+    adapter = make_adapter(tiny_model, tmp_path / "releases" / "r7" / "adapter")
+    body = {"release": "r7", "run_id": 7, "recipe": "dpo", "recipe_reason": "pairs", "base_release": "base",
+            "data": {"pairs_train": 28, "pairs_held_out": 8}, "gate": {"summary": "Gate passed"},
+            "evaluation": {"win_rate": {"rate": 0.61, "low": 0.52, "high": 0.7, "n": 64}}}
+    model_card.write(adapter, body, str(tiny_model), str(tiny_model))
+    assert cli(monkeypatch, tmp_path, "db", "upgrade").exit_code == 0
+    with session_scope(make_engine(f"sqlite:///{tmp_path / 'var' / 'tuneloop.db'}")) as session:
+        releases.ensure_base_release(session, base_model=str(tiny_model))
+        session.add(Release(name="r7", base_model=str(tiny_model), adapter_path=str(adapter),
+                            checksum=directory_checksum(adapter), state=ReleaseState.candidate, report=body))
+    out = tmp_path / "exported"
+    done = cli(monkeypatch, tmp_path, "releases", "export", "r7", str(out))
+    assert done.exit_code == 0, done.output
+    card = (out / "README.md").read_text()
+    meta = yaml.safe_load(card.split("---")[1])
+    assert meta["base_model"] == str(tiny_model) and meta["library_name"] == "peft" and meta["license"] == "unknown"
+    assert "| pairs_train | 28 |" in card and "0.610" in card
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model), str(out))  # plain PEFT
+    assert model.peft_config["default"].r == 8
+    again = cli(monkeypatch, tmp_path, "releases", "export", "r7", str(out))
+    assert again.exit_code == 1 and "not empty" in again.output
+
+
+def test_the_base_models_license_comes_from_its_card(tmp_path):
+    from trainer.model_card import base_license
+
+    (tmp_path / "README.md").write_text("---\nlicense: mit\n---\n# a model\n")
+    assert base_license(str(tmp_path)) == "mit"
+    assert base_license("/data/models/smollm2-135m-instruct") == "apache-2.0"  # the embedded model's own card

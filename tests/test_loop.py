@@ -71,6 +71,8 @@ def test_simulate_train_approve_and_the_next_answer_comes_from_the_new_release(l
     assert result.status == RunStatus.succeeded and result.state == ReleaseState.candidate
     assert result.report["data"]["train"] >= 4 and result.report["evaluation"]["win_rate"]["n"] > 0
     assert (tmp_path / "var" / "releases" / result.release / "report.html").is_file()
+    card = (tmp_path / "var" / "releases" / result.release / "adapter" / "README.md").read_text()
+    assert "library_name: peft" in card and f"# {result.release}" in card and "--lora-modules" in card
     database = live_server.app.state.database
     with Session(database) as session:
         run = session.get(TrainingRun, result.run_id)

@@ -33,7 +33,7 @@ from store.artifacts import REWARD_FOLDER, directory_checksum
 from store.db import make_engine, session_scope
 from store.migrate import upgrade
 from store.models import Release, ReleaseState, RunStatus, TrainingRun, utcnow
-from trainer import distributed, report
+from trainer import distributed, model_card, report
 from trainer.assessment import assess, deciding_evidence, torch_device
 from trainer.config import NightlyConfig, derive
 from trainer.curation import CurationBlocked
@@ -200,7 +200,6 @@ def _run(config: NightlyConfig, environment: Environment, database, run: _Run, c
     adapter_dir = _copy(stages[-1].adapter_dir, folder / "adapter")
     if reward:
         _copy(run.folder / "reward", folder / REWARD_FOLDER)  # where store.artifacts.reward_dir_for looks
-    checksum = directory_checksum(adapter_dir)
     evaluation, metrics = assess(config, environment, data, run.active_adapter, adapter_dir, folder, reward, choice)
     thresholds, decided_by = deciding_evidence(environment.gate, choice, evaluation)
     gate = {**check(thresholds, metrics), "decided_by": decided_by}
@@ -212,10 +211,12 @@ def _run(config: NightlyConfig, environment: Environment, database, run: _Run, c
         "base_release": run.active_name, "created_at": utcnow().isoformat(timespec="seconds"),
         "data": {**counts, **{f"replay_{k}": v["replayed"] for k, v in data.replay.items()},
                  "choices": data.choices},
-        "curation": data.curation, "gate": gate, "evaluation": evaluation, "checksum": checksum,
+        "curation": data.curation, "gate": gate, "evaluation": evaluation,
         "reward_model": reward,
         "training": {"stages": {s.name: {"history": s.history, "summary": _summary(s, config)} for s in stages}},
     }
+    model_card.write(adapter_dir, body, run.base_model, environment.model_path)
+    body["checksum"] = checksum = directory_checksum(adapter_dir)  # of the adapter with its card
     report.write(body, folder)
     lease.check()  # never a release from a run that no longer holds the job
     with session_scope(database) as session:

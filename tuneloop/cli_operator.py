@@ -6,6 +6,7 @@ import getpass
 import json
 import re
 from collections.abc import Callable
+from pathlib import Path
 
 import typer
 
@@ -63,11 +64,8 @@ def list_releases() -> None:
 @releases_app.command("show")
 def show(name: str) -> None:
     """A release's report (JSON) and where its HTML page is."""
-    from pathlib import Path
-
-    from store import releases
-
     from serving import canary
+    from store import releases
     from store.models import ReleaseState
     from tuneloop.wiring import canary_policy
 
@@ -108,6 +106,34 @@ def canary_summary(status: dict) -> str:
     lines.append(f"  expected: {'no decision in sight at the current rate' if hours is None else f'{hours:.1f} h'} "
                  f"({expected['choices_per_hour']:.1f} choices an hour)")
     return "\n".join(lines)
+
+
+@releases_app.command("export")
+def export(name: str, folder: Path = typer.Argument(..., help="where to write the adapter and its card")) -> None:
+    """Write a release's adapter (with its model card) to FOLDER, for plain PEFT or vLLM's --lora-modules."""
+    import shutil
+
+    from store import releases
+    from store.artifacts import directory_checksum
+
+    session, _ = _session_and_actor()
+    with session:
+        try:
+            release = releases.get(session, name)
+        except releases.ReleaseNotFound as error:
+            typer.secho(str(error), fg="red", err=True)
+            raise typer.Exit(1) from error
+    if not release.adapter_path:
+        typer.secho(f"{name} is the base model: there is no adapter to export", fg="red", err=True)
+        raise typer.Exit(1)
+    if folder.exists() and any(folder.iterdir()):
+        typer.secho(f"{folder} is not empty: choose a new folder", fg="red", err=True)
+        raise typer.Exit(1)
+    if directory_checksum(release.adapter_path) != release.checksum:
+        typer.secho(f"{name}'s adapter files are not the ones it was released with: not exported", fg="red", err=True)
+        raise typer.Exit(1)
+    shutil.copytree(release.adapter_path, folder, dirs_exist_ok=True)
+    typer.echo(f"{name} written to {folder} (adapter and model card, checksum {release.checksum[:12]})")
 
 
 @releases_app.command("approve")
