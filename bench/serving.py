@@ -8,6 +8,7 @@ are printed, and throughput is generated tokens per wall-clock second.
     HF_HUB_OFFLINE=1 .venv/bin/python bench/serving.py            # embedded SmolLM2-135M
     HF_HUB_OFFLINE=1 .venv/bin/python bench/serving.py --http     # also through /v1/chat/completions
     HF_HUB_OFFLINE=1 .venv/bin/python bench/serving.py --engine vllm   # in-process against vLLM (make vllm)
+    HF_HUB_OFFLINE=1 .venv/bin/python bench/serving.py --observability --rounds 3   # /metrics + JSON logs on vs off
 """
 
 from __future__ import annotations
@@ -82,6 +83,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--engine", choices=["transformers", "vllm"], default="transformers",
                         help="vllm: the in-process engine against vLLM through the service (bench/engine_compare.py)")
     parser.add_argument("--concurrency", default="1,8,32", help="with --engine vllm: chats at once, comma-separated")
+    parser.add_argument("--observability", action="store_true",
+                        help="throughput with /metrics and JSON logs on against off (bench/observability_compare.py)")
     return parser.parse_args()
 
 
@@ -200,6 +203,12 @@ def ratio_line(label: str, seq: list[Phase], conc: list[Phase], target: float | 
 
 async def main() -> None:
     args = parse_args()
+    if args.observability:
+        from bench import observability_compare
+
+        await asyncio.to_thread(observability_compare.compare, model_path(args), PROMPTS, max(2, args.rounds * 2),
+                                args.max_tokens)
+        return
     if args.engine == "vllm":
         from bench import engine_compare
 

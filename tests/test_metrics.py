@@ -90,3 +90,13 @@ def test_the_monitoring_profile_scrapes_tuneloop_and_every_dashboard_query_names
     queried = {name for panel in dashboard["panels"] for target in panel["targets"]
                for name in re.findall(r"\b(?:tuneloop|http)_[a-z_]+", target["expr"])}
     assert queried and queried <= exposed, queried - exposed
+
+
+def test_metrics_can_be_switched_off(settings):
+    from tuneloop.app import create_app
+
+    def paths(app) -> set[str]:  # noqa: ANN001
+        return {getattr(route, "path", None) for route in app.routes}
+
+    assert "/metrics" not in paths(create_app(settings.model_copy(update={"metrics": False})))
+    assert "/metrics" in paths(create_app(settings))

@@ -203,7 +203,8 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
         app.include_router(router)
     _mount_slack(app, settings)
     workspace.install(app)  # the reviewers' and operators' pages, with their session cookie
-    metrics.install(app)  # GET /metrics for Prometheus
+    if settings.metrics:
+        metrics.install(app)  # GET /metrics for Prometheus
     app.state.tracing = observability.start_tracing(app)  # OpenTelemetry, only where OTEL_* asks for it
 
     return app

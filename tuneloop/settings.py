@@ -98,6 +98,8 @@ class Settings(BaseSettings):
     # The review queue in the browser: the share of items handed to two reviewers (their agreement).
     review_overlap_share: float = Field(default=0.1, ge=0.0, le=1.0,
                                         description="share of review items given to two reviewers")
+    # GET /metrics and the per-request latency it needs (tuneloop/metrics.py).
+    metrics: bool = Field(default=True, description="serve Prometheus metrics at /metrics")
     # Logs: text, or one JSON object per line; every line names its request (tuneloop/observability.py).
     log_format: Literal["text", "json"] = Field(default="text", description="text or json lines")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(default="INFO", description="the least kept")
