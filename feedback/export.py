@@ -227,3 +227,53 @@ def export(session: Session, fmt: Format, out: Path) -> int:
             handle.write(json.dumps(row.data, ensure_ascii=False) + "\n")
     return len(rows)
 
+
+
+CARD = """---
+pretty_name: tuneloop feedback
+tags: [tuneloop, preference, trl]
+configs:
+{configs}
+---
+
+# tuneloop feedback
+
+What this deployment's users and reviewers said, as TRL datasets (written {written}), each row
+with its `source` (a user's A/B choice, a rating gap, a correction, a thumb):
+
+| config | TRL's format | rows |
+|---|---|---|
+{rows}
+
+```python
+from datasets import load_dataset
+
+pairs = load_dataset("PATH/TO/THIS/FOLDER", "dpo", split="train")  # trl.DPOTrainer
+```
+
+Free text was redacted before it was stored; people who asked to be forgotten are not in it.
+"""
+FORMATS = {"dpo": "preference (prompt, chosen, rejected)", "kto": "unpaired preference (prompt, completion, label)",
+           "sft": "conversational (messages)"}
+
+
+def export_hf_dataset(session: Session, out: Path) -> dict[str, int]:
+    """A Hugging Face `datasets` folder: one Parquet file per TRL format and a dataset card whose
+    `configs` let `load_dataset(out, "dpo")` read it (as from the Hub after a push)."""
+    from datasets import Dataset
+
+    out.mkdir(parents=True, exist_ok=True)
+    counts = {}
+    for name in FORMATS:
+        rows = [{**row.data, "source": row.source} for row in BUILDERS[name](session)]
+        counts[name] = len(rows)
+        if rows:
+            (out / name).mkdir(exist_ok=True)
+            Dataset.from_list(rows).to_parquet(str(out / name / "train.parquet"))
+    present = [name for name in FORMATS if counts[name]]
+    configs = "\n".join(f"- config_name: {name}\n  data_files: {name}/train.parquet" for name in present)
+    table = "\n".join(f"| {name} | {FORMATS[name]} | {counts[name]} |" for name in FORMATS)
+    (out / "README.md").write_text(CARD.format(configs=configs or "[]", rows=table,
+                                               written=datetime.now().astimezone().isoformat(timespec="seconds")),
+                                   encoding="utf-8")
+    return counts

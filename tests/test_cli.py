@@ -201,3 +201,24 @@ def test_the_base_models_license_comes_from_its_card(tmp_path):
     (tmp_path / "README.md").write_text("---\nlicense: mit\n---\n# a model\n")
     assert base_license(str(tmp_path)) == "mit"
     assert base_license("/data/models/smollm2-135m-instruct") == "apache-2.0"  # the embedded model's own card
+
+
+def test_export_writes_a_hugging_face_datasets_folder_with_a_card(monkeypatch, tmp_path):
+    from datasets import load_dataset
+
+    from tests.feedback_seed import seed
+
+    assert cli(monkeypatch, tmp_path, "db", "upgrade").exit_code == 0
+    database = make_engine(f"sqlite:///{tmp_path / 'var' / 'tuneloop.db'}")
+    seed(database, pairs=4, thumbs=3, corrections=2)
+    out = tmp_path / "dataset"
+    result = cli(monkeypatch, tmp_path, "export", "--hf-dataset", str(out))
+    assert result.exit_code == 0, result.output
+    pairs = load_dataset(str(out), "dpo", split="train")  # as people who train elsewhere read it
+    assert len(pairs) >= 4 and {"prompt", "chosen", "rejected", "source"} <= set(pairs.column_names)
+    assert "comparison" in set(pairs["source"])
+    assert len(load_dataset(str(out), "kto", split="train")) >= 3
+    card = (out / "README.md").read_text()
+    assert "config_name: dpo" in card and f"| dpo | preference (prompt, chosen, rejected) | {len(pairs)} |" in card
+    neither = cli(monkeypatch, tmp_path, "export")
+    assert neither.exit_code != 0 and "--hf-dataset" in neither.output

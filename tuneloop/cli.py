@@ -219,17 +219,25 @@ def simulate(
 
 @app.command()
 def export(
-    format: ExportFormat = typer.Option(..., "--format", help="dpo: preference pairs; kto: thumbs; sft: corrections"),
-    out: Path = typer.Option(..., "--out", help="the JSONL file to write"),
+    format: ExportFormat = typer.Option(None, "--format", help="dpo: preference pairs; kto: thumbs; sft: corrections"),
+    out: Path = typer.Option(None, "--out", help="the JSONL file to write"),
+    hf_dataset: Path = typer.Option(None, "--hf-dataset", help="a Hugging Face datasets folder (every format, a card)"),
 ) -> None:
-    """Write stored feedback as a dataset in TRL's format."""
+    """Write stored feedback as a dataset in TRL's format: one JSONL file, or a datasets folder."""
     from feedback.export import export as write_rows
+    from feedback.export import export_hf_dataset
     from store.db import make_engine, session_scope
     from store.migrate import upgrade
 
+    if (hf_dataset is None) == (format is None or out is None):
+        raise typer.BadParameter("give --format and --out (one JSONL file), or --hf-dataset DIR")
     engine = make_engine(get_settings().database_url)
     upgrade(engine)
     with session_scope(engine) as session:
+        if hf_dataset is not None:
+            counts = export_hf_dataset(session, hf_dataset)
+            typer.echo(f"wrote {', '.join(f'{n} {name}' for name, n in counts.items())} rows to {hf_dataset}")
+            return
         count = write_rows(session, format.value, out)
     typer.echo(f"wrote {count} {format.value} rows to {out}")
 
