@@ -9,8 +9,9 @@ from prometheus_client import Counter, Gauge, Histogram
 
 FIRST_TOKEN = Histogram("tuneloop_time_to_first_token_seconds", "From a turn's start to its first piece of text",
                         ["engine"], buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 16, 32, 64))
-TOKENS_PER_SECOND = Histogram("tuneloop_generation_tokens_per_second", "An answer's tokens over its generation time",
-                              ["engine"], buckets=(1, 2, 5, 10, 20, 40, 80, 160, 320, 640))
+TOKENS_PER_SECOND = Histogram("tuneloop_generation_tokens_per_second",
+                              "An answer's tokens over the time since its turn began", ["engine"],
+                              buckets=(1, 2, 5, 10, 20, 40, 80, 160, 320, 640))
 GENERATED_TOKENS = Counter("tuneloop_generated_tokens", "Tokens generated", ["engine"])
 ANSWERS = Counter("tuneloop_answers", "Answers given, by engine and how they ended", ["engine", "finish_reason"])
 ANSWER_FAILURES = Counter("tuneloop_answer_failures", "Answers the engine could not give", ["engine"])

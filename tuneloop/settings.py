@@ -41,8 +41,9 @@ class Settings(BaseSettings):
     vllm_max_loras: int = Field(default=2, ge=1, description="adapters a local server holds at once")
     vllm_max_lora_rank: int = Field(default=16, ge=1, description="highest LoRA rank a local server takes")
     vllm_max_model_len: int = Field(default=2048, ge=128, description="a local server's context length")
-    # The nightly evaluation's answers: auto generates where serving does (vLLM's batching makes
-    # the evaluation several times faster); where vLLM cannot start, it answers in-process.
+    # The nightly evaluation's answers: auto generates where serving does (vLLM's CPU build gave
+    # 2.5-4x the in-process engine's throughput here, bench/serving.py --engine vllm); where vLLM
+    # cannot start or load the adapters, it answers in-process.
     eval_engine: Literal["auto", "transformers", "vllm"] = "auto"
     batch_wait_ms: float = Field(default=5.0, ge=0, description="how long the batcher waits for company")
 
