@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from transformers import LogitsProcessor
@@ -24,6 +25,7 @@ class RowState:
     token_ids: list[int] = field(default_factory=list)
     text: str = ""  # text already sent to the client
     finish_reason: str | None = None
+    generator: Any = None  # the row's own torch.Generator when its request has a seed (made on first draw)
 
     @property
     def done(self) -> bool:

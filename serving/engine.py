@@ -19,6 +19,7 @@ class SamplingParams:
     top_p: float = 1.0
     max_tokens: int = 256
     stop: tuple[str, ...] = ()
+    seed: int | None = None  # the same seed, prompt and settings give the same answer
 
 
 @dataclass

@@ -42,7 +42,6 @@ NOT_HONOURED: dict[str, tuple] = {
     "functions": (None, []),
     "function_call": (None, "none", "auto"),
     "parallel_tool_calls": (None, True, False),
-    "seed": (None,),
     "frequency_penalty": (None, 0, 0.0),
     "presence_penalty": (None, 0, 0.0),
     "logit_bias": (None, {}),
@@ -68,6 +67,8 @@ class ChatCompletionRequest(BaseModel):
     max_completion_tokens: int | None = Field(default=None, ge=1)
     stop: str | list[str] | None = None
     n: int = Field(default=1, ge=1, le=MAX_CHOICES)
+    # The same seed, messages and settings give the same answers (choice i samples with seed + i).
+    seed: int | None = Field(default=None, ge=0, le=2**63 - 1 - MAX_CHOICES)
     stream: bool = False
     stream_options: StreamOptions | None = None
     user: str | None = Field(default=None, max_length=256)

@@ -61,6 +61,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request, chat: 
         top_p=body.top_p,
         max_tokens=body.max_completion_tokens or body.max_tokens or settings.max_tokens,
         stop=body.stop_sequences(),
+        seed=body.seed,
     )
     messages = [message.model_dump() for message in body.messages]
     turn = await chat.open_api_turn(user, messages, n=body.n)

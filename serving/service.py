@@ -60,7 +60,11 @@ class Turn:
 
     def params_for(self, index: int, params: SamplingParams) -> SamplingParams:
         heat = self.answer_heat[index] if self.answer_heat else 0.0
-        return replace(params, temperature=min(1.2, params.temperature + heat)) if heat else params
+        if heat:
+            params = replace(params, temperature=min(1.2, params.temperature + heat))
+        if params.seed is not None and index:  # a seeded request's n answers: reproducible, not alike
+            params = replace(params, seed=params.seed + index)
+        return params
 
 
 @dataclass

@@ -295,11 +295,17 @@ class TransformersEngine:
         self._advance(running, logits)
 
     def _advance(self, jobs: list[_Job], logits: torch.Tensor) -> None:
-        """Sample each row's next token with its own settings, and stream it."""
-        scores = RowSampling([job.row for job in jobs])(None, logits.float())
-        tokens = torch.multinomial(scores.softmax(dim=-1), num_samples=1).view(-1).tolist()
-        for job, token in zip(jobs, tokens):
-            self._output.advance(job.row, token)
+        """Sample each row's next token with its own settings, and stream it. A row with a seed
+        draws from its own generator, so its answer does not depend on the rows beside it."""
+        probabilities = RowSampling([job.row for job in jobs])(None, logits.float()).softmax(dim=-1)
+        tokens = torch.multinomial(probabilities, num_samples=1).view(-1).tolist()
+        for i, job in enumerate(jobs):
+            row = job.row
+            if row.params.seed is not None:
+                if row.generator is None:
+                    row.generator = torch.Generator(device=probabilities.device).manual_seed(row.params.seed)
+                tokens[i] = int(torch.multinomial(probabilities[i], num_samples=1, generator=row.generator))
+            self._output.advance(row, tokens[i])
 
     def _drop_finished(self, batch: RunningBatch, running: list[_Job]) -> None:
         for job in running:

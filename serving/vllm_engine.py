@@ -158,7 +158,7 @@ class VLLMEngine:
         stream = await replica.api.chat.completions.create(
             model=model, messages=request.messages, stream=True, stream_options={"include_usage": True},
             temperature=params.temperature, top_p=params.top_p, max_tokens=params.max_tokens,
-            stop=list(params.stop) or None,
+            stop=list(params.stop) or None, seed=params.seed,
             # vLLM names the request by this header in its logs: the same id as tuneloop's.
             extra_headers={"X-Request-Id": rid} if (rid := correlation_id.get()) else None,
         )

@@ -173,7 +173,6 @@ def test_concurrent_first_requests_share_one_anonymous_user(live_server):
     ("response_format", {"type": "json_object"}),
     ("logprobs", True),
     ("tools", [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]),
-    ("seed", 7),
     ("frequency_penalty", 0.5),
     ("logit_bias", {"1": 5}),
 ])
@@ -193,3 +192,17 @@ def test_an_unknown_parameter_is_named_and_harmless_defaults_pass(anonymous):
                                               response_format={"type": "text"}, presence_penalty=0,
                                               metadata={"team": "a"}, user="someone")
     assert plain.choices[0].message.role == "assistant"
+
+
+def test_a_seed_makes_sampled_answers_reproducible_and_each_choice_its_own(anonymous):
+    asked = {"model": "tuneloop", "messages": [{"role": "user", "content": "Tell me something."}],
+             "max_tokens": 12, "temperature": 1.0}
+
+    def texts(**extra) -> list[str]:  # noqa: ANN003
+        return [c.message.content for c in anonymous.chat.completions.create(**asked, **extra).choices]
+
+    first = texts(seed=7, n=2)
+    assert texts(seed=7, n=2) == first  # the same seed, the same answers
+    assert first[0] != first[1]  # choice i samples with seed + i: not one answer twice
+    assert texts(seed=8)[0] == first[1]  # which is seed 8's own first answer
+    assert texts(seed=9) != texts(seed=10)
