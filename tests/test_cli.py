@@ -203,6 +203,17 @@ def test_the_base_models_license_comes_from_its_card(tmp_path):
     assert base_license("/data/models/smollm2-135m-instruct") == "apache-2.0"  # the embedded model's own card
 
 
+def test_the_card_names_the_embedded_model_as_the_hub_does(tmp_path, tiny_model):
+    from tests.adapters import make_adapter
+    from trainer import model_card
+
+    adapter = make_adapter(tiny_model, tmp_path / "adapter")
+    body = {"release": "r1", "run_id": 1, "recipe": "dpo", "base_release": "base", "data": {}}
+    card = model_card.write(adapter, body, "embedded:smollm2-135m-instruct", "/var/models/smollm2-135m-instruct")
+    assert "base_model: HuggingFaceTB/SmolLM2-135M-Instruct" in card.read_text()
+    assert "license: apache-2.0" in card.read_text()
+
+
 def test_export_writes_a_hugging_face_datasets_folder_with_a_card(monkeypatch, tmp_path):
     from datasets import load_dataset
 

@@ -12,6 +12,8 @@ from jinja2 import Template
 
 # The embedded model's own card (SmolLM2-135M-Instruct, Hugging Face) says Apache 2.0.
 EMBEDDED_LICENSE = "apache-2.0"
+# tuneloop's name for a base model -> the Hub's, so the card's metadata means something elsewhere.
+HUB_NAMES = {"embedded:smollm2-135m-instruct": "HuggingFaceTB/SmolLM2-135M-Instruct"}
 
 CARD = Template('''---
 base_model: {{ base_model }}
@@ -75,7 +77,8 @@ def write(adapter_dir: Path, body: dict, base_model: str, model_path: str) -> Pa
 
     config = json.loads((Path(adapter_dir) / "adapter_config.json").read_text())
     data = [(key, value) for key, value in (body.get("data") or {}).items() if isinstance(value, int)]
-    card = CARD.render(name=body["release"], base_model=base_model, license=base_license(model_path),
+    card = CARD.render(name=body["release"], base_model=HUB_NAMES.get(base_model, base_model),
+                       license=base_license(model_path),
                        recipe=body["recipe"], recipe_reason=body.get("recipe_reason", ""), run_id=body["run_id"],
                        base_release=body["base_release"], gate_summary=(body.get("gate") or {}).get("summary", ""),
                        win_rate=(body.get("evaluation") or {}).get("win_rate"), data=data, rank=config.get("r", 16))
