@@ -132,7 +132,7 @@ def test_slack_socket_runs_the_serve_service_in_socket_mode(monkeypatch, tmp_pat
     import uvicorn
 
     served = {}
-    monkeypatch.setattr(uvicorn, "run", lambda app, host, port: served.update(app=app, port=port))
+    monkeypatch.setattr(uvicorn, "run", lambda app, host, port, **options: served.update(app=app, port=port))
     socket_mode_env(monkeypatch, "xoxb-test", "xapp-test")  # and no signing secret: none is needed
     result = cli(monkeypatch, tmp_path, "slack", "--socket", "--port", "8123")
     assert result.exit_code == 0, result.output

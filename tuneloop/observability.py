@@ -34,8 +34,9 @@ def configure_logging(log_format: str = "text", level: str = "INFO") -> None:
             "asctime": "time", "levelname": "level", "name": "logger", "correlation_id": "request_id"}))
     else:
         handler.setFormatter(logging.Formatter(TEXT))
+    handler.tuneloop = True  # ours: replaced when logging is configured again, others are left
     root = logging.getLogger()
-    root.handlers[:] = [handler]
+    root.handlers[:] = [h for h in root.handlers if not getattr(h, "tuneloop", False)] + [handler]
     root.setLevel(level)
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):  # through the one handler above
         logging.getLogger(name).handlers.clear()
