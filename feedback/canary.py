@@ -36,6 +36,11 @@ class CanaryPolicy:
     max_choices: int = 1000  # choices with a winner before calling it inconclusive
     rollback_metrics: tuple[str, ...] = ROLLBACK_METRICS
 
+    @property
+    def rollback_alpha(self) -> float:
+        """Each rollback metric's share of the family's error rate (Bonferroni)."""
+        return self.false_rollback / max(1, len(self.rollback_metrics))
+
 
 @dataclass
 class ReleaseEvidence:
@@ -89,7 +94,7 @@ class Judgement:
 
 
 def rollback_tests(evidence: CanaryEvidence, policy: CanaryPolicy) -> dict[str, Sequential]:
-    alpha = policy.false_rollback / max(1, len(policy.rollback_metrics))
+    alpha = policy.rollback_alpha
     ours, theirs, least = evidence.canary, evidence.active, policy.min_answers
     every = {
         "choices": lambda: sequential.choices(evidence.wins, evidence.losses, alpha),

@@ -12,6 +12,7 @@ from __future__ import annotations
 from datetime import datetime
 
 from sqlalchemy import func
+from sqlalchemy.orm import aliased
 from sqlmodel import Session, col, select
 
 from feedback.canary import CanaryEvidence, ReleaseEvidence
@@ -24,7 +25,7 @@ INTERVENED = {"fix", "flag", "refuse"}  # what a guardrail did to an answer ("er
 def canary_since(session: Session, canary: Release) -> datetime:
     """When `canary` last became the canary."""
     approvals = select(AuditLog).where(AuditLog.target == f"release:{canary.name}",
-                                       col(AuditLog.action).in_(["release.approve", "release.reapprove"]))
+                                       AuditLog.action == "release.approve")
     for entry in session.exec(approvals.order_by(col(AuditLog.id).desc())):
         if entry.details.get("to") == "canary":
             return entry.created_at
@@ -68,14 +69,16 @@ def _intervened(trace: dict) -> bool:
 def _choices(session: Session, canary_id: int, active_id: int, since: datetime) -> tuple[int, int, int]:
     """(canary won, canary lost, ties) over the interleaved pairs answered since `since`."""
     wins = losses = ties = 0
-    pairs = select(Comparison).where(Comparison.kind == RELEASE_PAIR, Comparison.created_at >= since)
-    for comparison in session.exec(pairs):
-        a, b = session.get(Response, comparison.response_a_id), session.get(Response, comparison.response_b_id)
-        if {a.release_id, b.release_id} != {canary_id, active_id}:
+    a, b = aliased(Response), aliased(Response)
+    pairs = (select(Comparison.winner, a.release_id, b.release_id)
+             .join(a, col(a.id) == col(Comparison.response_a_id)).join(b, col(b.id) == col(Comparison.response_b_id))
+             .where(Comparison.kind == RELEASE_PAIR, Comparison.created_at >= since))
+    for winner, release_a, release_b in session.exec(pairs):
+        if {release_a, release_b} != {canary_id, active_id}:
             continue  # another canary's pair
-        if comparison.winner in (Winner.tie, Winner.both_bad):
+        if winner in (Winner.tie, Winner.both_bad):
             ties += 1
-        elif (comparison.winner == Winner.a) == (a.release_id == canary_id):
+        elif (winner == Winner.a) == (release_a == canary_id):
             wins += 1
         else:
             losses += 1

@@ -125,8 +125,7 @@ def live_status(evidence: CanaryEvidence, judgement: Judgement, since: datetime,
     elapsed_h = max((utcnow() - in_utc(since)).total_seconds() / 3600, 1e-9)
     decisive = evidence.wins + evidence.losses
     to_go = choices_to_decide(evidence.wins, evidence.losses,
-                              policy.false_rollback / max(1, len(policy.rollback_metrics))
-                              if evidence.wins < evidence.losses else policy.false_promotion)
+                              policy.rollback_alpha if evidence.wins < evidence.losses else policy.false_promotion)
     per_hour = decisive / elapsed_h
     metrics = {}
     for name, side in (("canary", evidence.canary), ("active", evidence.active)):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from datetime import timedelta
 
 from slack_sdk.web.async_client import AsyncWebClient
@@ -41,36 +42,32 @@ class Announcer:
         return await self._announce_candidates() + await self._announce_canary_decisions()
 
     async def _announce_candidates(self) -> int:
-        claimed = await self.services.in_session(self._claim_new)
-        posted = 0
-        for name, report in claimed:
-            config = self.services.config
-            url = f"{config.public_url.rstrip('/')}{report_link(name, report)}" if config.public_url else ""
-            sent = await call(self.client, "chat.postMessage", channel=config.operators_channel,
-                              text=f"Release {name} is a candidate",
-                              blocks=blocks.release_candidate(name, report, url, config.canary_share))
-            if sent is None:
-                await self.services.in_session(
-                    lambda session, key=_key(name): slack_inbox.forget_slack_delivery(session, key=key))
-            else:
-                posted += 1
+        share, posted = self.services.config.canary_share, 0
+        for name, report in await self.services.in_session(self._claim_new):
+            posted += await self._post(_key(name), name, report,
+                                       lambda url: blocks.release_candidate(name, report, url, share))  # noqa: B023
         return posted
 
     async def _announce_canary_decisions(self) -> int:
-        claimed = await self.services.in_session(self._claim_decisions)
         posted = 0
-        for entry_id, name, details, report in claimed:
-            config = self.services.config
-            url = f"{config.public_url.rstrip('/')}{report_link(name, report)}" if config.public_url else ""
-            blocks_ = blocks.canary_decision(name, details, url)
-            sent = await call(self.client, "chat.postMessage", channel=config.operators_channel,
-                              text=blocks_[0]["text"]["text"], blocks=blocks_)
-            if sent is None:
-                await self.services.in_session(
-                    lambda session, key=f"canary:{entry_id}": slack_inbox.forget_slack_delivery(session, key=key))
-            else:
-                posted += 1
+        for entry_id, name, details, report in await self.services.in_session(self._claim_decisions):
+            posted += await self._post(f"canary:{entry_id}", name, report,
+                                       lambda url: blocks.canary_decision(name, details, url))  # noqa: B023
         return posted
+
+    async def _post(self, key: str, name: str, report: dict, message: Callable[[str], list[dict]]) -> int:
+        """Post one claimed announcement, its blocks made with the report's link (the headline is
+        the notification's text); un-claim it when the post fails, so the next look tries again.
+        1 if posted. `message` is called here, at once (the loops' lambdas bind their row)."""
+        config = self.services.config
+        url = f"{config.public_url.rstrip('/')}{report_link(name, report)}" if config.public_url else ""
+        built = message(url)
+        sent = await call(self.client, "chat.postMessage", channel=config.operators_channel,
+                          text=built[0]["text"]["text"], blocks=built)
+        if sent is None:
+            await self.services.in_session(lambda session: slack_inbox.forget_slack_delivery(session, key=key))
+            return 0
+        return 1
 
     def _claim_decisions(self, session: Session) -> list[tuple[int, str, dict, dict]]:
         """The canary decisions of the last day no replica has posted yet (serving/canary.py)."""
