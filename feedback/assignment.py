@@ -49,12 +49,12 @@ def available(session: Session, reviewer: User, response_ids: list, share: float
 
 def claim(session: Session, reviewer: User, response_ids: list, share: float, lease: timedelta = LOOKING) -> bool:
     """Give the item to `reviewer` for `lease` (renewing a slot they hold); False if both are taken."""
-    for name in _slots(item_key(response_ids), share):
+    slots, holder = _slots(item_key(response_ids), share), _holder(reviewer)
+    for name in slots:
         held = locks.holder_of(session, name)
-        if held is not None and held.holder == _holder(reviewer):
-            return locks.renew(session, name, _holder(reviewer), lease)
-    return any(locks.acquire(session, name, _holder(reviewer), lease)
-               for name in _slots(item_key(response_ids), share))
+        if held is not None and held.holder == holder:
+            return locks.renew(session, name, holder, lease)
+    return any(locks.acquire(session, name, holder, lease) for name in slots)
 
 
 def keep(session: Session, reviewer: User, response_ids: list, share: float) -> None:

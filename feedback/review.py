@@ -112,26 +112,25 @@ def _task(session: Session, kind: Literal["compare", "rate"], responses: list[Re
 def agreement(session: Session, reviewer: User) -> tuple[int, int]:
     """(agreed, shared): of the items this reviewer judged that other staff judged too, how many
     got the same verdict: the same winner of a pair (whichever way round it was stored), or the
-    same thumb on an answer."""
-    agreed = shared = 0
-    theirs = session.exec(select(Comparison).where(Comparison.user_id == reviewer.id)).all()
-    for mine in theirs:
-        others = session.exec(select(Comparison).join(User, col(User.id) == col(Comparison.user_id)).where(
-            Comparison.user_id != reviewer.id, col(User.role).in_(STAFF),
-            or_(and_(Comparison.response_a_id == mine.response_a_id, Comparison.response_b_id == mine.response_b_id),
-                and_(Comparison.response_a_id == mine.response_b_id, Comparison.response_b_id == mine.response_a_id)),
-        )).all()
-        for other in others:
-            shared += 1
-            agreed += _winning(mine) == _winning(other)
-    rated = session.exec(select(Rating).where(Rating.user_id == reviewer.id, col(Rating.thumb).is_not(None))).all()
-    for mine in rated:
-        others = session.exec(select(Rating).join(User, col(User.id) == col(Rating.user_id)).where(
-            Rating.response_id == mine.response_id, Rating.user_id != reviewer.id, col(User.role).in_(STAFF),
-            col(Rating.thumb).is_not(None))).all()
-        shared += len(others)
-        agreed += sum(other.thumb == mine.thumb for other in others)
-    return agreed, shared
+    same thumb on an answer. Two queries, whatever the reviewer's history."""
+    mine, other = aliased(Comparison), aliased(Comparison)
+    same_pair = or_(and_(other.response_a_id == mine.response_a_id, other.response_b_id == mine.response_b_id),
+                    and_(other.response_a_id == mine.response_b_id, other.response_b_id == mine.response_a_id))
+    pairs = session.exec(
+        select(mine, other).join(other, and_(same_pair, other.user_id != mine.user_id))
+        .join(User, col(User.id) == other.user_id).where(mine.user_id == reviewer.id, col(User.role).in_(STAFF))
+    ).all()
+    my_rating, other_rating = aliased(Rating), aliased(Rating)
+    thumbs = session.exec(
+        select(my_rating.thumb, other_rating.thumb)
+        .join(other_rating, and_(other_rating.response_id == my_rating.response_id,
+                                 other_rating.user_id != my_rating.user_id))
+        .join(User, col(User.id) == other_rating.user_id)
+        .where(my_rating.user_id == reviewer.id, col(User.role).in_(STAFF),
+               col(my_rating.thumb).is_not(None), col(other_rating.thumb).is_not(None))
+    ).all()
+    agreed = sum(_winning(a) == _winning(b) for a, b in pairs) + sum(a == b for a, b in thumbs)
+    return agreed, len(pairs) + len(thumbs)
 
 
 def _winning(comparison: Comparison) -> str:

@@ -44,3 +44,27 @@ def test_a_task_carries_the_conversation_before_its_prompt(database):
         task = review.next_task(session, rita)
         assert task.prompt.content == "What is WAL?"
         assert task.history == [("user", "Hi"), ("assistant", "Hello!")]
+
+
+def test_agreement_counts_other_staffs_verdicts_on_the_same_items_whichever_way_round(database):
+    with session_scope(database) as session:
+        alice = users.get_or_create_user(session, external_id="web:alice", name="alice")
+        rita, sam, tom = (users.get_or_create_user(session, external_id=f"local:{n}", name=n, role=Role.reviewer)
+                          for n in ("rita", "sam", "tom"))
+        _, _, (single,) = make_turn(session, alice, "What is a WAL?", answers=("a log",))
+        _, _, (first, second) = make_turn(session, alice, "What is MVCC?", answers=("versions", "locks"))
+        judgments.save_comparison(session, user=rita, response_a=first, response_b=second, winner=Winner.a,
+                                  a_position=0)
+        # sam stored the pair the other way round and chose the same answer; tom chose the other one
+        judgments.save_comparison(session, user=sam, response_a=second, response_b=first, winner=Winner.b,
+                                  a_position=0)
+        judgments.save_comparison(session, user=tom, response_a=first, response_b=second, winner=Winner.b,
+                                  a_position=0)
+        judgments.save_comparison(session, user=alice, response_a=first, response_b=second, winner=Winner.b,
+                                  a_position=0)  # an end user's choice is not a reviewer's verdict
+        judgments.save_rating(session, user=rita, response=single, thumb=Thumb.up)
+        judgments.save_rating(session, user=sam, response=single, thumb=Thumb.down)
+
+        assert review.agreement(session, rita) == (1, 3)  # sam on the pair; not tom on it, nor sam's thumb
+        assert review.agreement(session, sam) == (1, 3)
+        assert review.agreement(session, tom) == (0, 2)
