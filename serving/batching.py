@@ -26,6 +26,8 @@ class RowState:
     text: str = ""  # text already sent to the client
     finish_reason: str | None = None
     generator: Any = None  # the row's own torch.Generator when its request has a seed (made on first draw)
+    matcher: Any = None  # a guided row's grammar matcher (serving/guided.py)
+    logprobs: list | None = None  # each generated token's TokenLogprob, when the request asks
 
     @property
     def done(self) -> bool:
@@ -104,7 +106,8 @@ class RowOutput:
 def completion_of(row: RowState) -> Completion:
     reason = "stop" if row.finish_reason == "cancelled" else row.finish_reason or "length"
     return Completion(
-        text=row.text, finish_reason=reason, prompt_tokens=row.prompt_tokens, completion_tokens=len(row.token_ids)
+        text=row.text, finish_reason=reason, prompt_tokens=row.prompt_tokens, completion_tokens=len(row.token_ids),
+        logprobs=row.logprobs,
     )
 
 

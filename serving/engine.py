@@ -14,12 +14,32 @@ BASE_ADAPTER = "__base__"  # PEFT's name for "no adapter" in a mixed batch
 
 
 @dataclass(frozen=True)
+class Guide:
+    """What the answer must be, enforced token by token (constrained decoding): any JSON value
+    that is an object (`schema` None), or JSON valid against `schema` (JSON text)."""
+
+    schema: str | None = None
+
+
+@dataclass(frozen=True)
 class SamplingParams:
     temperature: float = 0.7  # 0 means greedy
     top_p: float = 1.0
     max_tokens: int = 256
     stop: tuple[str, ...] = ()
     seed: int | None = None  # the same seed, prompt and settings give the same answer
+    logprobs: int | None = None  # None: none; k: each token's log-probability and the k likeliest
+    guide: Guide | None = None
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    """A generated token's log-probability under the model (before temperature, top-p or a guide),
+    with the likeliest alternatives at that step: (token, logprob) pairs, best first."""
+
+    token: str
+    logprob: float
+    top: tuple[tuple[str, float], ...] = ()
 
 
 @dataclass
@@ -35,6 +55,7 @@ class Completion:
     finish_reason: str  # "stop" or "length"
     prompt_tokens: int
     completion_tokens: int
+    logprobs: list[TokenLogprob] | None = None  # when asked for: one per generated token
 
 
 @dataclass

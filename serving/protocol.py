@@ -7,7 +7,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-MAX_CHOICES = 2  # an A/B pair at most
+MAX_CHOICES = 16  # the most `n` a deployment may allow (settings.max_choices: what this one does)
+MAX_TOP_LOGPROBS = 20  # as OpenAI
+TOOL_NAME = r"^[A-Za-z0-9_-]{1,64}$"
 
 
 class NotHonoured(ValueError):
@@ -20,9 +22,105 @@ class NotHonoured(ValueError):
         self.param = name
 
 
+class ToolCallFunction(BaseModel):
+    name: str = Field(pattern=TOOL_NAME)
+    arguments: str = Field(max_length=32_000)  # JSON text, as OpenAI sends it
+
+
+class ToolCall(BaseModel):
+    id: str = Field(max_length=128)
+    type: Literal["function"] = "function"
+    function: ToolCallFunction
+
+
 class ChatMessage(BaseModel):
-    role: Literal["system", "user", "assistant"]
-    content: str = Field(max_length=32_000)
+    """A message in a request: what the caller said, what the assistant answered (text or tool
+    calls) and what a tool returned."""
+
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | None = Field(default=None, max_length=32_000)
+    name: str | None = Field(default=None, max_length=64)
+    tool_calls: list[ToolCall] | None = None  # an assistant's
+    tool_call_id: str | None = Field(default=None, max_length=128)  # a tool's: the call it answers
+
+    @model_validator(mode="after")
+    def _says_something(self) -> "ChatMessage":
+        if self.role == "tool" and not self.tool_call_id:
+            raise ValueError("a message with role 'tool' needs the 'tool_call_id' of the call it answers")
+        if self.content is None and not (self.role == "assistant" and self.tool_calls):
+            raise ValueError(f"a message with role '{self.role}' needs 'content'")
+        return self
+
+
+class AnswerMessage(BaseModel):
+    """The assistant's message in a response: text, or the tools it calls (then content is null)."""
+
+    role: Literal["assistant"] = "assistant"
+    content: str | None
+    tool_calls: list[ToolCall] | None = None
+
+
+class FunctionDefinition(BaseModel):
+    name: str = Field(pattern=TOOL_NAME)
+    description: str | None = Field(default=None, max_length=4_000)
+    parameters: dict | None = None  # a JSON schema of the arguments
+    strict: bool | None = None
+
+    @field_validator("parameters")
+    @classmethod
+    def _a_schema(cls, parameters: dict | None) -> dict | None:
+        return None if parameters is None else checked_schema(parameters)
+
+
+class Tool(BaseModel):
+    type: Literal["function"]
+    function: FunctionDefinition
+
+
+class NamedFunction(BaseModel):
+    name: str = Field(pattern=TOOL_NAME)
+
+
+class NamedToolChoice(BaseModel):
+    type: Literal["function"]
+    function: NamedFunction
+
+
+class JsonSchemaFormat(BaseModel):
+    model_config = ConfigDict(populate_by_name=True)
+
+    name: str = Field(pattern=TOOL_NAME)
+    description: str | None = None
+    json_schema: dict = Field(default_factory=dict, alias="schema")
+    strict: bool | None = None
+
+    @field_validator("json_schema")
+    @classmethod
+    def _a_schema(cls, schema: dict) -> dict:
+        return checked_schema(schema)
+
+
+class ResponseFormat(BaseModel):
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaFormat | None = None
+
+    @model_validator(mode="after")
+    def _schema_given(self) -> "ResponseFormat":
+        if (self.type == "json_schema") != (self.json_schema is not None):
+            raise ValueError("give 'json_schema' exactly when type is 'json_schema'")
+        return self
+
+
+def checked_schema(schema: dict) -> dict:
+    """A JSON schema that is one (Draft 2020-12's meta-schema), or a 400 that says where it is not."""
+    import jsonschema
+
+    try:
+        jsonschema.Draft202012Validator.check_schema(schema)
+    except jsonschema.SchemaError as error:
+        where = "/".join(str(part) for part in error.absolute_path) or "the top"
+        raise ValueError(f"not a valid JSON schema at {where}: {error.message}") from None
+    return schema
 
 
 class StreamOptions(BaseModel):
@@ -34,14 +132,8 @@ class StreamOptions(BaseModel):
 # that names the parameter, rather than answered as if it had been honoured: a JSON-mode
 # request that gets prose back with a 200 breaks its caller without a word.
 NOT_HONOURED: dict[str, tuple] = {
-    "response_format": (None, {"type": "text"}),
-    "logprobs": (None, False),
-    "top_logprobs": (None, 0),
-    "tools": (None, []),
-    "tool_choice": (None, "none", "auto"),  # "auto" with no tools asks for nothing
-    "functions": (None, []),
+    "functions": (None, []),  # the deprecated forms of tools and tool_choice
     "function_call": (None, "none", "auto"),
-    "parallel_tool_calls": (None, True, False),
     "frequency_penalty": (None, 0, 0.0),
     "presence_penalty": (None, 0, 0.0),
     "logit_bias": (None, {}),
@@ -69,6 +161,12 @@ class ChatCompletionRequest(BaseModel):
     n: int = Field(default=1, ge=1, le=MAX_CHOICES)
     # The same seed, messages and settings give the same answers (choice i samples with seed + i).
     seed: int | None = Field(default=None, ge=0, le=2**63 - 1 - MAX_CHOICES)
+    logprobs: bool = False
+    top_logprobs: int | None = Field(default=None, ge=0, le=MAX_TOP_LOGPROBS)
+    response_format: ResponseFormat | None = None
+    tools: list[Tool] | None = Field(default=None, max_length=128)
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+    parallel_tool_calls: bool = True
     stream: bool = False
     stream_options: StreamOptions | None = None
     user: str | None = Field(default=None, max_length=256)
@@ -94,9 +192,28 @@ class ChatCompletionRequest(BaseModel):
     @field_validator("messages")
     @classmethod
     def _ends_with_user(cls, messages: list[ChatMessage]) -> list[ChatMessage]:
-        if messages[-1].role != "user":
-            raise ValueError("the last message must have role 'user'")
+        if messages[-1].role not in ("user", "tool"):
+            raise ValueError("the last message must have role 'user' (or 'tool', with a tool's result)")
         return messages
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "ChatCompletionRequest":
+        if self.top_logprobs and not self.logprobs:
+            raise ValueError("'top_logprobs' needs 'logprobs': true")
+        names = [tool.function.name for tool in self.tools or []]
+        if len(set(names)) < len(names):
+            raise ValueError("tools: each function needs a name of its own")
+        choice = self.tool_choice
+        if isinstance(choice, NamedToolChoice) and choice.function.name not in names:
+            raise ValueError(f"tool_choice names '{choice.function.name}', which is not one of the tools")
+        if choice == "required" and not names:
+            raise ValueError("tool_choice 'required' needs tools")
+        if names and self.tool_choice != "none" and self.response_format and self.response_format.type != "text":
+            raise ValueError("give tools or a JSON response_format, not both")
+        return self
+
+    def calls_tools(self) -> bool:
+        return bool(self.tools) and self.tool_choice != "none"
 
     @field_validator("stop")
     @classmethod
@@ -136,10 +253,26 @@ class Usage(BaseModel):
     total_tokens: int
 
 
+class TopLogprob(BaseModel):
+    token: str
+    logprob: float
+    bytes: list[int] | None
+
+
+class TokenLogprob(TopLogprob):
+    top_logprobs: list[TopLogprob]
+
+
+class ChoiceLogprobs(BaseModel):
+    content: list[TokenLogprob] | None
+    refusal: None = None
+
+
 class Choice(BaseModel):
     index: int
-    message: ChatMessage
+    message: AnswerMessage
     finish_reason: str
+    logprobs: ChoiceLogprobs | None = None
     response_id: str  # tuneloop: what feedback points at
 
 

@@ -18,7 +18,8 @@ from sqlalchemy.engine import Engine as Database
 
 from feedback.redaction import redact_or_withhold
 from serving import metrics
-from serving.engine import Completion, Engine, EngineError, GenerationRequest, SamplingParams, StreamEvent
+from serving.engine import (Completion, Engine, EngineError, EngineRefused, GenerationRequest, SamplingParams,
+                            StreamEvent, TokenLogprob)
 from serving.hooks import Checked, NoHooks, TurnHooks
 from serving.pairs import draw_contrast
 from serving.routing import LiveReleases, ReleaseChoice
@@ -80,6 +81,9 @@ class AnswerDone:
     # The end of the answer that no delta carried (output checks hold text back), or
     # None when the checks rewrote what was already shown: then `response.text` replaces it.
     unshown: str | None = ""
+    # Each token's log-probability when asked for, and only while they still spell the text
+    # (not once the output checks or a citation changed it).
+    logprobs: list[TokenLogprob] | None = None
 
 
 TurnEvent = AnswerDelta | AnswerDone
@@ -114,9 +118,11 @@ class ChatService:
         """
         return await asyncio.to_thread(self._open_turn, conversation_id, text, ab, channel)
 
-    async def open_api_turn(self, user: User, messages: Sequence[dict[str, str]], n: int = 1) -> Turn:
-        """A stateless OpenAI-style request: its whole history becomes a new conversation."""
-        return await asyncio.to_thread(self._open_api_turn, user, list(messages), n)
+    async def open_api_turn(self, user: User, messages: Sequence[dict[str, str]], n: int = 1,
+                            instructions: str | None = None) -> Turn:
+        """A stateless OpenAI-style request: its whole history becomes a new conversation.
+        `instructions` (the tools it may call) end the system message the model sees."""
+        return await asyncio.to_thread(self._open_api_turn, user, list(messages), n, instructions)
 
     def _open_turn(self, conversation_id: uuid.UUID, text: str, ab: bool, channel: str) -> Turn:
         with session_scope(self.database) as session:
@@ -160,7 +166,7 @@ class ChatService:
         turn.answer_traces = [{}, contrast.trace()]
         turn.answer_heat = [0.0, contrast.heat]
 
-    def _open_api_turn(self, user: User, messages: list[dict[str, str]], n: int) -> Turn:
+    def _open_api_turn(self, user: User, messages: list[dict[str, str]], n: int, instructions: str | None) -> Turn:
         last = messages[-1]
         checked = self.hooks.check_input(last["content"], "api", messages[:-1]) if last["role"] == "user" else None
         if checked is not None:
@@ -172,7 +178,7 @@ class ChatService:
             for message in messages:
                 stored = conversations.add_message(session, conversation_id=conversation.id,
                                                    role=MessageRole(message["role"]), content=message["content"])
-        turn = self._turn(conversation.id, stored.id, messages, n)
+        turn = self._turn(conversation.id, stored.id, messages, n, instructions)
         turn.channel = "api"
         if checked is not None:
             turn.input_decisions, turn.refusal = checked.decisions, checked.refusal
@@ -182,9 +188,11 @@ class ChatService:
         """The text as it may be stored: redacted, or withheld when the check could not run."""
         return redact_or_withhold(self.hooks.redact, text)
 
-    def _turn(self, conversation_id, prompt_message_id, history, n) -> Turn:  # noqa: ANN001
+    def _turn(self, conversation_id, prompt_message_id, history, n, instructions=None) -> Turn:  # noqa: ANN001
         if not history or history[0]["role"] != "system":
             history = [{"role": "system", "content": self.system_prompt}, *history]
+        if instructions:
+            history = [{"role": "system", "content": f"{history[0]['content']}\n\n{instructions}"}, *history[1:]]
         ids = [uuid.uuid4() for _ in range(n)]
         return Turn(conversation_id, prompt_message_id, history, ids, list(range(n)))
 
@@ -230,7 +238,11 @@ class ChatService:
                     self._store, turn, index, completion, requests[index].params, started, index == continue_with,
                     checked.decisions,
                 )
-                yield AnswerDone(index, response, guard.unshown(response.text))
+                unchanged = completion.text == event.completion.text
+                yield AnswerDone(index, response, guard.unshown(response.text),
+                                 event.completion.logprobs if unchanged else None)
+        except EngineRefused:  # the request asked for what the engine cannot do: the caller's to change
+            raise
         except EngineError as error:
             metrics.ANSWER_FAILURES.labels(type(self.engine).__name__).inc()
             await asyncio.to_thread(self._store_failure, turn, error)  # the release's error rate counts it

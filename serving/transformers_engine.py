@@ -31,7 +31,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 from serving.batching import RowOutput, RowSampling, RowState
 from serving.decode import RunningBatch
 from serving import metrics
-from serving.engine import BASE_ADAPTER, EngineError, GenerationRequest, StreamEvent
+from serving.engine import BASE_ADAPTER, EngineError, Guide, GenerationRequest, StreamEvent
+from serving.guided import Guides, token_logprob
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +51,7 @@ class _Job:
     emit: Callable[[StreamEvent | BaseException], None]
     cancelled: threading.Event = field(default_factory=threading.Event)
     row: RowState | None = None  # its progress, once it has joined the running batch
+    matcher: Any = None  # a guided request's grammar matcher, made before it is queued
 
 
 @dataclass
@@ -86,6 +88,7 @@ class TransformersEngine:
         self.model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype).to(self.device).eval()
         self.eos_ids = _eos_ids(self.model.generation_config, self.tokenizer)
         self._output = RowOutput(self._decode, self.eos_ids)
+        self._guides: Guides | None = None  # made for the first guided request
         self._queue: queue.Queue[_Job | _Control | None] = queue.Queue()
         self._backlog: deque[_Job] = deque()  # accepted jobs waiting for room in the batch (worker only)
         self._controls: list[_Control] = []  # accepted adapter work waiting for its moment (worker only)
@@ -122,6 +125,8 @@ class TransformersEngine:
         loop = asyncio.get_running_loop()
         events: asyncio.Queue[StreamEvent | BaseException] = asyncio.Queue()
         job = _Job(request, lambda event: loop.call_soon_threadsafe(events.put_nowait, event))
+        if request.params.guide is not None:  # compiled here, not between two steps of the batch
+            job.matcher = await asyncio.to_thread(self._matcher, request.params.guide)
         self._queue.put(job)
         metrics.QUEUE_DEPTH.set(self._queue.qsize())
         try:
@@ -280,8 +285,15 @@ class TransformersEngine:
         except Exception as error:
             job.emit(error)
             return False
-        job.row = RowState(job.request.params, len(ids), job.emit, job.cancelled.is_set, prompt_ids=ids)
+        params = job.request.params
+        job.row = RowState(params, len(ids), job.emit, job.cancelled.is_set, prompt_ids=ids, matcher=job.matcher,
+                           logprobs=None if params.logprobs is None else [])
         return True
+
+    def _matcher(self, guide: Guide) -> Any:
+        if self._guides is None:
+            self._guides = Guides(self.tokenizer, self.model.config.vocab_size, self.eos_ids)
+        return self._guides.matcher(guide)
 
     def _refused(self, job: _Job) -> bool:
         if job.request.adapter and job.request.adapter not in self.adapters():
@@ -295,9 +307,12 @@ class TransformersEngine:
         self._advance(running, logits)
 
     def _advance(self, jobs: list[_Job], logits: torch.Tensor) -> None:
-        """Sample each row's next token with its own settings, and stream it. A row with a seed
-        draws from its own generator, so its answer does not depend on the rows beside it."""
-        probabilities = RowSampling([job.row for job in jobs])(None, logits.float()).softmax(dim=-1)
+        """Sample each row's next token with its own settings (and its grammar), and stream it.
+        A row with a seed draws from its own generator, so its answer does not depend on the rows
+        beside it."""
+        raw = logits.float()
+        logits = self._guided(jobs, raw)
+        probabilities = RowSampling([job.row for job in jobs])(None, logits).softmax(dim=-1)
         tokens = torch.multinomial(probabilities, num_samples=1).view(-1).tolist()
         for i, job in enumerate(jobs):
             row = job.row
@@ -305,7 +320,20 @@ class TransformersEngine:
                 if row.generator is None:
                     row.generator = torch.Generator(device=probabilities.device).manual_seed(row.params.seed)
                 tokens[i] = int(torch.multinomial(probabilities[i], num_samples=1, generator=row.generator))
+            if row.matcher is not None:
+                row.matcher.accept_token(tokens[i])
+            if row.logprobs is not None and tokens[i] not in self.eos_ids:
+                row.logprobs.append(token_logprob(raw[i], tokens[i], row.params.logprobs, self._decode))
             self._output.advance(row, tokens[i])
+
+    def _guided(self, jobs: list[_Job], raw: torch.Tensor) -> torch.Tensor:
+        """The logits with each guided row's disallowed tokens masked (a copy: `raw` is the model's)."""
+        rows = [i for i, job in enumerate(jobs) if job.row.matcher is not None]
+        if not rows:
+            return raw
+        logits = raw.clone()
+        self._guides.restrict(logits, [jobs[i].row.matcher for i in rows], rows)
+        return logits
 
     def _drop_finished(self, batch: RunningBatch, running: list[_Job]) -> None:
         for job in running:

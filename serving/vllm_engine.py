@@ -38,7 +38,9 @@ import httpx
 import openai
 from asgi_correlation_id import correlation_id
 
-from serving.engine import Completion, EngineError, EngineRefused, GenerationRequest, StreamEvent
+from serving.engine import (Completion, EngineError, EngineRefused, GenerationRequest, SamplingParams, StreamEvent,
+                            TokenLogprob)
+from serving.guided import grammar_text
 from serving.vllm_server import VLLMServer
 
 log = logging.getLogger(__name__)
@@ -158,11 +160,12 @@ class VLLMEngine:
         stream = await replica.api.chat.completions.create(
             model=model, messages=request.messages, stream=True, stream_options={"include_usage": True},
             temperature=params.temperature, top_p=params.top_p, max_tokens=params.max_tokens,
-            stop=list(params.stop) or None, seed=params.seed,
+            stop=list(params.stop) or None, seed=params.seed, **_vllm_options(params),
             # vLLM names the request by this header in its logs: the same id as tuneloop's.
             extra_headers={"X-Request-Id": rid} if (rid := correlation_id.get()) else None,
         )
         finish, text = "stop", []
+        logprobs = None if params.logprobs is None else []
         async with stream:  # leaving early closes the connection
             async for chunk in stream:
                 for choice in chunk.choices:
@@ -170,10 +173,13 @@ class VLLMEngine:
                     if piece:
                         text.append(piece)
                         yield StreamEvent(text=piece)
+                    if logprobs is not None and choice.logprobs and choice.logprobs.content:
+                        logprobs += [_token_logprob(t) for t in choice.logprobs.content]
                     finish = choice.finish_reason or finish
                 if chunk.usage is not None:
                     yield StreamEvent(completion=Completion("".join(text), "length" if finish == "length" else "stop",
-                                                            chunk.usage.prompt_tokens, chunk.usage.completion_tokens))
+                                                            chunk.usage.prompt_tokens, chunk.usage.completion_tokens,
+                                                            logprobs))
                     return
         raise EngineError(f"vLLM at {replica.url} ended the stream without its usage")
 
@@ -267,6 +273,21 @@ class VLLMEngine:
 
     def adapters(self) -> set[str]:
         return set(self._served)
+
+
+def _vllm_options(params: SamplingParams) -> dict:
+    """Log-probabilities in OpenAI's parameters, and a guide as vLLM's own grammar field
+    (its constrained decoding is xgrammar's too)."""
+    options: dict = {}
+    if params.logprobs is not None:
+        options.update(logprobs=True, top_logprobs=params.logprobs)
+    if params.guide is not None:
+        options["extra_body"] = {"structured_outputs": {"grammar": grammar_text(params.guide)}}
+    return options
+
+
+def _token_logprob(entry) -> TokenLogprob:  # noqa: ANN001 (the openai SDK's ChatCompletionTokenLogprob)
+    return TokenLogprob(entry.token, entry.logprob, tuple((t.token, t.logprob) for t in entry.top_logprobs or ()))
 
 
 def _message(error: openai.APIStatusError) -> str:

@@ -7,11 +7,12 @@ port nobody listens on: what a crashed or unreachable server looks like to a cli
 from __future__ import annotations
 
 import asyncio
+import json
 
 import httpx
 import pytest
 
-from serving.engine import EngineError, GenerationRequest, SamplingParams, generate
+from serving.engine import EngineError, Guide, GenerationRequest, SamplingParams, generate
 from serving.vllm_engine import VLLMEngine
 from serving.vllm_server import free_port
 from tests.adapters import make_adapter
@@ -57,6 +58,22 @@ def test_streams_token_by_token_with_usage_counted(vllm_url):
     assert len(pieces) > 1 and last is not None  # streamed in pieces, then the finished completion
     assert last.text == "".join(pieces)
     assert last.completion_tokens == 12 and last.finish_reason == "length" and last.prompt_tokens > 3
+
+
+def test_a_guide_and_logprobs_are_carried_out_by_vllm(vllm_url):
+    """vLLM's own constrained decoding and log-probabilities, through the engine's parameters."""
+    schema = {"type": "object", "properties": {"colour": {"enum": ["red", "blue"]}, "n": {"type": "integer",
+              "minimum": 0, "maximum": 9}}, "required": ["colour", "n"], "additionalProperties": False}
+
+    async def work(engine):
+        params = SamplingParams(temperature=1.0, max_tokens=40, guide=Guide(json.dumps(schema)), logprobs=2, seed=5)
+        return await generate(engine, GenerationRequest(ASK, params))
+
+    completion = run(using([vllm_url], work))
+    answer = json.loads(completion.text)
+    assert answer["colour"] in ("red", "blue") and 0 <= answer["n"] <= 9
+    assert len(completion.logprobs) == completion.completion_tokens
+    assert all(len(t.top) == 2 and t.logprob <= 0 for t in completion.logprobs)
 
 
 def test_a_replica_that_is_down_is_skipped_and_all_down_is_a_clear_error(vllm_url):

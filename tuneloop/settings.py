@@ -27,6 +27,7 @@ class Settings(BaseSettings):
     torch_threads: int = Field(default=0, ge=0, description="CPU threads for generation; 0 keeps torch's default")
     system_prompt: str = "You are a helpful, concise assistant."
     max_tokens: int = Field(default=256, ge=1, le=4096, description="default answer length cap")
+    max_choices: int = Field(default=4, ge=1, le=16, description="the most answers (`n`) one API request may ask for")
     temperature: float = Field(default=0.7, ge=0.0, le=2.0, description="widget and Slack sampling temperature")
     max_batch_size: int = Field(default=16, ge=1, le=64)
     # Which engine generates: in-process transformers, or vLLM servers (serving/vllm_engine.py).
