@@ -39,6 +39,13 @@ class Row:
     created_at: datetime
     user_ids: list[int] = field(default_factory=list)
     response_ids: list[uuid.UUID] = field(default_factory=list)
+    origin: str = "tuneloop"  # where the feedback was collected: here, or the tool it was imported from
+
+
+def origin_of(response: Response) -> str:
+    """The tool an imported answer came from (feedback/importers), else "tuneloop"."""
+    imported = response.trace.get("channel") == "import"
+    return response.trace.get("source", "import") if imported else "tuneloop"
 
 
 def _assistant(text: str) -> list[dict[str, str]]:
@@ -86,7 +93,8 @@ def _from_comparisons(session: Session, context: PromptContext) -> Iterator[Row]
         chosen, rejected = (a, b) if c.winner == Winner.a else (b, a)
         prompt = context.prompt(a)
         yield Row({"prompt": prompt, "chosen": _assistant(chosen.text), "rejected": _assistant(rejected.text)},
-                  "comparison", prompt[-1]["content"], c.updated_at, [c.user_id], [chosen.id, rejected.id])
+                  "comparison", prompt[-1]["content"], c.updated_at, [c.user_id], [chosen.id, rejected.id],
+                  origin_of(chosen))
 
 
 def _score(rating: Rating) -> float | None:
@@ -121,7 +129,7 @@ def _from_rating_gaps(session: Session, context: PromptContext) -> Iterator[Row]
             when = max(latest[x.id].updated_at, latest[y.id].updated_at)
             yield Row({"prompt": prompt, "chosen": _assistant(chosen.text), "rejected": _assistant(rejected.text)},
                       "ratings", prompt[-1]["content"], when, [latest[x.id].user_id, latest[y.id].user_id],
-                      [chosen.id, rejected.id])
+                      [chosen.id, rejected.id], origin_of(chosen))
 
 
 def _corrections(session: Session) -> Iterator[tuple[Correction, Response]]:
@@ -133,9 +141,12 @@ def _corrections(session: Session) -> Iterator[tuple[Correction, Response]]:
 
 def _from_corrections_as_pairs(session: Session, context: PromptContext) -> Iterator[Row]:
     for correction, response in _corrections(session):
+        if correction.text == response.text:  # an ideal answer with no worse one beside it (an imported SFT row)
+            continue
         prompt = context.prompt(response)
         yield Row({"prompt": prompt, "chosen": _assistant(correction.text), "rejected": _assistant(response.text)},
-                  "correction", prompt[-1]["content"], correction.created_at, [correction.user_id], [response.id])
+                  "correction", prompt[-1]["content"], correction.created_at, [correction.user_id], [response.id],
+                  origin_of(response))
 
 
 def _label(rating: Rating) -> bool | None:
@@ -161,7 +172,8 @@ def kto_rows(session: Session) -> list[Row]:
         prompt = context.prompt(response)
         data = {"prompt": prompt, "completion": _assistant(response.text), "label": label}
         source = "thumb" if rating.thumb is not None else "stars"
-        rows.append(Row(data, source, prompt[-1]["content"], rating.updated_at, [rating.user_id], [response.id]))
+        rows.append(Row(data, source, prompt[-1]["content"], rating.updated_at, [rating.user_id], [response.id],
+                        origin_of(response)))
     return rows + list(_from_both_bad(session, context))
 
 
@@ -174,14 +186,16 @@ def _from_both_bad(session: Session, context: PromptContext) -> Iterator[Row]:
         for response in (responses[c.response_a_id], responses[c.response_b_id]):
             prompt = context.prompt(response)
             data = {"prompt": prompt, "completion": _assistant(response.text), "label": False}
-            yield Row(data, "both_bad", prompt[-1]["content"], c.updated_at, [c.user_id], [response.id])
+            yield Row(data, "both_bad", prompt[-1]["content"], c.updated_at, [c.user_id], [response.id],
+                      origin_of(response))
 
 
 def sft_rows(session: Session) -> list[Row]:
     context = PromptContext(session)
     return [
         Row({"messages": [*context.prompt(response), *_assistant(correction.text)]}, "correction",
-            context.prompt(response)[-1]["content"], correction.created_at, [correction.user_id], [response.id])
+            context.prompt(response)[-1]["content"], correction.created_at, [correction.user_id], [response.id],
+            origin_of(response))
         for correction, response in _corrections(session)
     ]
 
@@ -198,7 +212,7 @@ def prompt_rows(session: Session, limit: int = 1000) -> list[Row]:
             continue
         prompt = context.prompt(response)
         rows[response.prompt_message_id] = Row({"prompt": prompt}, "prompt", prompt[-1]["content"],
-                                               response.created_at, [user_id], [response.id])
+                                               response.created_at, [user_id], [response.id], origin_of(response))
     return list(rows.values())
 
 

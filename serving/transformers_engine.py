@@ -32,7 +32,7 @@ from serving.batching import RowOutput, RowSampling, RowState
 from serving.decode import RunningBatch
 from serving import metrics
 from serving.engine import BASE_ADAPTER, EngineError, Guide, GenerationRequest, StreamEvent
-from serving.guided import Guides, token_logprob
+from serving.guided import CLOSING_TOKENS, Guides, token_logprob
 
 log = logging.getLogger(__name__)
 
@@ -332,7 +332,8 @@ class TransformersEngine:
         if not rows:
             return raw
         logits = raw.clone()
-        self._guides.restrict(logits, [jobs[i].row.matcher for i in rows], rows)
+        closing = [jobs[i].row.params.max_tokens - len(jobs[i].row.token_ids) <= CLOSING_TOKENS for i in rows]
+        self._guides.restrict(logits, [jobs[i].row.matcher for i in rows], rows, closing)
         return logits
 
     def _drop_finished(self, batch: RunningBatch, running: list[_Job]) -> None:

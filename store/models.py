@@ -44,6 +44,7 @@ class Channel(str, enum.Enum):
     web = "web"
     slack = "slack"
     api = "api"
+    imported = "import"  # `tuneloop import`: feedback another tool collected
 
 
 class MessageRole(str, enum.Enum):

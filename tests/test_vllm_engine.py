@@ -172,3 +172,4 @@ def test_a_replica_that_lost_its_adapters_gets_them_back_before_traffic(vllm_url
 
     answered, back = run(checking_often(work))
     assert answered.completion_tokens == 4 and back
+

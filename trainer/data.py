@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import random
 import uuid
+from collections import Counter
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
@@ -85,7 +86,9 @@ class TrainingData:
             counts[f"{name}_new"] = len(self.new(kind))
         counts["train"], counts["held_out"] = counts["pairs_train"], counts["pairs_held_out"]  # as in reports so far
         counts["new_pairs"] = counts["pairs_new"]
-        return counts
+        imported = Counter(f"{NAMES[kind]}_train_from_{row.origin}" for kind in KINDS for row in self.train(kind)
+                           if row.origin != "tuneloop")
+        return counts | dict(sorted(imported.items()))  # rows another tool collected (tuneloop import)
 
     # ---- saved with the run, for --resume
 
@@ -166,4 +169,4 @@ def _row_json(row: Row) -> dict:
 
 def _row(body: dict) -> Row:
     return Row(body["data"], body["source"], body["prompt_text"], datetime.fromisoformat(body["created_at"]),
-               body["user_ids"], [uuid.UUID(i) for i in body["response_ids"]])
+               body["user_ids"], [uuid.UUID(i) for i in body["response_ids"]], body.get("origin", "tuneloop"))

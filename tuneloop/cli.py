@@ -12,6 +12,7 @@ from pydantic import ValidationError
 
 from plugins.cli import make_plugins_app
 from plugins.rag.cli import make_rag_app
+from tuneloop.cli_import import import_feedback
 from tuneloop.cli_operator import releases_app, users_app
 from tuneloop.settings import EMBEDDED_MODEL, Settings, get_settings
 from tuneloop.wiring import plugin_settings, rag_commands_config
@@ -23,6 +24,7 @@ app.add_typer(db_app, name="db")
 app.add_typer(model_app, name="model")
 app.add_typer(releases_app, name="releases")
 app.add_typer(users_app, name="users")
+app.command(name="import")(import_feedback)
 # Commands that belong to a plugin get their config from here, read when one runs.
 app.add_typer(make_plugins_app(lambda: plugin_settings(get_settings())), name="plugins")
 app.add_typer(make_rag_app(lambda: rag_commands_config(get_settings())), name="rag")
