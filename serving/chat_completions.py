@@ -12,7 +12,8 @@ from dataclasses import dataclass
 
 from serving.answer_format import AnswerFormat, ReadAnswer, read_answer
 from serving.engine import SamplingParams, TokenLogprob
-from serving.protocol import AnswerMessage, ChatCompletion, Choice, ChoiceLogprobs, TokenLogprob as LogprobOut, TopLogprob, Usage
+from serving.protocol import AnswerMessage, ChatCompletion, Choice, ChoiceLogprobs, TopLogprob, Usage
+from serving.protocol import TokenLogprob as LogprobOut
 from serving.service import AnswerDelta, AnswerDone, ChatService, Turn
 
 

@@ -9,8 +9,10 @@ tokens, which it applies to the logits in place.
 
 from __future__ import annotations
 
+import functools
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -27,16 +29,29 @@ CLOSING_TOKENS = 32
 CLOSERS = '"]}'
 
 
+@contextmanager
+def _usable_schema() -> Iterator[None]:
+    """A schema xgrammar cannot compile is the caller's to fix: refused, not a failed answer."""
+    try:
+        yield
+    except (RuntimeError, ValueError) as error:
+        raise EngineRefused(f"the JSON schema cannot be used for constrained decoding: {error}") from error
+
+
+# Compact JSON (no free whitespace) on both engines: a small model that loops on newlines inside
+# an object would otherwise run to its token cap before closing it.
+COMPACT = {"any_whitespace": False}
+
+
+@functools.lru_cache(maxsize=256)  # built on the event loop for every guided vLLM request: once per schema
 def grammar_text(guide: Guide) -> str:
     """The guide as an EBNF grammar (xgrammar's), for a vLLM server: the same compact JSON
     the in-process engine enforces. vLLM's own JSON-schema path allows free whitespace, and its
     request-level switch against that did not take on vLLM 0.32."""
     import xgrammar
 
-    try:
-        return str(xgrammar.Grammar.from_json_schema(guide.schema or ANY_OBJECT, any_whitespace=False))
-    except (RuntimeError, ValueError) as error:
-        raise EngineRefused(f"the JSON schema cannot be used for constrained decoding: {error}") from error
+    with _usable_schema():
+        return str(xgrammar.Grammar.from_json_schema(guide.schema or ANY_OBJECT, **COMPACT))
 
 
 class Guides:
@@ -57,14 +72,9 @@ class Guides:
                 self.closers[token_id] = True
 
     def matcher(self, guide: Guide) -> Any:
-        """A fresh matcher for one row; a schema xgrammar cannot compile is the caller's to fix."""
-        try:
-            with self._lock:
-                # Compact JSON (no free whitespace): a small model that loops on newlines inside an
-                # object would otherwise run to its token cap before closing it.
-                grammar = self.compiler.compile_json_schema(guide.schema or ANY_OBJECT, any_whitespace=False)
-        except (RuntimeError, ValueError) as error:
-            raise EngineRefused(f"the JSON schema cannot be used for constrained decoding: {error}") from error
+        """A fresh matcher for one row."""
+        with _usable_schema(), self._lock:
+            grammar = self.compiler.compile_json_schema(guide.schema or ANY_OBJECT, **COMPACT)
         return self._xgr.GrammarMatcher(grammar)
 
     def restrict(self, logits: torch.Tensor, matchers: Sequence[Any], rows: Sequence[int],
@@ -75,9 +85,9 @@ class Guides:
         for matcher, row in zip(matchers, rows):
             matcher.fill_next_token_bitmask(bitmask, row)
         self._xgr.apply_token_bitmask_inplace(logits, bitmask, indices=list(rows))
-        for row, near_cap in zip(rows, closing):
+        for row in (row for row, near_cap in zip(rows, closing) if near_cap):
             allowed = torch.isfinite(logits[row, : self.vocab_size])
-            if near_cap and (allowed & self.closers).any():
+            if (allowed & self.closers).any():
                 logits[row, : self.vocab_size].masked_fill_(~self.closers, float("-inf"))
 
 

@@ -186,3 +186,16 @@ def test_auto_tool_choice_reads_tagged_calls_and_leaves_plain_text_alone():
     # A call of a function it was not given, or one that does not parse, is text, not a call.
     for wrong in ('<tool_call>{"name": "rm_rf", "arguments": {}}</tool_call>', "<tool_call>{oops</tool_call>"):
         assert read_answer(auto, wrong).content == wrong
+
+
+def test_a_guided_answer_near_its_token_cap_closes_rather_than_stopping_mid_json(client):
+    """An unbounded list of free strings: the random model would fill any cap; in its last tokens
+    the closing tokens win, so the answer still parses and stops by itself."""
+    schema = {"type": "object", "properties": {"items": {"type": "array", "items": {"type": "string"}}},
+              "required": ["items"], "additionalProperties": False}
+    for seed in range(3):
+        completion = ask(client, max_tokens=40, temperature=1.0, seed=seed, response_format={
+            "type": "json_schema", "json_schema": {"name": "list", "schema": schema}})
+        choice = completion.choices[0]
+        assert choice.finish_reason == "stop", choice.message.content
+        jsonschema.validate(json.loads(choice.message.content), schema)

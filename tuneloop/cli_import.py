@@ -78,9 +78,9 @@ def _told_by(path: Path, text: str) -> ImportSource:
         document = json.loads(text)
     except json.JSONDecodeError:
         return ImportSource.trl  # one object per line, under another suffix
-    if isinstance(document, list) and document and isinstance(document[0], dict) and "snapshot" in document[0]:
+    first = document[0] if isinstance(document, list) and document else None
+    if isinstance(first, dict) and "snapshot" in first:
         return ImportSource.openwebui
-    if isinstance(document, dict) and "scores" in document or isinstance(document, list) and document and \
-            isinstance(document[0], dict) and "scores" in document[0]:
+    if (isinstance(document, dict) and "scores" in document) or (isinstance(first, dict) and "scores" in first):
         return ImportSource.langfuse
     raise typer.BadParameter(f"cannot tell which tool wrote {path.name}: give --from openwebui, langfuse or trl")

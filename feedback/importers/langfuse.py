@@ -94,7 +94,7 @@ def _feedback(score: dict) -> tuple[Thumb | None, int | None]:
         return (Thumb.up if word in UP else Thumb.down if word in DOWN else None), None
     if not isinstance(value, (int, float)):
         return None, None
-    if kind == "BOOLEAN" or value in (-1, 1) and not _looks_like_stars(score):
+    if kind == "BOOLEAN" or (value in (-1, 1) and not _looks_like_stars(score)):
         return (Thumb.up if value >= 1 else Thumb.down), None
     if 1 <= value <= 5 and float(value).is_integer():
         return None, int(value)
@@ -104,7 +104,7 @@ def _feedback(score: dict) -> tuple[Thumb | None, int | None]:
 
 
 def _looks_like_stars(score: dict) -> bool:
-    return any(word in str(score.get("name", "")).lower() for word in ("star", "rating", "stars"))
+    return any(word in str(score.get("name", "")).lower() for word in ("star", "rating"))
 
 
 def _messages(value: object) -> list[dict[str, str]]:

@@ -41,13 +41,13 @@ def _read_record(record: dict) -> Iterator[Imported]:
     answer = ImportedAnswer(rated.get("content") or "", rated.get("model"),
                             Thumb.up if data["rating"] == 1 else Thumb.down, data.get("reason") or None,
                             data.get("comment") or None, _stars(data))
-    siblings = [tree[i] for i in _children(tree, rated.get("parentId")) if i != rated.get("id") and i in tree]
-    yield Imported(SOURCE, str(record.get("id")), str(record.get("user_id") or "unknown"), prompt, [answer],
-                   created_at=created)
+    user = str(record.get("user_id") or "unknown")
+    yield Imported(SOURCE, str(record.get("id")), user, prompt, [answer], created_at=created)
     if data.get("sibling_model_ids"):
+        siblings = [tree[i] for i in _children(tree, rated.get("parentId")) if i != rated.get("id") and i in tree]
         for sibling in siblings:
             other = ImportedAnswer(sibling.get("content") or "", sibling.get("model"))
-            yield Imported(SOURCE, f"{record.get('id')}/vs/{sibling.get('id')}", str(record.get("user_id") or "unknown"),
+            yield Imported(SOURCE, f"{record.get('id')}/vs/{sibling.get('id')}", user,
                            prompt, [ImportedAnswer(answer.text, answer.model), other],
                            winner=Winner.a if data["rating"] == 1 else Winner.b, created_at=created)
 
