@@ -101,11 +101,12 @@ def model_messages(messages: list[ChatMessage]) -> list[dict[str, str]]:
 
 
 def _call_text(call: ToolCall) -> str:
-    try:
-        arguments = json.loads(call.function.arguments)
-    except json.JSONDecodeError:
-        arguments = call.function.arguments  # as the caller sent it
-    return f"<tool_call>\n{json.dumps({'name': call.function.name, 'arguments': arguments})}\n</tool_call>"
+    """The call as the model wrote it: its arguments verbatim (not re-serialised, which would
+    escape non-ASCII text and respace it), or as a JSON string where they are not JSON."""
+    arguments = call.function.arguments
+    if _json_or_none(arguments) is None:
+        arguments = json.dumps(arguments, ensure_ascii=False)
+    return f'<tool_call>\n{{"name": {json.dumps(call.function.name)}, "arguments": {arguments}}}\n</tool_call>'
 
 
 # ---------------------------------------------------------------- the answer, read back

@@ -199,3 +199,14 @@ def test_a_guided_answer_near_its_token_cap_closes_rather_than_stopping_mid_json
         choice = completion.choices[0]
         assert choice.finish_reason == "stop", choice.message.content
         jsonschema.validate(json.loads(choice.message.content), schema)
+
+
+def test_a_call_goes_back_to_the_model_as_it_wrote_it():
+    from serving.answer_format import model_messages
+    from serving.protocol import ChatMessage
+
+    arguments = '{"city": "Zürich", "unit":"C"}'  # non-ASCII, and spaced as the caller had it
+    call = {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": arguments}}
+    (sent,) = model_messages([ChatMessage(role="assistant", tool_calls=[call])])
+    assert sent == {"role": "assistant",
+                    "content": f'<tool_call>\n{{"name": "get_weather", "arguments": {arguments}}}\n</tool_call>'}
