@@ -22,9 +22,11 @@ from serving.engine import EngineRefused, Guide, TokenLogprob
 ANY_OBJECT = '{"type": "object"}'  # OpenAI's json_object: some JSON object, nothing else
 # A small model under a grammar can loop inside an array or a string ("Mexico, Mexico, ...") until
 # its token cap cuts the JSON off. In a guided answer's last CLOSING_TOKENS tokens, the tokens
-# that close something (a quote, a bracket, a brace) are preferred whenever the grammar allows
-# one: the answer closes and parses, rather than stopping mid-string at the cap. On 50 varied
-# prompts (bench/json_mode.py) this took the embedded model from 46 valid answers to 49.
+# made only of closing characters (quotes, brackets, braces) are preferred whenever the grammar
+# allows one: the answer closes and parses, rather than stopping mid-string at the cap. Only
+# closing characters: a token such as `},{` closes one item and opens the next, and preferring it
+# kept a list of empty items growing to the cap. On 50 varied prompts (bench/json_mode.py) the
+# rule took the embedded model from 46 valid answers to 49 when any token holding a closer counted.
 CLOSING_TOKENS = 32
 CLOSERS = '"]}'
 
@@ -66,9 +68,10 @@ class Guides:
         self.compiler = xgrammar.GrammarCompiler(self.info, max_threads=1)
         self.vocab_size = vocab_size
         self._lock = threading.Lock()  # the compiler is shared by the request threads
-        self.closers = torch.zeros(vocab_size, dtype=torch.bool)  # tokens whose text closes a string, array or object
+        self.closers = torch.zeros(vocab_size, dtype=torch.bool)  # tokens that only close strings, arrays, objects
         for token_id in range(len(tokenizer)):
-            if any(c in tokenizer.decode([token_id]) for c in CLOSERS):
+            text = tokenizer.decode([token_id])
+            if text and all(c in CLOSERS for c in text):
                 self.closers[token_id] = True
 
     def matcher(self, guide: Guide) -> Any:

@@ -188,13 +188,21 @@ def test_auto_tool_choice_reads_tagged_calls_and_leaves_plain_text_alone():
         assert read_answer(auto, wrong).content == wrong
 
 
-def test_a_guided_answer_near_its_token_cap_closes_rather_than_stopping_mid_json(client):
-    """An unbounded list of free strings: the random model would fill any cap; in its last tokens
-    the closing tokens win, so the answer still parses and stops by itself."""
-    schema = {"type": "object", "properties": {"items": {"type": "array", "items": {"type": "string"}}},
+UNBOUNDED_LISTS = {  # the random model would fill any cap with either
+    "strings": {"type": "array", "items": {"type": "string"}},
+    # objects with required fields: a token such as `},{` closes an item only to open the next
+    "objects": {"type": "array", "items": {"type": "object", "properties": {
+        "task": {"type": "string"}, "done": {"type": "boolean"}}, "required": ["task", "done"]}},
+}
+
+
+@pytest.mark.parametrize("items", UNBOUNDED_LISTS)
+def test_a_guided_answer_near_its_token_cap_closes_rather_than_stopping_mid_json(client, items):
+    """In its last tokens the closing tokens win, so the answer still parses and stops by itself."""
+    schema = {"type": "object", "properties": {"items": UNBOUNDED_LISTS[items]},
               "required": ["items"], "additionalProperties": False}
     for seed in range(3):
-        completion = ask(client, max_tokens=40, temperature=1.0, seed=seed, response_format={
+        completion = ask(client, max_tokens=48, temperature=1.0, seed=seed, response_format={
             "type": "json_schema", "json_schema": {"name": "list", "schema": schema}})
         choice = completion.choices[0]
         assert choice.finish_reason == "stop", choice.message.content
