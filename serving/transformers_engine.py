@@ -32,7 +32,8 @@ from serving.batching import RowOutput, RowSampling, RowState
 from serving.decode import RunningBatch
 from serving import metrics
 from serving.engine import BASE_ADAPTER, EngineError, Guide, GenerationRequest, StreamEvent
-from serving.guided import CLOSING_TOKENS, Guides, token_logprob
+from serving.closing_rule import CLOSING_TOKENS
+from serving.guided import Guides, token_logprob
 
 log = logging.getLogger(__name__)
 

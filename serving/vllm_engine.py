@@ -38,6 +38,7 @@ import httpx
 import openai
 from asgi_correlation_id import correlation_id
 
+from serving.closing_rule import CLOSING_TOKENS, VLLM_ARGUMENT
 from serving.engine import (Completion, EngineError, EngineRefused, GenerationRequest, SamplingParams, StreamEvent,
                             TokenLogprob)
 from serving.guided import grammar_text
@@ -277,12 +278,13 @@ class VLLMEngine:
 
 def _vllm_options(params: SamplingParams) -> dict:
     """Log-probabilities in OpenAI's parameters, and a guide as vLLM's own grammar field
-    (its constrained decoding is xgrammar's too)."""
+    (its constrained decoding is xgrammar's too) with the closing rule near the cap."""
     options: dict = {}
     if params.logprobs is not None:
         options.update(logprobs=True, top_logprobs=params.logprobs)
     if params.guide is not None:
-        options["extra_body"] = {"structured_outputs": {"grammar": grammar_text(params.guide)}}
+        options["extra_body"] = {"structured_outputs": {"grammar": grammar_text(params.guide)},
+                                 "vllm_xargs": {VLLM_ARGUMENT: CLOSING_TOKENS}}
     return options
 
 

@@ -27,6 +27,8 @@ ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_PYTHON = ROOT / ".venv-vllm" / "bin" / "python"
 # vLLM reports usage to its makers unless told not to; nothing here phones home.
 QUIET = {"VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1", "HF_HUB_OFFLINE": "1"}
+# Guided answers' closing rule, which vLLM imports from tuneloop's folder (it imports torch only).
+CLOSING_PROCESSOR = "serving.vllm_closing:CloseNearCap"
 
 
 class VLLMServerError(RuntimeError):
@@ -55,10 +57,12 @@ class VLLMServerConfig:
                 "--served-model-name", "base", "--host", self.host, "--port", str(port), "--enable-lora",
                 "--max-loras", str(self.max_loras), "--max-lora-rank", str(self.max_lora_rank),
                 "--max-model-len", str(self.max_model_len), "--dtype", self.dtype,
+                "--logits-processors", CLOSING_PROCESSOR,
                 *(["--api-key", self.api_key] if self.api_key else []), *self.extra_args]
 
     def environment(self) -> dict[str, str]:
-        env = {**os.environ, **QUIET, "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True"}
+        path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
+        env = {**os.environ, **QUIET, "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True", "PYTHONPATH": path}
         if not _has_cuda(self.python):
             # The CPU build: a small KV cache, and its threads on the cores `cpu_cores` names (or unpinned).
             env.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")

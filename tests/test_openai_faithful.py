@@ -19,6 +19,7 @@ from pydantic import BaseModel, Field
 from sqlmodel import Session
 
 from store.models import Response
+from tests.guided_cases import UNBOUNDED_LISTS
 
 
 class Person(BaseModel):
@@ -186,14 +187,6 @@ def test_auto_tool_choice_reads_tagged_calls_and_leaves_plain_text_alone():
     # A call of a function it was not given, or one that does not parse, is text, not a call.
     for wrong in ('<tool_call>{"name": "rm_rf", "arguments": {}}</tool_call>', "<tool_call>{oops</tool_call>"):
         assert read_answer(auto, wrong).content == wrong
-
-
-UNBOUNDED_LISTS = {  # the random model would fill any cap with either
-    "strings": {"type": "array", "items": {"type": "string"}},
-    # objects with required fields: a token such as `},{` closes an item only to open the next
-    "objects": {"type": "array", "items": {"type": "object", "properties": {
-        "task": {"type": "string"}, "done": {"type": "boolean"}}, "required": ["task", "done"]}},
-}
 
 
 @pytest.mark.parametrize("items", UNBOUNDED_LISTS)

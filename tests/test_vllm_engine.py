@@ -10,12 +10,14 @@ import asyncio
 import json
 
 import httpx
+import jsonschema
 import pytest
 
 from serving.engine import EngineError, Guide, GenerationRequest, SamplingParams, generate
 from serving.vllm_engine import VLLMEngine
 from serving.vllm_server import free_port
 from tests.adapters import make_adapter
+from tests.guided_cases import UNBOUNDED_LISTS
 
 pytestmark = pytest.mark.timeout(900)
 ASK = [{"role": "user", "content": "Name three colours."}]
@@ -74,6 +76,22 @@ def test_a_guide_and_logprobs_are_carried_out_by_vllm(vllm_url):
     assert answer["colour"] in ("red", "blue") and 0 <= answer["n"] <= 9
     assert len(completion.logprobs) == completion.completion_tokens
     assert all(len(t.top) == 2 and t.logprob <= 0 for t in completion.logprobs)
+
+
+@pytest.mark.parametrize("items", UNBOUNDED_LISTS)
+def test_a_guided_answer_near_its_cap_closes_on_vllm_too(vllm_url, items):
+    """The closing rule as vLLM's logits processor: the random model would fill any cap with the
+    list; in its last tokens the closers win and the answer parses."""
+    schema = {"type": "object", "properties": {"items": UNBOUNDED_LISTS[items]}, "required": ["items"],
+              "additionalProperties": False}
+
+    async def work(engine):
+        return [await generate(engine, GenerationRequest(ASK, SamplingParams(
+            temperature=1.0, max_tokens=48, guide=Guide(json.dumps(schema)), seed=seed))) for seed in range(3)]
+
+    for completion in run(using([vllm_url], work)):
+        assert completion.finish_reason == "stop", completion.text
+        jsonschema.validate(json.loads(completion.text), schema)
 
 
 def test_a_replica_that_is_down_is_skipped_and_all_down_is_a_clear_error(vllm_url):
@@ -173,3 +191,33 @@ def test_a_replica_that_lost_its_adapters_gets_them_back_before_traffic(vllm_url
     answered, back = run(checking_often(work))
     assert answered.completion_tokens == 4 and back
 
+
+
+def test_a_released_adapter_folder_is_served_by_a_plain_vllm_server_with_lora_modules(vllm_model, adapter_dir,
+                                                                                       tmp_path):
+    """What `tuneloop releases export` writes (the adapter beside its model card) is what someone
+    who runs vLLM themselves passes to `--lora-modules`: a server of their own, started that way,
+    serves it under its name to the official client."""
+    import shutil
+
+    import openai
+
+    from serving.vllm_server import VLLMServer, VLLMServerConfig
+    from trainer import model_card
+
+    release = tmp_path / "r7"
+    shutil.copytree(adapter_dir, release)
+    model_card.write(release, {"release": "r7", "run_id": 7, "recipe": "dpo", "base_release": "base",
+                               "data": {"pairs_train": 28}}, str(vllm_model), str(vllm_model))
+    config = VLLMServerConfig(model=str(vllm_model), dtype="float32", max_model_len=512,
+                              extra_args=("--lora-modules", f"r7={release}"))
+    server = VLLMServer(config, log_path=tmp_path / "vllm.log")
+    url = server.start()
+    try:
+        assert served(url) >= {"base", "r7"}
+        client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
+        answers = {model: client.chat.completions.create(model=model, messages=ASK, temperature=0.0, max_tokens=8)
+                   .choices[0].message.content for model in ("r7", "base")}
+    finally:
+        server.stop()
+    assert answers["r7"] != answers["base"]  # the request went through the adapter
