@@ -110,3 +110,24 @@ def test_the_compose_gpu_profile_runs_vllm_on_the_shared_volume():
     assert set(vllm["volumes"]) == set(tuneloop["volumes"]) == {"tuneloop-data:/data"}
     model = vllm["command"].split("--model ", 1)[1].split()[0]
     assert model.startswith("/data/models/")  # the base model the tuneloop image put in the volume
+
+
+def test_every_vllm_replica_loads_the_closing_rule_that_the_image_puts_on_the_volume():
+    """Guided answers close near their cap on a GPU fleet as on the local server: the same
+    processor, imported from the folder tuneloop's image fills with exactly the files it needs."""
+    from serving.vllm_server import CLOSING_PROCESSOR
+
+    dockerfile = (ROOT / "docker" / "Dockerfile").read_text()
+    copied = dockerfile.split("mkdir -p /data/vllm-extension/serving", 1)[1].split("\n\n", 1)[0]
+    module = CLOSING_PROCESSOR.split(":")[0].replace(".", "/") + ".py"
+    imports = {line.split()[1].replace(".", "/") + ".py" for line in (ROOT / module).read_text().splitlines()
+               if line.startswith("from serving.")}
+    for needed in ("serving/__init__.py", module, *imports):
+        assert needed in copied and (ROOT / needed).is_file(), needed
+    compose = yaml.safe_load((ROOT / "docker" / "compose.yaml").read_text())["services"]["vllm"]
+    assert f"--logits-processors {CLOSING_PROCESSOR}" in compose["command"]
+    assert compose["environment"]["PYTHONPATH"] == "/data/vllm-extension"
+    (replica,) = [doc for doc in _documents("vllm.yaml") if doc["kind"] == "StatefulSet"]
+    container = replica["spec"]["template"]["spec"]["containers"][0]
+    assert container["args"][container["args"].index("--logits-processors") + 1] == CLOSING_PROCESSOR
+    assert {"name": "PYTHONPATH", "value": "/data/vllm-extension"} in container["env"]
