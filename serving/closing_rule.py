@@ -25,7 +25,8 @@ CLOSERS = '"]}'
 VLLM_ARGUMENT = "tuneloop_close_within"  # how a request asks vLLM's processor (serving/vllm_closing.py) for the rule
 
 
-def closing_tokens(decode: Callable[[list[int]], str], tokens: int, vocab_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+def closing_tokens(decode: Callable[[list[int]], str], tokens: int,
+                   vocab_size: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Masks over the vocabulary: the tokens made only of closers, and those of them with a quote."""
     closers = torch.zeros(vocab_size, dtype=torch.bool)
     quoted = torch.zeros(vocab_size, dtype=torch.bool)

@@ -79,6 +79,7 @@ class Guides:
         for row in (row for row, near_cap in zip(rows, closing) if near_cap):
             prefer_closing(logits[row, : self.vocab_size], self.closers, self.quoted)
 
+
 def token_logprob(raw_logits: torch.Tensor, token: int, top: int, decode: Any) -> TokenLogprob:
     """The chosen token's log-probability under the model's own distribution, and the `top`
     likeliest tokens (vLLM's default too: before temperature, top-p or a guide)."""
