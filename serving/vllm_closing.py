@@ -33,7 +33,8 @@ class CloseNearCap(LogitsProcessor):
         return False  # it changes which token is likeliest
 
     @staticmethod
-    def _track(params, _prompt: list[int] | None, output: list[int]) -> tuple[int, Sequence[int]] | None:  # noqa: ANN001
+    def _track(params, _prompt: list[int] | None,  # noqa: ANN001 (vLLM's SamplingParams)
+               output: list[int]) -> tuple[int, Sequence[int]] | None:
         within = (params.extra_args or {}).get(VLLM_ARGUMENT)
         if not within or params.structured_outputs is None or params.max_tokens is None:
             return None
