@@ -6,6 +6,7 @@ a vLLM server of its own."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import signal
@@ -59,6 +60,33 @@ def test_the_openai_client_streams_through_tuneloop_from_vllm(on_vllm):
     assert type(on_vllm.app.state.engine).__name__ == "VLLMEngine"
     with pytest.raises(BadRequestError, match="refused the request"):  # past the server's context: its 400, passed on
         client.chat.completions.create(**{**asked, "max_tokens": 4000})
+
+
+def test_structured_outputs_tool_calls_and_logprobs_through_tuneloop_from_vllm(on_vllm):
+    """What `make run` serves by default, through the official client's own helpers: a pydantic
+    model parsed from a guided answer, a required tool call whose arguments validate, and each
+    token's log-probability. The random tiny model would write neither JSON nor a call unguided."""
+    from pydantic import BaseModel
+
+    class Colour(BaseModel):
+        name: str
+        warm: bool
+
+    client = OpenAI(base_url=f"{on_vllm.url}/v1", api_key="unused")
+    ask = {"model": "tuneloop", "messages": [{"role": "user", "content": "Name a colour."}], "max_tokens": 48,
+           "temperature": 1.0, "seed": 3}
+    parsed = client.chat.completions.parse(**ask, response_format=Colour)
+    assert isinstance(parsed.choices[0].message.parsed, Colour)
+    weather = {"type": "function", "function": {"name": "get_weather", "parameters": {
+        "type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"],
+        "additionalProperties": False}}}
+    called = client.chat.completions.create(**ask, tools=[weather], tool_choice="required")
+    (call,) = called.choices[0].message.tool_calls
+    assert called.choices[0].finish_reason == "tool_calls" and call.function.name == "get_weather"
+    assert set(json.loads(call.function.arguments)) == {"city"}
+    scored = client.chat.completions.create(**{**ask, "max_tokens": 6}, logprobs=True, top_logprobs=2)
+    tokens = scored.choices[0].logprobs.content
+    assert len(tokens) == scored.usage.completion_tokens and all(len(t.top_logprobs) == 2 for t in tokens)
 
 
 def test_an_approval_reaches_vllm_under_concurrent_streams_and_fails_none(on_vllm, vllm_model, tmp_path):
