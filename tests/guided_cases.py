@@ -8,3 +8,8 @@ UNBOUNDED_LISTS = {
         "task": {"type": "string"}, "done": {"type": "boolean"}}, "required": ["task", "done"]}},
 }
 
+
+def unbounded_list(items: str) -> dict:
+    """An object whose one required field is the UNBOUNDED_LISTS list named `items`."""
+    return {"type": "object", "properties": {"items": UNBOUNDED_LISTS[items]}, "required": ["items"],
+            "additionalProperties": False}

@@ -19,7 +19,7 @@ from pydantic import BaseModel, Field
 from sqlmodel import Session
 
 from store.models import Response
-from tests.guided_cases import UNBOUNDED_LISTS
+from tests.guided_cases import UNBOUNDED_LISTS, unbounded_list
 
 
 class Person(BaseModel):
@@ -192,8 +192,7 @@ def test_auto_tool_choice_reads_tagged_calls_and_leaves_plain_text_alone():
 @pytest.mark.parametrize("items", UNBOUNDED_LISTS)
 def test_a_guided_answer_near_its_token_cap_closes_rather_than_stopping_mid_json(client, items):
     """In its last tokens the closing tokens win, so the answer still parses and stops by itself."""
-    schema = {"type": "object", "properties": {"items": UNBOUNDED_LISTS[items]},
-              "required": ["items"], "additionalProperties": False}
+    schema = unbounded_list(items)
     for seed in range(3):
         completion = ask(client, max_tokens=48, temperature=1.0, seed=seed, response_format={
             "type": "json_schema", "json_schema": {"name": "list", "schema": schema}})

@@ -17,7 +17,7 @@ from serving.engine import EngineError, Guide, GenerationRequest, SamplingParams
 from serving.vllm_engine import VLLMEngine
 from serving.vllm_server import free_port
 from tests.adapters import make_adapter
-from tests.guided_cases import UNBOUNDED_LISTS
+from tests.guided_cases import UNBOUNDED_LISTS, unbounded_list
 
 pytestmark = pytest.mark.timeout(900)
 ASK = [{"role": "user", "content": "Name three colours."}]
@@ -82,8 +82,7 @@ def test_a_guide_and_logprobs_are_carried_out_by_vllm(vllm_url):
 def test_a_guided_answer_near_its_cap_closes_on_vllm_too(vllm_url, items):
     """The closing rule as vLLM's logits processor: the random model would fill any cap with the
     list; in its last tokens the closers win and the answer parses."""
-    schema = {"type": "object", "properties": {"items": UNBOUNDED_LISTS[items]}, "required": ["items"],
-              "additionalProperties": False}
+    schema = unbounded_list(items)
 
     async def work(engine):
         return [await generate(engine, GenerationRequest(ASK, SamplingParams(
@@ -190,7 +189,6 @@ def test_a_replica_that_lost_its_adapters_gets_them_back_before_traffic(vllm_url
 
     answered, back = run(checking_often(work))
     assert answered.completion_tokens == 4 and back
-
 
 
 def test_a_released_adapter_folder_is_served_by_a_plain_vllm_server_with_lora_modules(vllm_model, adapter_dir,
