@@ -24,18 +24,22 @@ class Seeded:
     prompts: int = 0
 
 
-def _ask(session, user, question: str, answers: list[str]) -> list[Response]:  # noqa: ANN001
+def _ask(session, user, question: str, answers: list[str], traces: list[dict] | None = None,  # noqa: ANN001
+         ) -> list[Response]:
+    traces = traces or [{} for _ in answers]
     conversation = conversations.create_conversation(session, user=user, channel=Channel.web)
     prompt = conversations.add_message(session, conversation_id=conversation.id, role=MessageRole.user,
                                        content=question)
     return [conversations.add_response(session, response=Response(
-                conversation_id=conversation.id, prompt_message_id=prompt.id, text=text, trace={"index": i}))
-            for i, text in enumerate(answers)]
+                conversation_id=conversation.id, prompt_message_id=prompt.id, text=text, trace={"index": i, **trace}))
+            for i, (text, trace) in enumerate(zip(answers, traces, strict=True))]
 
 
 def seed(database, *, pairs: int = 0, thumbs: int = 0, corrections: int = 0, unrated: int = 0,  # noqa: ANN001
-         users: int = 6) -> Seeded:
-    """Feedback on distinct questions; each person gives no more than a share of it."""
+         contrasts: dict[str, tuple[int, int]] | None = None, users: int = 6) -> Seeded:
+    """Feedback on distinct questions; each person gives no more than a share of it.
+    `contrasts`: per contrast style (serving/pairs.py), A/B choices its answer (won, lost)
+    against the plain answer, the styled answer shown second."""
     seeded = Seeded()
     with session_scope(database) as session:
         releases.ensure_base_release(session, base_model="tiny")
@@ -59,6 +63,13 @@ def seed(database, *, pairs: int = 0, thumbs: int = 0, corrections: int = 0, unr
             judgments.add_correction(session, user=people[i % users], response=answer, text="Do this, briefly.",
                                      comment=None)
             seeded.corrections += 1
+        for style, (won, lost) in (contrasts or {}).items():
+            for i in range(won + lost):
+                plain, styled = _ask(session, people[i % users], next(questions), ["A plain answer.", f"A {style} one."],
+                                     [{}, {"contrast": style}])
+                judgments.save_comparison(session, user=people[i % users], response_a=plain, response_b=styled,
+                                          winner=Winner.b if i < won else Winner.a, a_position=0, kind="contrast")
+                seeded.pairs += 1
         for i in range(unrated):
             _ask(session, people[i % users], next(questions), ["An answer nobody rated."])
             seeded.prompts += 1

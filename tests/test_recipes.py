@@ -69,7 +69,9 @@ DATA = {  # what each recipe trains on
     "sft+dpo": dict(pairs=10, corrections=8),
     "rm+grpo": dict(pairs=12, unrated=6),
     "rm+ppo": dict(pairs=12, unrated=6),
+    "distill": dict(contrasts={"example": (9, 1), "brief": (1, 3)}, thumbs=4, unrated=6),
 }
+STAGES = {"distill": ["sft"]}
 
 
 @pytest.mark.parametrize("recipe", list(DATA))
@@ -89,7 +91,7 @@ def test_each_recipe_trains_a_release(recipe, store, tmp_path, tiny_model):
     assert release.checksum == directory_checksum(adapter)
     assert changed(active_adapter, adapter), "training left the adapter's parameters as they were"
     stages = result.report["training"]["stages"]
-    assert list(stages) == recipe.replace("rm+", "").split("+")
+    assert list(stages) == STAGES.get(recipe, recipe.replace("rm+", "").split("+"))
     if recipe.startswith("rm+"):
         assert (adapter.parent / "reward" / "reward.json").is_file()
         assert result.report["reward_model"]["counts"]["train_pairs"] > 0
@@ -97,18 +99,45 @@ def test_each_recipe_trains_a_release(recipe, store, tmp_path, tiny_model):
         evaluation = result.report["evaluation"]
         assert evaluation["primary_judge"] is None and "reward model" in evaluation["win_rates"]
         assert result.report["gate"]["decided_by"].startswith("held-out human preference pairs")
+    if recipe == "distill":
+        # The style users chose, answered on training prompts only; cut-off answers left out.
+        assert result.report["styles"]["example"]["won"] >= 7 and "'example'" in result.report["recipe_reason"]
+        distilled = result.report["distilled"]
+        assert distilled["styles"][0].startswith("'example'") and distilled["prompts"] > 0
+        assert distilled["kept"] + distilled["cut_at_cap"] == distilled["prompts"]
     assert not (tmp_path / "var" / "runs" / str(run.id)).exists()  # checkpoints go once released
 
 
-def crafted(pairs: int = 0, thumbs: int = 0, corrections: int = 0, prompts: int = 0) -> TrainingData:
+def crafted(pairs: int = 0, thumbs: int = 0, corrections: int = 0, prompts: int = 0,
+            styles: dict | None = None) -> TrainingData:
     when = datetime(2026, 11, 20, tzinfo=timezone.utc)
 
     def rows(n: int, source: str) -> list[Row]:
-        return [Row({}, source, f"{source} question number {i}", when) for i in range(n)]
+        texts = [f"{source} question number {i}" for i in range(n)]
+        return [Row({"prompt": [{"role": "user", "content": text}]}, source, text, when) for text in texts]
 
     splits = {"dpo": Split(rows(pairs, "comparison"), []), "kto": Split(rows(thumbs, "thumb"), []),
               "sft": Split(rows(corrections, "correction"), []), "prompts": Split(rows(prompts, "prompt"), [])}
-    return TrainingData(splits, since=None)
+    return TrainingData(splits, since=None, styles=styles or {})
+
+
+def style(won: int, lost: int, tied: int = 0, both_bad: int = 0) -> dict:
+    return {"won": won, "lost": lost, "tied": tied, "both_bad": both_bad}
+
+
+def test_auto_distills_a_contrast_style_users_clearly_chose():
+    config = NightlyConfig.from_flags(min_pairs=16, min_thumbs=32, min_prompts=16)
+    chose = crafted(pairs=13, thumbs=300, prompts=40, styles={"example": style(12, 1, 2, 20), "brief": style(1, 2)})
+    picked = choose(config, chose)
+    assert picked.recipe == "distill" and "'example' (won 12, lost 1" in picked.reason and "brief" not in picked.reason
+    # Two wins could be chance, and a style that loses as often as it wins was not chosen.
+    for unclear in ({"example": style(2, 0)}, {"example": style(8, 7)}):
+        assert choose(config, crafted(pairs=13, thumbs=300, prompts=40, styles=unclear)).recipe == "kto"
+    # Too few training prompts to write the style's examples on.
+    few = crafted(pairs=2, thumbs=10, styles={"example": style(12, 1)})
+    assert choose(NightlyConfig.from_flags(min_prompts=16, min_thumbs=8), few).recipe == "kto"
+    asked = choose(NightlyConfig.from_flags(recipe="distill"), crafted(pairs=20, styles={"brief": style(1, 4)}))
+    assert asked.recipe is None and "brief 1-4 (won-lost)" in asked.reason
 
 
 def test_auto_picks_from_the_data_and_says_why():

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from serving.engine import Engine, GenerationRequest, SamplingParams, generate
+from serving.engine import Completion, Engine, GenerationRequest, SamplingParams, generate
 from serving.transformers_engine import TransformersEngine
 
 log = logging.getLogger("tuneloop.trainer")
@@ -47,6 +47,38 @@ async def _answers(engine: Engine, prompts: Sequence[list[dict]], adapter: str |
         return completion.text
 
     return list(await asyncio.gather(*(one(messages) for messages in prompts)))
+
+
+async def sample(factory: EngineFactory, fallback: EngineFactory, adapter_path: str | None,
+                 prompts: Sequence[list[dict]], params: SamplingParams, desc: str) -> list[Completion]:
+    """One release's answers (the base model's where `adapter_path` is None) to `prompts`,
+    through `factory`'s engine, or `fallback`'s where that cannot start or load the adapter."""
+    async def on(engine: Engine) -> list[Completion]:
+        name = f"sample-{uuid.uuid4().hex[:8]}" if adapter_path else None
+        try:
+            await engine.start()
+            if name:
+                await engine.load_adapter(name, adapter_path)
+            with tqdm(total=len(prompts), desc=desc, unit="answer") as progress:
+                async def one(messages: list[dict]) -> Completion:
+                    completion = await generate(engine, GenerationRequest(messages, params, name))
+                    progress.update()
+                    return completion
+
+                return list(await asyncio.gather(*(one(messages) for messages in prompts)))
+        finally:
+            if name and name in engine.adapters():
+                await engine.unload_adapter(name)
+            await engine.close()
+
+    engine = factory()
+    try:
+        return await on(engine)
+    except Exception as error:
+        if factory is fallback:
+            raise
+        log.warning("could not generate through %s (%s): answering in-process", describe(engine), error)
+    return await on(fallback())
 
 
 async def compare(factory: EngineFactory, fallback: EngineFactory, candidate_path: str, active_path: str | None,

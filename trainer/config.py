@@ -23,7 +23,7 @@ from typing import Any, ClassVar
 from transformers import TrainingArguments
 from trl import DPOConfig, ModelConfig
 
-RECIPES = ("auto", "dpo", "kto", "sft+dpo", "sft+kto", "liked", "rm+grpo", "rm+ppo")
+RECIPES = ("auto", "distill", "dpo", "kto", "sft+dpo", "sft+kto", "liked", "rm+grpo", "rm+ppo")
 
 
 @dataclass
@@ -32,8 +32,8 @@ class PipelineConfig:
 
     # ---- recipe and runs
     recipe: str = field(default="auto", metadata={
-        "help": "dpo, kto, sft+dpo, sft+kto, liked, rm+grpo, rm+ppo, or auto (picked from the data at hand; the "
-                "report says why)"})
+        "help": "distill, dpo, kto, sft+dpo, sft+kto, liked, rm+grpo, rm+ppo, or auto (picked from the data at "
+                "hand; the report says why)"})
     resume: bool = field(default=False, metadata={
         "help": "continue the newest unfinished run from its last checkpoint instead of starting a new one"})
     reward_model: str = field(default="auto", metadata={
@@ -51,6 +51,17 @@ class PipelineConfig:
     near_duplicate_threshold: float = field(
         default=0.8, metadata={"help": "prompts at least this similar (character trigram Jaccard) count as one"}
     )
+    # ---- styles users chose in A/B contrasts, distilled (trainer/styles.py, trainer/distill.py)
+    distill_prompts: int = field(default=96, metadata={
+        "help": "training prompts the active release answers under the chosen styles' instructions for distill"})
+    distill_min_wins: int = field(default=3, metadata={
+        "help": "fewest A/B choices a contrast style must have won to count as chosen"})
+    distill_confidence: float = field(default=0.9, metadata={
+        "help": "posterior probability (uniform prior) that a style's contrasts win more choices than they lose, "
+                "for it to count as chosen"})
+    distill_max_styles: int = field(default=3, metadata={"help": "most chosen styles one night distills"})
+    distill_temperature: float = field(default=0.7, metadata={
+        "help": "sampling temperature of the distilled answers (serving's default)"})
     # ---- curation (trainer/curation.py)
     max_user_share: float = field(default=0.2, metadata={"help": "no user in more than this share of a dataset"})
     agreement_floor: float = field(default=0.4, metadata={
@@ -192,6 +203,8 @@ class SFTStageConfig:
 
     sft_learning_rate: float = field(default=1e-4, metadata={"help": "SFT learning rate (sft+dpo, sft+kto)"})
     sft_epochs: float = field(default=1.0, metadata={"help": "SFT epochs over the corrections"})
+    distill_learning_rate: float = field(default=2e-4, metadata={
+        "help": "learning rate of distill's SFT on the answers written under the chosen styles"})
 
 
 @dataclass

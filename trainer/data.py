@@ -26,6 +26,7 @@ from typing import Any
 from sqlmodel import Session
 
 from feedback.export import BUILDERS, Row, choices
+from trainer import styles
 from trainer.config import NightlyConfig
 from trainer.curation import CurationConfig, StepReport, add_replay, curate
 from trainer.datasets import Split, split_kinds
@@ -42,6 +43,7 @@ class TrainingData:
     curation: dict[str, dict] = field(default_factory=dict)  # per kind: in, out, removed per step, lines
     replay: dict[str, dict] = field(default_factory=dict)  # per kind: new rows and replayed rows
     choices: dict = field(default_factory=dict)  # new A/B choices by verdict, and the pair yield
+    styles: dict = field(default_factory=dict)  # per contrast style: won, lost, tied, both bad (trainer.styles)
 
     def train(self, kind: str) -> list[Row]:
         return self.splits[kind].train
@@ -77,6 +79,18 @@ class TrainingData:
     def liked_held_out(self) -> list[Row]:
         return [*as_messages(row for row in self.labelled_held_out() if row.data["label"]), *self.held_out("sft")]
 
+    def training_prompts(self, limit: int, seed: int = 0) -> list[tuple[list[dict], str]]:
+        """Up to `limit` distinct training prompts of every kind (never a held-out one), as chat
+        messages with their text, in a seeded random order."""
+        found: dict[str, tuple[list[dict], str]] = {}
+        for kind in KINDS:
+            for row in self.train(kind):
+                messages = row.data.get("prompt") or row.data["messages"][:-1]
+                found.setdefault(repr(messages), (messages, row.prompt_text))
+        prompts = [found[key] for key in sorted(found)]
+        random.Random(seed).shuffle(prompts)
+        return prompts[:limit]
+
     def counts(self) -> dict[str, int]:
         counts = {}
         for kind in KINDS:
@@ -95,19 +109,19 @@ class TrainingData:
     def save(self, folder: Path) -> None:
         folder.mkdir(parents=True, exist_ok=True)
         body = {"since": self.since.isoformat() if self.since else None, "curation": self.curation,
-                "choices": self.choices,
-                "splits": {kind: {"train": [_row_json(r) for r in split.train],
-                                  "held_out": [_row_json(r) for r in split.held_out]}
+                "choices": self.choices, "styles": self.styles,
+                "splits": {kind: {"train": [row_json(r) for r in split.train],
+                                  "held_out": [row_json(r) for r in split.held_out]}
                            for kind, split in self.splits.items()}}
         (folder / SAVED).write_text(json.dumps(body, ensure_ascii=False), encoding="utf-8")
 
     @classmethod
     def load(cls, folder: Path) -> TrainingData:
         body = json.loads((folder / SAVED).read_text(encoding="utf-8"))
-        splits = {kind: Split([_row(r) for r in halves["train"]], [_row(r) for r in halves["held_out"]])
+        splits = {kind: Split([row_from_json(r) for r in halves["train"]], [row_from_json(r) for r in halves["held_out"]])
                   for kind, halves in body["splits"].items()}
         since = datetime.fromisoformat(body["since"]) if body["since"] else None
-        return cls(splits, since, body["curation"], choices=body.get("choices", {}))
+        return cls(splits, since, body["curation"], choices=body.get("choices", {}), styles=body.get("styles", {}))
 
 
 def split_pairs(pairs: list[Row]) -> list[Row]:
@@ -150,7 +164,9 @@ def prepare(session: Session, config: NightlyConfig, since: datetime | None, che
                                 "removed": report.removed(), "lines": report.lines(),
                                 "agreement": _agreement(report)}
     splits = split_kinds(curated, config.pipeline.holdout_fraction, config.pipeline.near_duplicate_threshold)
-    return TrainingData(splits, since, reports, choices=choices(session, since))
+    held_out = [row.prompt_text for split in splits.values() for row in split.held_out]
+    return TrainingData(splits, since, reports, choices=choices(session, since),
+                        styles=styles.tally(session, since, held_out))
 
 
 def _agreement(report) -> dict | None:  # noqa: ANN001
@@ -160,13 +176,13 @@ def _agreement(report) -> dict | None:  # noqa: ANN001
             for kind, k in report.agreement.by_kind.items()} | {"disputes": len(report.agreement.disputes)}
 
 
-def _row_json(row: Row) -> dict:
+def row_json(row: Row) -> dict:
     body = asdict(row)
     body["created_at"] = row.created_at.isoformat()
     body["response_ids"] = [str(i) for i in row.response_ids]
     return body
 
 
-def _row(body: dict) -> Row:
+def row_from_json(body: dict) -> Row:
     return Row(body["data"], body["source"], body["prompt_text"], datetime.fromisoformat(body["created_at"]),
                body["user_ids"], [uuid.UUID(i) for i in body["response_ids"]], body.get("origin", "tuneloop"))

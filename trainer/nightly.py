@@ -189,6 +189,7 @@ def _run(config: NightlyConfig, environment: Environment, database, run: _Run, c
         reward = _reward_stage(config, environment, data, run.folder / "reward")
         lease.check()  # a run whose lease was lost stops here rather than overlap the next one
     choice = choose(config, data, reward["pair_accuracy"] if reward else None) if config.pipeline.recipe == "auto" else first
+    distilled = _distill_stage(config, environment, data, run) if choice.recipe == "distill" else None
     lead.send(choice)
     log.info("recipe %s: %s", choice.recipe, choice.reason)
     _set_recipe(database, run.id, choice.recipe)
@@ -212,7 +213,7 @@ def _run(config: NightlyConfig, environment: Environment, database, run: _Run, c
         "data": {**counts, **{f"replay_{k}": v["replayed"] for k, v in data.replay.items()},
                  "choices": data.choices},
         "curation": data.curation, "gate": gate, "evaluation": evaluation,
-        "reward_model": reward,
+        "reward_model": reward, "distilled": distilled, "styles": data.styles,
         "training": {"stages": {s.name: {"history": s.history, "summary": _summary(s, config)} for s in stages}},
     }
     model_card.write(adapter_dir, body, run.base_model, environment.model_path)
@@ -262,6 +263,13 @@ def _reward_stage(config: NightlyConfig, environment: Environment, data: Trainin
     return {**result.metrics, "history": result.history}
 
 
+def _distill_stage(config: NightlyConfig, environment: Environment, data: TrainingData, run: _Run) -> dict:
+    """The answers `distill` trains on, written by the active release in the chosen styles."""
+    from trainer import distill
+
+    return distill.prepare(config, environment, data, run.active_adapter, run.folder / "distill")
+
+
 def _train_recipe(choice: Choice, config: NightlyConfig, environment: Environment, data: TrainingData,
                   run: _Run) -> list[StageOutcome]:
     from trainer import dpo, grpo, kto, ppo, sft
@@ -279,6 +287,12 @@ def _train_recipe(choice: Choice, config: NightlyConfig, environment: Environmen
         start = stages[-1].adapter_dir
     if choice.recipe in ("dpo", "sft+dpo"):
         return [*stages, dpo.train(config, model, start, policy("dpo"), data.held_out("dpo"), folder / "dpo")]
+    if choice.recipe == "distill":
+        from trainer import distill
+
+        rows = [*distill.load(folder / "distill"), *data.liked_rows(replay, config.training.seed)]
+        return [sft.train(config, model, start, rows, data.liked_held_out(), folder / "sft",
+                          learning_rate=config.sft.distill_learning_rate)]
     if choice.recipe == "liked":
         return [sft.train(config, model, start, data.liked_rows(replay, config.training.seed), data.liked_held_out(),
                           folder / "sft")]

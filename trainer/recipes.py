@@ -1,5 +1,8 @@
 """Recipes: which stages a night's run trains, and `auto`'s choice from the data at hand.
 
+- `distill`: SFT on the active release's own answers to training prompts, written under the
+  A/B contrast styles users chose (trainer/styles.py), plus the answers people liked: a trait
+  the base model rarely shows gives few pairs with a winner, but it gives votes on styles.
 - `dpo`: DPO (with an SFT term on the chosen answers) on preference pairs: A/B choices,
   rating gaps, corrections against what they corrected.
 - `kto`: KTO on every judged answer at once: thumbs, stars, "both bad" verdicts, and each pair
@@ -9,7 +12,9 @@
 - `rm+grpo`, `rm+ppo`: online RL on logged prompts (rated or not), rewarded by the reward
   model trained this night plus the plugins' reward functions.
 
-`auto` prefers the offline recipes, which learn from people's own labels: KTO when single
+`auto` distills when users' A/B choices have clearly preferred some contrast styles: the
+choices then name the lesson, and the model can write as many examples of it as there are
+prompts. Otherwise it prefers the offline recipes, which learn from people's own labels: KTO when single
 verdicts are at least as many as pairs (it learns from both), DPO when pairs are most of the
 feedback, each after SFT when reviewers corrected enough answers. It turns to GRPO only when
 the reward model has proved itself on held-out pairs and most logged prompts carry no human
@@ -23,6 +28,7 @@ from dataclasses import dataclass
 from trainer.config import NightlyConfig
 from trainer.data import TrainingData
 from trainer.datasets import normalize
+from trainer.styles import preferred
 
 NEEDS_REWARD_MODEL = ("rm+grpo", "rm+ppo")
 
@@ -44,14 +50,35 @@ def _have(data: TrainingData) -> str:
             f"both bad), {len(data.new('sft'))} new corrections, {len(data.train('prompts'))} logged prompts")
 
 
+def _styles(data: TrainingData) -> str:
+    shown = [f"{name} {t['won']}-{t['lost']}" for name, t in data.styles.items()]
+    return ", ".join(shown) + " (won-lost)" if shown else "none on contrast pairs"
+
+
+def _names(styles: list) -> str:
+    return " and ".join(style.describe() for style in styles)
+
+
 def judged_answers(data: TrainingData) -> int:
     """New answers with a verdict of their own, each side of a pair counted: what KTO trains on."""
     return len(data.new("kto")) + 2 * len(data.new("dpo"))
 
 
+def chosen_styles(config: NightlyConfig, data: TrainingData) -> list:
+    """The contrast styles users chose (trainer.styles.ChosenStyle), most net wins first."""
+    pipeline = config.pipeline
+    return preferred(data.styles, pipeline.distill_min_wins, pipeline.distill_confidence, pipeline.distill_max_styles)
+
+
 def check(recipe: str, config: NightlyConfig, data: TrainingData) -> str | None:
     """Why `recipe` cannot run on this data, or None when it can."""
     pairs, corrections = len(data.new("dpo")), len(data.new("sft"))
+    if recipe == "distill":
+        if not chosen_styles(config, data):
+            return (f"distill needs a contrast style users chose (≥ {config.pipeline.distill_min_wins} wins, "
+                    f"P(preferred) ≥ {config.pipeline.distill_confidence}); their choices: {_styles(data)}")
+        if len(data.training_prompts(config.pipeline.min_prompts)) < config.pipeline.min_prompts:
+            return f"distill needs at least {config.pipeline.min_prompts} training prompts ({_have(data)})"
     if recipe in ("dpo", "sft+dpo") and pairs < config.pipeline.min_pairs:
         return f"{recipe} needs at least {config.pipeline.min_pairs} new preference pairs ({_have(data)})"
     if recipe in ("sft+dpo", "sft+kto") and corrections < 1:
@@ -80,11 +107,15 @@ def choose(config: NightlyConfig, data: TrainingData, reward_accuracy: float | N
     """The recipe asked for, if the data allows it; for `auto`, the best the data allows."""
     if config.pipeline.recipe != "auto":
         problem = check(config.pipeline.recipe, config, data)
-        return Choice(None, f"too little new data: {problem}") if problem else Choice(config.pipeline.recipe, "asked for")
+        if problem:
+            return Choice(None, f"too little new data: {problem}")
+        return _distill(config, data) if config.pipeline.recipe == "distill" else Choice(config.pipeline.recipe, "asked for")
     pairs, singles, corrections = len(data.new("dpo")), len(data.new("kto")), len(data.new("sft"))
     sft_first = corrections >= config.pipeline.min_corrections
     first = (f"{corrections} new corrections (≥ {config.pipeline.min_corrections}) teach reviewers' own answers first; "
              if sft_first else "")
+    if not check("distill", config, data):
+        return _distill(config, data)
     if pairs >= config.pipeline.min_pairs:
         unrated = unrated_prompts(data)
         trusted = reward_accuracy is not None and reward_accuracy >= config.pipeline.auto_rl_accuracy
@@ -109,3 +140,10 @@ def choose(config: NightlyConfig, data: TrainingData, reward_accuracy: float | N
                               f"answers (≥ {config.pipeline.min_thumbs}): KTO learns from them one by one")
     return Choice(None, f"too little new data: {_have(data)}; need at least {config.pipeline.min_pairs} new preference pairs "
                         f"or {config.pipeline.min_thumbs} new judged answers")
+
+
+def _distill(config: NightlyConfig, data: TrainingData) -> Choice:
+    return Choice("distill", f"users' A/B choices preferred the contrast style {_names(chosen_styles(config, data))}: "
+                             f"SFT on the active release's own answers to up to {config.pipeline.distill_prompts} "
+                             f"training prompts written that way (the instruction removed), with the liked ones of "
+                             f"the {judged_answers(data)} judged answers ({_have(data)})")
