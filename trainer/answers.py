@@ -39,14 +39,19 @@ def describe(engine: Engine) -> str:
     return f"in-process {type(engine).__name__}"
 
 
-async def _answers(engine: Engine, prompts: Sequence[list[dict]], adapter: str | None,
-                   params: SamplingParams, progress: tqdm) -> list[str]:
-    async def one(messages: list[dict]) -> str:
+async def _completions(engine: Engine, prompts: Sequence[list[dict]], adapter: str | None,
+                       params: SamplingParams, progress: tqdm) -> list[Completion]:
+    async def one(messages: list[dict]) -> Completion:
         completion = await generate(engine, GenerationRequest(messages, params, adapter))
         progress.update()
-        return completion.text
+        return completion
 
     return list(await asyncio.gather(*(one(messages) for messages in prompts)))
+
+
+async def _answers(engine: Engine, prompts: Sequence[list[dict]], adapter: str | None,
+                   params: SamplingParams, progress: tqdm) -> list[str]:
+    return [completion.text for completion in await _completions(engine, prompts, adapter, params, progress)]
 
 
 async def sample(factory: EngineFactory, fallback: EngineFactory, adapter_path: str | None,
@@ -60,12 +65,7 @@ async def sample(factory: EngineFactory, fallback: EngineFactory, adapter_path: 
             if name:
                 await engine.load_adapter(name, adapter_path)
             with tqdm(total=len(prompts), desc=desc, unit="answer") as progress:
-                async def one(messages: list[dict]) -> Completion:
-                    completion = await generate(engine, GenerationRequest(messages, params, name))
-                    progress.update()
-                    return completion
-
-                return list(await asyncio.gather(*(one(messages) for messages in prompts)))
+                return await _completions(engine, prompts, name, params, progress)
         finally:
             if name and name in engine.adapters():
                 await engine.unload_adapter(name)
