@@ -71,7 +71,7 @@ DATA = {  # what each recipe trains on
     "rm+ppo": dict(pairs=12, unrated=6),
     "distill": dict(contrasts={"example": (9, 1), "brief": (1, 3)}, thumbs=4, unrated=6),
 }
-STAGES = {"distill": ["sft"]}
+STAGES = {"distill": ["dpo"]}
 
 
 @pytest.mark.parametrize("recipe", list(DATA))

@@ -53,14 +53,14 @@ def test_chosen_styles_are_clear_winners_ordered_by_net_wins():
     assert [s.name for s in styles.preferred(tallies, min_wins=3, confidence=0.9, most=1)] == ["question"]
 
 
-def test_a_distilled_row_holds_the_users_words_and_the_styled_answer():
+def test_a_distilled_pair_prefers_the_styled_answer_under_the_users_words():
     (example,) = styles.preferred({"example": {"won": 5, "lost": 0}}, 3, 0.9, 3)
     prompt = [{"role": "user", "content": "How do I store basil?"}]
     asked = styles.styled_messages(prompt, example, "Be helpful.")
     assert asked == [{"role": "system", "content": "Be helpful."},
                      {"role": "user", "content": f"How do I store basil?\n\n{CONTRASTS['example']}"}]
-    row = styles.distilled_row(prompt, "How do I store basil?", example, "Keep it in water, for example a jar.")
-    assert row.data == {"messages": [*prompt, {"role": "assistant", "content": "Keep it in water, for example a jar."}]}
+    assert styles.served_messages(prompt, "Be helpful.") == [asked[0], *prompt]
+    row = styles.contrast_pair(prompt, "How do I store basil?", example, "In water, for example a jar.", "In water.")
+    assert row.data == {"prompt": prompt, "chosen": [{"role": "assistant", "content": "In water, for example a jar."}],
+                        "rejected": [{"role": "assistant", "content": "In water."}]}
     assert row.source == "distilled:example" and prompt == [{"role": "user", "content": "How do I store basil?"}]
-    shares = [style.name for _, style in styles.assign([prompt] * 50, [example], seed=1)]
-    assert shares == ["example"] * 50

@@ -203,8 +203,6 @@ class SFTStageConfig:
 
     sft_learning_rate: float = field(default=1e-4, metadata={"help": "SFT learning rate (sft+dpo, sft+kto)"})
     sft_epochs: float = field(default=1.0, metadata={"help": "SFT epochs over the corrections"})
-    distill_learning_rate: float = field(default=2e-4, metadata={
-        "help": "learning rate of distill's SFT on the answers written under the chosen styles"})
 
 
 @dataclass

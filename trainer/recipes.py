@@ -1,8 +1,8 @@
 """Recipes: which stages a night's run trains, and `auto`'s choice from the data at hand.
 
-- `distill`: SFT on the active release's own answers to training prompts, written under the
-  A/B contrast styles users chose (trainer/styles.py), plus the answers people liked: a trait
-  the base model rarely shows gives few pairs with a winner, but it gives votes on styles.
+- `distill`: DPO on pairs the active release writes itself, training prompts answered under the
+  A/B contrast styles users chose (trainer/styles.py) against plain answers, with the human
+  pairs: a trait the base model rarely shows gives few pairs with a winner, but votes on styles.
 - `dpo`: DPO (with an SFT term on the chosen answers) on preference pairs: A/B choices,
   rating gaps, corrections against what they corrected.
 - `kto`: KTO on every judged answer at once: thumbs, stars, "both bad" verdicts, and each pair
@@ -144,6 +144,6 @@ def choose(config: NightlyConfig, data: TrainingData, reward_accuracy: float | N
 
 def _distill(config: NightlyConfig, data: TrainingData) -> Choice:
     return Choice("distill", f"users' A/B choices preferred the contrast style {_names(chosen_styles(config, data))}: "
-                             f"SFT on the active release's own answers to up to {config.pipeline.distill_prompts} "
-                             f"training prompts written that way (the instruction removed), with the liked ones of "
-                             f"the {judged_answers(data)} judged answers ({_have(data)})")
+                             f"DPO on up to {config.pipeline.distill_prompts} training prompts answered that way by the "
+                             f"active release (the instruction removed) over its plain answers, with the human "
+                             f"pairs ({_have(data)})")

@@ -1,5 +1,4 @@
-"""SFT with TRL's SFTTrainer: on reviewers' corrections (the better answer, word for word), on
-the answers people liked, and on answers distilled from the styles users chose (trainer/distill.py)."""
+"""SFT on reviewers' corrections with TRL's SFTTrainer: the better answer, word for word."""
 
 from __future__ import annotations
 
@@ -22,21 +21,17 @@ def as_prompt_completion(rows: Sequence[Row]) -> Dataset:
                               for row in rows])
 
 
-def sft_config(config: NightlyConfig, output_dir: Path, schedule: fit.Schedule | None = None,
-               learning_rate: float | None = None) -> SFTConfig:
+def sft_config(config: NightlyConfig, output_dir: Path, schedule: fit.Schedule | None = None) -> SFTConfig:
     planned = {"num_train_epochs": config.sft.sft_epochs, **(fit.overrides(schedule) if schedule else {})}
-    return derive(config.training, SFTConfig, output_dir=str(output_dir),
-                  learning_rate=learning_rate or config.sft.sft_learning_rate,
+    return derive(config.training, SFTConfig, output_dir=str(output_dir), learning_rate=config.sft.sft_learning_rate,
                   max_length=config.training.max_length, completion_only_loss=True, **planned)
 
 
 def train(config: NightlyConfig, model_path: str, start_adapter: str | Path | None,
-          train_rows: Sequence[Row], held_out: Sequence[Row], stage_dir: Path,
-          learning_rate: float | None = None) -> StageOutcome:
+          train_rows: Sequence[Row], held_out: Sequence[Row], stage_dir: Path) -> StageOutcome:
     held = fit.eval_rows(list(held_out), config.training.seed)
     schedule = fit.plan(config, len(train_rows), len(held),
                         config.training.per_device_train_batch_size * config.training.gradient_accumulation_steps)
-    args = sft_config(config, stage_dir / "checkpoints", schedule, learning_rate)
-    return run_stage("sft", SFTTrainer, args, config, model_path,
+    return run_stage("sft", SFTTrainer, sft_config(config, stage_dir / "checkpoints", schedule), config, model_path,
                      start_adapter, as_prompt_completion(train_rows),
                      as_prompt_completion(held) if held else None, stage_dir, schedule=schedule)

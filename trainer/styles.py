@@ -8,12 +8,15 @@ pairs with a winner, too few for DPO or KTO to move what users see (bench/README
 when users keep choosing the answers written under one instruction, that instruction is the
 lesson, and the model can write as many examples of it as the night has prompts.
 
-That is context distillation (Askell et al. 2021, "A General Language Assistant as a
-Laboratory for Alignment"; Snell et al. 2022, "Learning by Distilling Context"): the active
-release answers the night's training prompts with the chosen instruction appended, as serving
-did for the contrasts, and SFT trains on those answers with the user's words alone, so the
-trait becomes the model's own behaviour. The answers are on-policy (the model users get today
-wrote them) and come from training prompts only, never held-out ones.
+So the active release answers the night's training prompts twice, with the chosen
+instruction appended (as serving did for the contrasts) and without it, and DPO learns to
+prefer the first over the second with the user's words alone: the trait becomes the model's
+own behaviour. That is RLCD (Yang et al. 2023, "RLCD: Reinforcement Learning from Contrastive
+Distillation"), with the contrast taken from what users chose instead of written by hand; a
+preference pair, not SFT on the styled answers (context distillation), because a greedy answer
+changes only where the trait becomes the likeliest token, which a pair's difference teaches
+directly. The answers are on-policy (the model users get today wrote them) and come from
+training prompts only, never held-out ones.
 
 A style counts as chosen when its contrasts won most decisive choices with confidence
 (`preferred`): the posterior probability that they win more often than they lose, from a
@@ -105,14 +108,20 @@ def assign(prompts: list[list[dict]], styles: list[ChosenStyle], seed: int = 0) 
     return [(prompt, draw.choices(styles, weights)[0]) for prompt in prompts]
 
 
+def served_messages(prompt: list[dict], system_prompt: str) -> list[dict]:
+    """The conversation as serving answers it: with a system turn."""
+    return prompt if prompt[0]["role"] == "system" else [{"role": "system", "content": system_prompt}, *prompt]
+
+
 def styled_messages(prompt: list[dict], style: ChosenStyle, system_prompt: str) -> list[dict]:
-    """The conversation as serving wrote the style's contrast: a system turn, the instruction
-    after the user's last message."""
-    messages = prompt if prompt[0]["role"] == "system" else [{"role": "system", "content": system_prompt}, *prompt]
-    return Contrast(style.name, style.instruction).messages(messages)
+    """The conversation as serving wrote the style's contrast: the instruction after the user's
+    last message."""
+    return Contrast(style.name, style.instruction).messages(served_messages(prompt, system_prompt))
 
 
-def distilled_row(prompt: list[dict], prompt_text: str, style: ChosenStyle, answer: str) -> Row:
-    """An SFT row: the user's own words, and the answer written under the style's instruction."""
-    messages = [*prompt, {"role": "assistant", "content": answer}]
-    return Row({"messages": messages}, f"distilled:{style.name}", prompt_text, datetime.now(timezone.utc))
+def contrast_pair(prompt: list[dict], prompt_text: str, style: ChosenStyle, styled: str, plain: str) -> Row:
+    """A DPO row: the user's own words; the answer written under the style's instruction chosen
+    over the one written without it."""
+    row = {"prompt": prompt, "chosen": [{"role": "assistant", "content": styled}],
+           "rejected": [{"role": "assistant", "content": plain}]}
+    return Row(row, f"distilled:{style.name}", prompt_text, datetime.now(timezone.utc))
