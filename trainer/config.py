@@ -53,7 +53,8 @@ class PipelineConfig:
     )
     # ---- styles users chose in A/B contrasts, distilled (trainer/styles.py, trainer/distill.py)
     distill_prompts: int = field(default=96, metadata={
-        "help": "training prompts the active release answers under the chosen styles' instructions for distill"})
+        "help": "training prompts the active release answers with and without the chosen styles' instructions "
+                "(distill)"})
     distill_min_wins: int = field(default=3, metadata={
         "help": "fewest A/B choices a contrast style must have won to count as chosen"})
     distill_confidence: float = field(default=0.9, metadata={
