@@ -13,6 +13,7 @@ from store.db import make_engine
 from store.migrate import upgrade
 from tests.feedback_seed import seed
 from trainer import styles
+from trainer.datasets import with_system
 
 
 @pytest.fixture
@@ -59,7 +60,7 @@ def test_a_distilled_pair_prefers_the_styled_answer_under_the_users_words():
     asked = styles.styled_messages(prompt, example, "Be helpful.")
     assert asked == [{"role": "system", "content": "Be helpful."},
                      {"role": "user", "content": f"How do I store basil?\n\n{CONTRASTS['example']}"}]
-    assert styles.served_messages(prompt, "Be helpful.") == [asked[0], *prompt]
+    assert with_system(prompt, "Be helpful.") == [asked[0], *prompt]  # the plain answer's conversation
     row = styles.contrast_pair(prompt, "How do I store basil?", example, "In water, for example a jar.", "In water.")
     assert row.data == {"prompt": prompt, "chosen": [{"role": "assistant", "content": "In water, for example a jar."}],
                         "rejected": [{"role": "assistant", "content": "In water."}]}

@@ -71,14 +71,7 @@ async def sample(factory: EngineFactory, fallback: EngineFactory, adapter_path: 
                 await engine.unload_adapter(name)
             await engine.close()
 
-    engine = factory()
-    try:
-        return await on(engine)
-    except Exception as error:
-        if factory is fallback:
-            raise
-        log.warning("could not generate through %s (%s): answering in-process", describe(engine), error)
-    return await on(fallback())
+    return await _or_in_process(factory, fallback, on, "sampling")
 
 
 async def compare(factory: EngineFactory, fallback: EngineFactory, candidate_path: str, active_path: str | None,
@@ -88,14 +81,23 @@ async def compare(factory: EngineFactory, fallback: EngineFactory, candidate_pat
     from `cache` where an earlier night already gave them. Where `factory`'s engine cannot
     start or load the adapters, `fallback`'s answers: an evaluation that cannot reach vLLM is
     slower, not lost, and the report says which engine answered."""
+    async def on(engine: Engine) -> tuple[list[str], list[str], str]:
+        return await _compare_on(engine, candidate_path, active_path, prompts, max_tokens, cache)
+
+    return await _or_in_process(factory, fallback, on, "evaluation")
+
+
+async def _or_in_process(factory: EngineFactory, fallback: EngineFactory, work, what: str):  # noqa: ANN001, ANN202
+    """`work(engine)` on `factory`'s engine; where that cannot start or load an adapter, on
+    `fallback`'s (in-process): the night is slower, not lost."""
     engine = factory()
     try:
-        return await _compare_on(engine, candidate_path, active_path, prompts, max_tokens, cache)
+        return await work(engine)
     except Exception as error:
         if factory is fallback:
             raise
-        log.warning("evaluation could not generate through %s (%s): answering in-process", describe(engine), error)
-    return await _compare_on(fallback(), candidate_path, active_path, prompts, max_tokens, cache)
+        log.warning("%s could not generate through %s (%s): answering in-process", what, describe(engine), error)
+    return await work(fallback())
 
 
 async def _compare_on(engine: Engine, candidate_path: str, active_path: str | None, prompts: Sequence[list[dict]],

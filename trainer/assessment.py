@@ -12,7 +12,7 @@ from store.artifacts import REWARD_FOLDER
 from trainer.config import NightlyConfig
 from trainer.curation import golden_set
 from trainer.data import KINDS, TrainingData
-from trainer.datasets import unasked
+from trainer.datasets import unasked, with_system
 from trainer.evaluate import evaluate_release
 from trainer.gate import GateThresholds
 from trainer.implicit import pair_accuracy
@@ -92,20 +92,7 @@ def _gate_metrics(evaluation: dict) -> dict:
 
 def _held_out_prompts(data: TrainingData, limit: int, system_prompt: str) -> list[list[dict]]:
     """Distinct held-out prompts, pairs' first (the judged kind), as chat messages with a system turn."""
-    seen: set[str] = set()
-    prompts = []
-    for kind in ("dpo", "kto", "sft", "prompts"):
-        for row in data.held_out(kind):
-            messages = row.data.get("prompt") or row.data["messages"][:-1]
-            if repr(messages) in seen:
-                continue
-            seen.add(repr(messages))
-            prompts.append(_with_system(messages, system_prompt))
-    return prompts[:limit]
-
-
-def _with_system(messages: list[dict], system_prompt: str) -> list[dict]:
-    return messages if messages[0]["role"] == "system" else [{"role": "system", "content": system_prompt}, *messages]
+    return [with_system(messages, system_prompt) for messages, _ in data.distinct_prompts(held_out=True)][:limit]
 
 
 def evaluation_prompts(data: TrainingData, limit: int, system_prompt: str) -> tuple[list[list[dict]], dict]:
@@ -119,7 +106,7 @@ def evaluation_prompts(data: TrainingData, limit: int, system_prompt: str) -> tu
     if len(prompts) < limit:
         asked = [row.prompt_text for kind in KINDS for split in (data.train(kind), data.held_out(kind)) for row in split]
         unseen = unasked([item["prompt"] for item in load_prompts()], asked)
-        extra = [_with_system([{"role": "user", "content": text}], system_prompt) for text in unseen]
+        extra = [with_system([{"role": "user", "content": text}], system_prompt) for text in unseen]
         prompts += extra[: limit - len(prompts)]
         sources["bundled, never asked"] = len(prompts) - sources["held out from users"]
     return prompts, sources

@@ -79,17 +79,15 @@ class TrainingData:
     def liked_held_out(self) -> list[Row]:
         return [*as_messages(row for row in self.labelled_held_out() if row.data["label"]), *self.held_out("sft")]
 
-    def training_prompts(self, limit: int, seed: int = 0) -> list[tuple[list[dict], str]]:
-        """Up to `limit` distinct training prompts of every kind (never a held-out one), as chat
-        messages with their text, in a seeded random order."""
+    def distinct_prompts(self, held_out: bool = False) -> list[tuple[list[dict], str]]:
+        """The distinct prompts of every kind, pairs' first, on one side of the split, as chat
+        messages with their text."""
         found: dict[str, tuple[list[dict], str]] = {}
         for kind in KINDS:
-            for row in self.train(kind):
+            for row in self.held_out(kind) if held_out else self.train(kind):
                 messages = row.data.get("prompt") or row.data["messages"][:-1]
                 found.setdefault(repr(messages), (messages, row.prompt_text))
-        prompts = [found[key] for key in sorted(found)]
-        random.Random(seed).shuffle(prompts)
-        return prompts[:limit]
+        return list(found.values())
 
     def counts(self) -> dict[str, int]:
         counts = {}

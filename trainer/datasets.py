@@ -20,6 +20,11 @@ def normalize(prompt: str) -> str:
     return re.sub(r"\s+", " ", re.sub(r"[^\w\s]", "", prompt.lower())).strip()
 
 
+def with_system(messages: list[dict], system_prompt: str) -> list[dict]:
+    """A conversation as serving answers it: with a system turn (the given one, unless it has one)."""
+    return messages if messages[0]["role"] == "system" else [{"role": "system", "content": system_prompt}, *messages]
+
+
 def trigrams(text: str) -> set[str]:
     text = f"  {normalize(text)} "
     return {text[i : i + 3] for i in range(len(text) - 2)}

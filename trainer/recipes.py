@@ -77,7 +77,7 @@ def check(recipe: str, config: NightlyConfig, data: TrainingData) -> str | None:
         if not chosen_styles(config, data):
             return (f"distill needs a contrast style users chose (≥ {config.pipeline.distill_min_wins} wins, "
                     f"P(preferred) ≥ {config.pipeline.distill_confidence}); their choices: {_styles(data)}")
-        if len(data.training_prompts(config.pipeline.min_prompts)) < config.pipeline.min_prompts:
+        if len(data.distinct_prompts()) < config.pipeline.min_prompts:
             return f"distill needs at least {config.pipeline.min_prompts} training prompts ({_have(data)})"
     if recipe in ("dpo", "sft+dpo") and pairs < config.pipeline.min_pairs:
         return f"{recipe} needs at least {config.pipeline.min_pairs} new preference pairs ({_have(data)})"

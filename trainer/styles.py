@@ -37,7 +37,7 @@ from sqlmodel import Session, col, select
 from feedback.export import Row
 from serving.pairs import CONTRASTS, Contrast
 from store.models import Comparison, Message, Response, Winner
-from trainer.datasets import normalize
+from trainer.datasets import normalize, with_system
 
 OUTCOMES = ("won", "lost", "tied", "both_bad")  # of the contrast answer, against the plain one
 
@@ -108,15 +108,10 @@ def assign(prompts: list[list[dict]], styles: list[ChosenStyle], seed: int = 0) 
     return [(prompt, draw.choices(styles, weights)[0]) for prompt in prompts]
 
 
-def served_messages(prompt: list[dict], system_prompt: str) -> list[dict]:
-    """The conversation as serving answers it: with a system turn."""
-    return prompt if prompt[0]["role"] == "system" else [{"role": "system", "content": system_prompt}, *prompt]
-
-
 def styled_messages(prompt: list[dict], style: ChosenStyle, system_prompt: str) -> list[dict]:
     """The conversation as serving wrote the style's contrast: the instruction after the user's
     last message."""
-    return Contrast(style.name, style.instruction).messages(served_messages(prompt, system_prompt))
+    return Contrast(style.name, style.instruction).messages(with_system(prompt, system_prompt))
 
 
 def contrast_pair(prompt: list[dict], prompt_text: str, style: ChosenStyle, styled: str, plain: str) -> Row:
