@@ -54,8 +54,7 @@ class Contrast:
 
     def messages(self, messages: list[dict[str, str]]) -> list[dict[str, str]]:
         """The conversation with the instruction after the user's last message."""
-        *earlier, last = messages
-        return [*earlier, {**last, "content": f"{last['content']}\n\n{self.instruction}"}]
+        return instructed(messages, self.instruction)
 
     @property
     def heat(self) -> float:
@@ -64,6 +63,15 @@ class Contrast:
 
     def trace(self) -> dict[str, str]:
         return {"contrast": self.name, "contrast_instruction": self.instruction}
+
+
+def instructed(messages: list[dict[str, str]], instruction: str | None) -> list[dict[str, str]]:
+    """The conversation with `instruction` after the user's last message, where only the model
+    reads it (a contrast's, or the one a release answers under: serving/routing.py)."""
+    if not instruction or not messages or messages[-1]["role"] != "user":
+        return messages
+    *earlier, last = messages
+    return [*earlier, {**last, "content": f"{last['content']}\n\n{instruction}"}]
 
 
 def draw_contrast(strategy: str, rng: random.Random | None = None) -> Contrast | None:

@@ -11,6 +11,7 @@ import uuid
 from collections import Counter
 from dataclasses import dataclass
 
+from serving.pairs import instructed
 from store.models import Release
 
 
@@ -21,6 +22,11 @@ class ReleaseChoice:
     adapter: str | None  # the engine's adapter name; None serves the base model
     checksum: str | None = None
     adapter_path: str | None = None
+    instruction: str | None = None  # the style instruction its answers are written under (Release.instruction)
+
+    def messages(self, messages: list[dict[str, str]]) -> list[dict[str, str]]:
+        """What this release's model reads for `messages`: the conversation under its instruction."""
+        return instructed(messages, self.instruction)
 
 
 def adapter_name(release: Release) -> str | None:
@@ -32,7 +38,8 @@ def adapter_name(release: Release) -> str | None:
 
 
 def choice_of(release: Release) -> ReleaseChoice:
-    return ReleaseChoice(release.id, release.name, adapter_name(release), release.checksum, release.adapter_path)
+    return ReleaseChoice(release.id, release.name, adapter_name(release), release.checksum, release.adapter_path,
+                         release.instruction)
 
 
 def in_canary(conversation_id: uuid.UUID, share: float) -> bool:

@@ -218,9 +218,7 @@ class ChatService:
         for release in serving:
             self.live.begin(release)  # its adapter stays loaded until this turn is done
         try:
-            requests = [GenerationRequest(turn.messages_for(i), turn.params_for(i, params),
-                                          turn.release_for(i).adapter)
-                        for i in range(len(turn.response_ids))]
+            requests = [self._request(turn, i, params) for i in range(len(turn.response_ids))]
             guards = [_GuardedAnswer(self.hooks, turn) for _ in turn.response_ids]
             speed = _Speed(type(self.engine).__name__, started, len(requests))
             async for index, event in _merge([self.engine.stream(r) for r in requests]):
@@ -250,6 +248,14 @@ class ChatService:
         finally:
             for release in serving:
                 self.live.end(release)
+
+    @staticmethod
+    def _request(turn: Turn, index: int, params: SamplingParams) -> GenerationRequest:
+        release, params = turn.release_for(index), turn.params_for(index, params)
+        messages = turn.messages_for(index)
+        if params.guide is None:  # a guided answer's form is the caller's (JSON, a schema), not a style's
+            messages = release.messages(messages)
+        return GenerationRequest(messages, params, release.adapter)
 
     async def answer(self, turn: Turn, params: SamplingParams) -> list[Response]:
         done = [event async for event in self.stream(turn, params) if isinstance(event, AnswerDone)]

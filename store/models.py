@@ -135,6 +135,10 @@ class Release(SQLModel, table=True):
     base_model: str = Field(max_length=500)
     adapter_path: Optional[str] = Field(default=None, max_length=1000)
     checksum: Optional[str] = Field(default=None, max_length=64)
+    # The style instruction every answer of this release is written under, appended to the
+    # user's last message where only the model reads it (as an A/B contrast's is): what the
+    # night adopted from the contrast styles users chose (trainer/styles.py). None: none.
+    instruction: Optional[str] = Field(default=None, sa_type=Text)
     state: ReleaseState = Field(sa_type=_enum(ReleaseState), index=True)
     canary_share: float = 0.0
     training_run_id: Optional[int] = Field(

@@ -26,11 +26,11 @@ def make_adapter(model_dir: Path, out: Path, seed: int = 1, alpha: int = 64) -> 
     return out
 
 
-def add_candidate(database: Engine, name: str, adapter: Path) -> Release:
+def add_candidate(database: Engine, name: str, adapter: Path, instruction: str | None = None) -> Release:
     with session_scope(database) as session:
         base = releases.active_release(session)
         release = Release(name=name, base_model=base.base_model, adapter_path=str(adapter),
-                          checksum=directory_checksum(adapter), state=ReleaseState.candidate,
+                          checksum=directory_checksum(adapter), state=ReleaseState.candidate, instruction=instruction,
                           report={"gate": {"passed": True, "summary": "Gate passed: test release"}})
         session.add(release)
         session.flush()

@@ -73,3 +73,46 @@ def test_the_samples_strategy_gives_two_plain_samples_and_an_unknown_one_is_refu
     assert draw_contrast("samples") is None
     with pytest.raises(ValueError, match="contrast, samples"):
         ChatService(ScriptedEngine("x"), database, LiveReleases(), system_prompt="", ab_strategy="many")
+
+
+def test_a_release_answers_under_its_instruction_where_only_the_model_reads_it(database):
+    import asyncio
+
+    from serving.engine import Guide, SamplingParams
+    from serving.pairs import CONTRASTS
+    from serving.routing import LiveReleases, choice_of
+    from serving.service import ChatService
+    from store import conversations, releases, users
+    from store.db import session_scope
+    from store.models import Channel
+    from tests.engines import ScriptedEngine
+
+    warm = "Use a warm, friendly, encouraging tone."
+    with session_scope(database) as session:
+        base = releases.ensure_base_release(session, base_model="scripted")
+        base.instruction = warm
+        user = users.get_or_create_user(session, external_id="web:instructed", name="visitor")
+        conversation = conversations.create_conversation(session, user=user, channel=Channel.web).id
+        live = LiveReleases()
+        live.set(choice_of(base), None, 0.0)
+    engine = ScriptedEngine("An answer.")
+    chat = ChatService(engine, database, live, system_prompt="Be brief.")
+
+    async def turn(ab: bool, params: SamplingParams):
+        opened = await chat.open_turn(conversation, "How do I boil an egg?", ab=ab)
+        return await chat.answer(opened, params)
+
+    single = asyncio.run(turn(False, SamplingParams(max_tokens=8)))[0]
+    assert engine.requests[0].messages[-1]["content"] == f"How do I boil an egg?\n\n{warm}"
+    # A contrast is the release's answer under one more instruction: a choice between them is a
+    # vote on that instruction alone.
+    _, contrast = asyncio.run(turn(True, SamplingParams(max_tokens=8)))
+    asked = [request.messages[-1]["content"] for request in engine.requests[1:]]
+    name = contrast.trace["contrast"]
+    assert asked == [f"How do I boil an egg?\n\n{warm}", f"How do I boil an egg?\n\n{CONTRASTS[name]}\n\n{warm}"]
+    # A guided answer's form is the caller's: no style is added to a JSON request.
+    asyncio.run(turn(False, SamplingParams(max_tokens=8, guide=Guide())))
+    assert engine.requests[-1].messages[-1]["content"] == "How do I boil an egg?"
+    with session_scope(database) as session:
+        texts = [m.content for m in conversations.conversation_messages(session, conversation_id=conversation)]
+    assert single.text == "An answer." and not any(warm in text for text in texts)

@@ -28,7 +28,7 @@ def cli(monkeypatch, tmp_path, *args: str):
 def test_db_upgrade_creates_the_default_sqlite_store(monkeypatch, tmp_path):
     result = cli(monkeypatch, tmp_path, "db", "upgrade")
     assert result.exit_code == 0, result.output
-    assert "revision 0007" in result.output
+    assert "revision 0008" in result.output
     assert (tmp_path / "var" / "tuneloop.db").is_file()
 
 

@@ -54,7 +54,7 @@ def test_canary_routing_is_sticky_per_conversation():
 
 def test_only_operators_approve_over_http(live_server, adapter):
     database = live_server.app.state.database
-    add_candidate(database, "r9", adapter)
+    add_candidate(database, "r9", adapter, instruction="Give the answer as numbered steps.")
     visitor = httpx.post(f"{live_server.url}/api/session").json()["token"]
     url = f"{live_server.url}/api/releases/r9/approve"
     assert httpx.post(url).status_code == 401
@@ -63,6 +63,7 @@ def test_only_operators_approve_over_http(live_server, adapter):
     operator = {"Authorization": f"Bearer {operator_token(database)}"}
     listed = httpx.get(f"{live_server.url}/api/releases", headers=operator).json()
     assert {r["name"]: r["state"] for r in listed} == {"r9": "candidate", "base": "active"}
+    assert {r["name"]: r["instruction"] for r in listed} == {"r9": "Give the answer as numbered steps.", "base": None}
     approved = httpx.post(url, json={"canary": 0.3}, headers=operator)
     assert approved.status_code == 200 and approved.json()["state"] == "canary"
     again = httpx.post(url, headers=operator)

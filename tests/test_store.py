@@ -49,10 +49,11 @@ def user(database) -> User:
 
 
 def test_schema_is_at_head_with_every_table(database):
-    assert current_revision(database) == "0007"
+    assert current_revision(database) == "0008"
     tables = set(inspect(database).get_table_names())
     assert {"users", "conversations", "messages", "responses", "ratings", "comparisons", "corrections",
             "releases", "training_runs", "audit_log", "idempotency_keys", "slack_deliveries", "job_locks", "answer_failures"} <= tables
+    assert "instruction" in {column["name"] for column in inspect(database).get_columns("releases")}
 
 
 def test_sqlite_runs_in_wal_with_foreign_keys(database):
@@ -197,4 +198,4 @@ def test_processes_starting_together_upgrade_one_after_another(database_url):
     engines = [make_engine(database_url) for _ in range(4)]
     with ThreadPoolExecutor(4) as pool:
         list(pool.map(upgrade, engines))
-    assert {current_revision(engine) for engine in engines} == {"0007"}
+    assert {current_revision(engine) for engine in engines} == {"0008"}

@@ -49,6 +49,7 @@ class ReleaseOut(BaseModel):
     training_run_id: int | None
     gate: str | None
     win_rate: float | None
+    instruction: str | None = None  # the style instruction its answers are written under
 
 
 def summary(release: Release) -> ReleaseOut:
@@ -57,7 +58,8 @@ def summary(release: Release) -> ReleaseOut:
     return ReleaseOut(name=release.name, state=release.state.value, canary_share=release.canary_share,
                       base_model=release.base_model, checksum=release.checksum,
                       training_run_id=release.training_run_id,
-                      gate=(report.get("gate") or {}).get("summary"), win_rate=win.get("rate"))
+                      gate=(report.get("gate") or {}).get("summary"), win_rate=win.get("rate"),
+                      instruction=release.instruction)
 
 
 def _act(request: Request, session: SessionDep, action) -> ReleaseOut:  # noqa: ANN001
