@@ -329,6 +329,24 @@ def test_evaluate_release_with_the_same_adapter_finds_no_change(tiny_model, adap
     assert [e["candidate"] == e["active"] for e in evaluation.examples] == [True] * 5
 
 
+def test_each_release_is_evaluated_under_its_own_instruction(tiny_model, adapters):
+    from serving.transformers_engine import TransformersEngine
+
+    asked: list[tuple[str, str]] = []
+
+    class Recorded(TransformersEngine):  # the real engine, noting what each adapter was asked
+        def stream(self, request):
+            asked.append((request.adapter.rsplit("-", 1)[-1], request.messages[-1]["content"]))
+            return super().stream(request)
+
+    warm = "Use a warm, friendly, encouraging tone."
+    evaluate_release(str(tiny_model), str(adapters["one"]), str(adapters["two"]), PROMPTS[:2], [], {"tie": always_tie},
+                     system_prompt=SYSTEM, max_tokens=4, device="cpu",
+                     answer_engine=lambda: Recorded(str(tiny_model), device="cpu"), candidate_instruction=warm)
+    assert sorted(asked) == sorted([("candidate", f"hello\n\n{warm}"), ("candidate", f"what is rust?\n\n{warm}"),
+                                    ("active", "hello"), ("active", "what is rust?")])
+
+
 # --- report ------------------------------------------------------------------------------------------
 
 

@@ -17,6 +17,7 @@ from safetensors.torch import load_file
 from sqlmodel import Session, select
 
 from feedback.export import Row
+from serving.pairs import CONTRASTS
 from store import releases
 from store.artifacts import directory_checksum
 from store.db import make_engine, session_scope
@@ -105,6 +106,9 @@ def test_each_recipe_trains_a_release(recipe, store, tmp_path, tiny_model):
         distilled = result.report["distilled"]
         assert distilled["styles"][0].startswith("'example'") and distilled["prompts"] > 0
         assert distilled["kept"] + distilled["cut_at_cap"] == distilled["prompts"]
+    # The candidate answers under the style users chose (and was evaluated so); others under none.
+    assert release.instruction == (CONTRASTS["example"] if recipe == "distill" else None)
+    assert result.report["instruction"]["adopted"] == (["example"] if recipe == "distill" else [])
     assert not (tmp_path / "var" / "runs" / str(run.id)).exists()  # checkpoints go once released
 
 

@@ -65,3 +65,18 @@ def test_a_distilled_pair_prefers_the_styled_answer_under_the_users_words():
     assert row.data == {"prompt": prompt, "chosen": [{"role": "assistant", "content": "In water, for example a jar."}],
                         "rejected": [{"role": "assistant", "content": "In water."}]}
     assert row.source == "distilled:example" and prompt == [{"role": "user", "content": "How do I store basil?"}]
+
+
+def test_a_candidate_keeps_the_active_releases_instruction_and_adds_the_adopted_styles():
+    from trainer.styles import ChosenStyle, release_instruction
+
+    def chosen(name: str) -> ChosenStyle:
+        return ChosenStyle(name, CONTRASTS[name], 9, 1, 0.99)
+
+    assert release_instruction(None, []) is None
+    assert release_instruction(None, [chosen("warm")]) == CONTRASTS["warm"]
+    assert release_instruction(CONTRASTS["warm"], []) == CONTRASTS["warm"]  # a night without new votes keeps it
+    both = release_instruction(CONTRASTS["warm"], [chosen("steps"), chosen("warm")])
+    assert both.splitlines() == [CONTRASTS["warm"], CONTRASTS["steps"]]
+    four = release_instruction(both, [chosen("tip"), chosen("example")])
+    assert four.splitlines() == [CONTRASTS["steps"], CONTRASTS["tip"], CONTRASTS["example"]]  # the newest three

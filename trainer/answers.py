@@ -76,13 +76,16 @@ async def sample(factory: EngineFactory, fallback: EngineFactory, adapter_path: 
 
 async def compare(factory: EngineFactory, fallback: EngineFactory, candidate_path: str, active_path: str | None,
                   prompts: Sequence[list[dict]], max_tokens: int, cache: AnswerCache | None = None,
-                  ) -> tuple[list[str], list[str], str]:
-    """Both releases' answers, and which engine gave them. The active release's answers come
-    from `cache` where an earlier night already gave them. Where `factory`'s engine cannot
-    start or load the adapters, `fallback`'s answers: an evaluation that cannot reach vLLM is
-    slower, not lost, and the report says which engine answered."""
+                  active_prompts: Sequence[list[dict]] | None = None) -> tuple[list[str], list[str], str]:
+    """Both releases' answers, and which engine gave them: the candidate's to `prompts`, the
+    active release's to `active_prompts` (the same conversations as that release reads them,
+    under its own instruction; default `prompts`). The active release's answers come from
+    `cache` where an earlier night already gave them. Where `factory`'s engine cannot start or
+    load the adapters, `fallback`'s answers: an evaluation that cannot reach vLLM is slower,
+    not lost, and the report says which engine answered."""
     async def on(engine: Engine) -> tuple[list[str], list[str], str]:
-        return await _compare_on(engine, candidate_path, active_path, prompts, max_tokens, cache)
+        return await _compare_on(engine, candidate_path, active_path, prompts, active_prompts or prompts,
+                                 max_tokens, cache)
 
     return await _or_in_process(factory, fallback, on, "evaluation")
 
@@ -101,7 +104,8 @@ async def _or_in_process(factory: EngineFactory, fallback: EngineFactory, work, 
 
 
 async def _compare_on(engine: Engine, candidate_path: str, active_path: str | None, prompts: Sequence[list[dict]],
-                      max_tokens: int, cache: AnswerCache | None) -> tuple[list[str], list[str], str]:
+                      active_prompts: Sequence[list[dict]], max_tokens: int, cache: AnswerCache | None,
+                      ) -> tuple[list[str], list[str], str]:
     run = uuid.uuid4().hex[:8]
     candidate, active = f"eval-{run}-candidate", f"eval-{run}-active" if active_path else None
     try:
@@ -111,8 +115,8 @@ async def _compare_on(engine: Engine, candidate_path: str, active_path: str | No
             await engine.load_adapter(active, active_path)
         params = SamplingParams(temperature=0.0, max_tokens=max_tokens)  # greedy: the same answers every run
         kind = type(engine).__name__  # engines' greedy answers differ in their last digits: cached apart
-        known = cache.get(prompts, max_tokens, kind) if cache else [None] * len(prompts)
-        missing = [messages for messages, answer in zip(prompts, known) if answer is None]
+        known = cache.get(active_prompts, max_tokens, kind) if cache else [None] * len(active_prompts)
+        missing = [messages for messages, answer in zip(active_prompts, known) if answer is None]
         with tqdm(total=len(prompts) + len(missing), desc="Answering evaluation prompts", unit="answer") as progress:
             ours, fresh = await asyncio.gather(
                 _answers(engine, prompts, candidate, params, progress),

@@ -28,8 +28,10 @@ REWARD_JUDGE = "reward model"  # the name the reward model judges under in the r
 
 
 def assess(config: NightlyConfig, environment: Environment, data: TrainingData, active_adapter: str | None,
-           adapter_dir: Path, folder: Path, reward: dict | None, choice: Choice) -> tuple[dict, dict]:
-    """The report's evaluation section and the figures the gate checks."""
+           adapter_dir: Path, folder: Path, reward: dict | None, choice: Choice,
+           instructions: tuple[str | None, str | None] = (None, None)) -> tuple[dict, dict]:
+    """The report's evaluation section and the figures the gate checks; `instructions` are the
+    candidate's and the active release's style instructions (Release.instruction)."""
     device = torch_device(environment.device)
     implicit = pair_accuracy(environment.model_path, adapter_dir, active_adapter, data.held_out("dpo"),
                              device=device)
@@ -49,7 +51,8 @@ def assess(config: NightlyConfig, environment: Environment, data: TrainingData, 
                               seed=config.pipeline.seed_eval, device=environment.device,
                               cache_dir=environment.data_dir / "eval-cache",
                               primary=independent[0] if independent else None,
-                              answer_engine=environment.answer_engine).as_dict()
+                              answer_engine=environment.answer_engine, candidate_instruction=instructions[0],
+                              active_instruction=instructions[1]).as_dict()
     evaluation = {**result, "pair_accuracy": implicit, "prompt_sources": sources,
                   "reward_pair_accuracy": reward["pair_accuracy"] if reward else None}
     return evaluation, _gate_metrics(evaluation)

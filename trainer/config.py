@@ -63,6 +63,9 @@ class PipelineConfig:
     distill_max_styles: int = field(default=3, metadata={"help": "most chosen styles one night distills"})
     distill_temperature: float = field(default=0.7, metadata={
         "help": "sampling temperature of the distilled answers (serving's default)"})
+    adopt_styles: int = field(default=1, metadata={
+        "help": "how many of the night's chosen styles the candidate also answers under, their instructions "
+                "added to the active release's (0: none, the weights alone learn them)"})
     # ---- curation (trainer/curation.py)
     max_user_share: float = field(default=0.2, metadata={"help": "no user in more than this share of a dataset"})
     agreement_floor: float = field(default=0.4, metadata={

@@ -24,6 +24,7 @@ from typing import Any
 
 
 from feedback.stats import wilson
+from serving.pairs import instructed
 from trainer.answers import AnswerCache, EngineFactory, compare, in_process
 from trainer.curation import GoldenItem
 from trainer.judges import Judge, words
@@ -333,7 +334,8 @@ def evaluate_release(model_path: str, candidate_adapter: str, active_adapter: st
                      device: str = "auto", topics: bool = True,
                      embed: Callable[[list[str]], list[list[float]]] | None = None,
                      cache_dir: Path | None = None, primary: str | None = "first",
-                     answer_engine: EngineFactory | None = None) -> Evaluation:
+                     answer_engine: EngineFactory | None = None, candidate_instruction: str | None = None,
+                     active_instruction: str | None = None) -> Evaluation:
     """Everything the gate and the report need, from one round of greedy answers by both releases.
 
     `prompts` are held-out chat prompts (system message first); `judges` maps names to judges,
@@ -342,13 +344,17 @@ def evaluate_release(model_path: str, candidate_adapter: str, active_adapter: st
     plugins provide (see `violation_check`), or None for "not measured"; `embed` replaces the
     MiniLM embeddings used to find topics; `cache_dir` keeps the active release's answers
     between nights (`AnswerCache`); `answer_engine` makes the engine that answers (default: an
-    in-process one; it falls back to that where another cannot start).
+    in-process one; it falls back to that where another cannot start). Each release answers
+    under its own style instruction (`candidate_instruction`, `active_instruction`), as serving
+    has it answer users. The KL is measured on the prompts without them: how far the weights moved.
     """
     asked = [*prompts, *(_golden_messages(item, system_prompt) for item in golden)]
     cache = AnswerCache(cache_dir, model_path, active_adapter) if cache_dir else None
     local = in_process(model_path, device)
-    ours, theirs, answered_by = asyncio.run(compare(answer_engine or local, local, candidate_adapter, active_adapter,
-                                                    asked, max_tokens, cache))
+    ours, theirs, answered_by = asyncio.run(compare(
+        answer_engine or local, local, candidate_adapter, active_adapter,
+        [instructed(messages, candidate_instruction) for messages in asked], max_tokens, cache,
+        [instructed(messages, active_instruction) for messages in asked]))
     held = len(prompts)
     texts = _user_texts(prompts)
     judged = {name: judge_answers(texts, ours[:held], theirs[:held], judge, name, seed)

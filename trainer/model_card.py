@@ -30,6 +30,10 @@ preferences of its own users, and gated against the release that was serving the
 
 - **Recipe**: {{ recipe }} ({{ recipe_reason }})
 - **Gate**: {{ gate_summary }}
+{%- if instruction %}
+- **Instruction**: tuneloop serves this release with `{{ instruction }}` appended to each user message (where
+  only the model reads it), and evaluated it that way: append it too where you serve the adapter yourself
+{%- endif %}
 {%- if win_rate %}
 - **Win rate against {{ base_release }}**: {{ "%.3f"|format(win_rate.rate) }} (95% {{ "%.3f"|format(win_rate.low) }}–{{ "%.3f"|format(win_rate.high) }}) on {{ win_rate.n }} held-out prompts
 {%- endif %}
@@ -81,7 +85,8 @@ def write(adapter_dir: Path, body: dict, base_model: str, model_path: str) -> Pa
                        license=base_license(model_path),
                        recipe=body["recipe"], recipe_reason=body.get("recipe_reason", ""), run_id=body["run_id"],
                        base_release=body["base_release"], gate_summary=(body.get("gate") or {}).get("summary", ""),
-                       win_rate=(body.get("evaluation") or {}).get("win_rate"), data=data, rank=config.get("r", 16))
+                       win_rate=(body.get("evaluation") or {}).get("win_rate"), data=data, rank=config.get("r", 16),
+                       instruction=(body.get("instruction") or {}).get("text"))
     path = Path(adapter_dir) / "README.md"
     path.write_text(card, encoding="utf-8")
     return path

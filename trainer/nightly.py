@@ -40,8 +40,9 @@ from trainer.curation import CurationBlocked
 from trainer.data import TrainingData, prepare
 from trainer.gate import GateThresholds, check
 from trainer.policy import StageOutcome
-from trainer.recipes import Choice, choose, wants_reward_model
+from trainer.recipes import Choice, choose, chosen_styles, wants_reward_model
 from trainer.reward_model import METRICS_FILE, RewardConfig, RewardModel, train_reward_model
+from trainer.styles import release_instruction
 
 log = logging.getLogger("tuneloop.trainer")
 
@@ -86,10 +87,12 @@ class _Run:
     active_adapter: str | None
     base_model: str
     resumed: bool = False
+    active_instruction: str | None = None
 
     @classmethod
     def of(cls, run_id: int, folder: Path, since: datetime | None, active: Release, resumed: bool = False) -> _Run:
-        return cls(run_id, folder, since, active.name, active.adapter_path, active.base_model, resumed)
+        return cls(run_id, folder, since, active.name, active.adapter_path, active.base_model, resumed,
+                   active.instruction)
 
 
 JOB = "nightly-train"  # the lease that keeps two runs from overlapping
@@ -201,7 +204,9 @@ def _run(config: NightlyConfig, environment: Environment, database, run: _Run, c
     adapter_dir = _copy(stages[-1].adapter_dir, folder / "adapter")
     if reward:
         _copy(run.folder / "reward", folder / REWARD_FOLDER)  # where store.artifacts.reward_dir_for looks
-    evaluation, metrics = assess(config, environment, data, run.active_adapter, adapter_dir, folder, reward, choice)
+    instruction = _instruction(config, data, run)
+    evaluation, metrics = assess(config, environment, data, run.active_adapter, adapter_dir, folder, reward, choice,
+                                 (instruction["text"], run.active_instruction))
     thresholds, decided_by = deciding_evidence(environment.gate, choice, evaluation)
     gate = {**check(thresholds, metrics), "decided_by": decided_by}
     state = ReleaseState.candidate if gate["passed"] else ReleaseState.failed_gate
@@ -213,7 +218,7 @@ def _run(config: NightlyConfig, environment: Environment, database, run: _Run, c
         "data": {**counts, **{f"replay_{k}": v["replayed"] for k, v in data.replay.items()},
                  "choices": data.choices},
         "curation": data.curation, "gate": gate, "evaluation": evaluation,
-        "reward_model": reward, "distilled": distilled, "styles": data.styles,
+        "reward_model": reward, "distilled": distilled, "styles": data.styles, "instruction": instruction,
         "training": {"stages": {s.name: {"history": s.history, "summary": _summary(s, config)} for s in stages}},
     }
     model_card.write(adapter_dir, body, run.base_model, environment.model_path)
@@ -222,7 +227,8 @@ def _run(config: NightlyConfig, environment: Environment, database, run: _Run, c
     lease.check()  # never a release from a run that no longer holds the job
     with session_scope(database) as session:
         release = Release(name=name, base_model=run.base_model, adapter_path=str(adapter_dir.resolve()),
-                          checksum=checksum, state=state, training_run_id=run.id, report=body)
+                          checksum=checksum, instruction=instruction["text"], state=state, training_run_id=run.id,
+                          report=body)
         session.add(release)
         session.flush()
         audit.record(session, actor=None, action="release.create", target=f"release:{name}",
@@ -261,6 +267,15 @@ def _reward_stage(config: NightlyConfig, environment: Environment, data: Trainin
     result = train_reward_model(environment.model_path, data.train("dpo"), data.held_out("dpo"),
                                 data.held_out("kto"), args, out_dir, minutes=config.reward.reward_minutes)
     return {**result.metrics, "history": result.history}
+
+
+def _instruction(config: NightlyConfig, data: TrainingData, run: _Run) -> dict:
+    """The style instruction the candidate answers under, and where it came from (the report's)."""
+    adopted = chosen_styles(config, data)[:config.pipeline.adopt_styles]
+    text = release_instruction(run.active_instruction, adopted)
+    if adopted:
+        log.info("the candidate answers under the styles users chose: %s", ", ".join(s.describe() for s in adopted))
+    return {"text": text, "adopted": [style.name for style in adopted], "active": run.active_instruction}
 
 
 def _distill_stage(config: NightlyConfig, environment: Environment, data: TrainingData, run: _Run) -> dict:

@@ -120,3 +120,16 @@ def contrast_pair(prompt: list[dict], prompt_text: str, style: ChosenStyle, styl
     row = {"prompt": prompt, "chosen": [{"role": "assistant", "content": styled}],
            "rejected": [{"role": "assistant", "content": plain}]}
     return Row(row, f"distilled:{style.name}", prompt_text, datetime.now(timezone.utc))
+
+
+MOST_INSTRUCTIONS = 3  # a release answers under at most this many (the newest): the 135M model loses longer ones
+
+
+def release_instruction(active: str | None, adopted: list[ChosenStyle]) -> str | None:
+    """The instruction a candidate answers under: the active release's, with the adopted
+    styles' added. A night's contrasts were the active release's answers under one more
+    instruction each, so a style users chose won *together with* the active one's; a night
+    that adopts none keeps the active one's, or its candidate would drop what users chose before."""
+    lines = [line for line in (active or "").splitlines() if line.strip()]
+    lines += [style.instruction for style in adopted if style.instruction not in lines]
+    return "\n".join(lines[-MOST_INSTRUCTIONS:]) or None
