@@ -24,6 +24,10 @@ from serving.transformers_engine import TransformersEngine
 
 log = logging.getLogger("tuneloop.trainer")
 EVAL_BATCH = 32  # rows decoded together in-process: on CPU a bigger batch is more answers per second
+# Requests one night keeps open at once. A server queues the rest; a queued stream that sends
+# nothing for the client's read timeout (120 s) fails, and a CPU vLLM server sent all 192 of a
+# night's distill answers at once timed them out. 64 keep a CPU server's batch full.
+IN_FLIGHT = 64
 EngineFactory = Callable[[], Engine]
 
 
@@ -40,9 +44,10 @@ def describe(engine: Engine) -> str:
 
 
 async def _completions(engine: Engine, prompts: Sequence[list[dict]], adapter: str | None,
-                       params: SamplingParams, progress: tqdm) -> list[Completion]:
+                       params: SamplingParams, progress: tqdm, slots: asyncio.Semaphore) -> list[Completion]:
     async def one(messages: list[dict]) -> Completion:
-        completion = await generate(engine, GenerationRequest(messages, params, adapter))
+        async with slots:
+            completion = await generate(engine, GenerationRequest(messages, params, adapter))
         progress.update()
         return completion
 
@@ -50,8 +55,8 @@ async def _completions(engine: Engine, prompts: Sequence[list[dict]], adapter: s
 
 
 async def _answers(engine: Engine, prompts: Sequence[list[dict]], adapter: str | None,
-                   params: SamplingParams, progress: tqdm) -> list[str]:
-    return [completion.text for completion in await _completions(engine, prompts, adapter, params, progress)]
+                   params: SamplingParams, progress: tqdm, slots: asyncio.Semaphore) -> list[str]:
+    return [completion.text for completion in await _completions(engine, prompts, adapter, params, progress, slots)]
 
 
 async def sample(factory: EngineFactory, fallback: EngineFactory, adapter_path: str | None,
@@ -65,7 +70,7 @@ async def sample(factory: EngineFactory, fallback: EngineFactory, adapter_path: 
             if name:
                 await engine.load_adapter(name, adapter_path)
             with tqdm(total=len(prompts), desc=desc, unit="answer") as progress:
-                return await _completions(engine, prompts, name, params, progress)
+                return await _completions(engine, prompts, name, params, progress, asyncio.Semaphore(IN_FLIGHT))
         finally:
             if name and name in engine.adapters():
                 await engine.unload_adapter(name)
@@ -117,10 +122,11 @@ async def _compare_on(engine: Engine, candidate_path: str, active_path: str | No
         kind = type(engine).__name__  # engines' greedy answers differ in their last digits: cached apart
         known = cache.get(active_prompts, max_tokens, kind) if cache else [None] * len(active_prompts)
         missing = [messages for messages, answer in zip(active_prompts, known) if answer is None]
+        slots = asyncio.Semaphore(IN_FLIGHT)  # shared: both releases' answers count against one limit
         with tqdm(total=len(prompts) + len(missing), desc="Answering evaluation prompts", unit="answer") as progress:
             ours, fresh = await asyncio.gather(
-                _answers(engine, prompts, candidate, params, progress),
-                _answers(engine, missing, active, params, progress),
+                _answers(engine, prompts, candidate, params, progress, slots),
+                _answers(engine, missing, active, params, progress, slots),
             )
         if cache:
             cache.put(missing, max_tokens, kind, fresh)
