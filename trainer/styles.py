@@ -18,6 +18,10 @@ changes only where the trait becomes the likeliest token, which a pair's differe
 directly. The answers are on-policy (the model users get today wrote them) and come from
 training prompts only, never held-out ones.
 
+The night's top chosen style is also adopted as it stands (`release_instruction`): the
+candidate answers under its instruction, so users see the style even where the weights have
+not learned it yet.
+
 A style counts as chosen when its contrasts won most decisive choices with confidence
 (`preferred`): the posterior probability that they win more often than they lose, from a
 uniform prior, reaches `distill_confidence`, over at least `distill_min_wins` wins.
@@ -122,7 +126,9 @@ def contrast_pair(prompt: list[dict], prompt_text: str, style: ChosenStyle, styl
     return Row(row, f"distilled:{style.name}", prompt_text, datetime.now(timezone.utc))
 
 
-MOST_INSTRUCTIONS = 3  # a release answers under at most this many (the newest): the 135M model loses longer ones
+# A release answers under at most this many (the newest): a small model follows one or two
+# instructions, not a list (only one at a time has been measured, bench/README.md).
+MOST_INSTRUCTIONS = 3
 
 
 def release_instruction(active: str | None, adopted: list[ChosenStyle]) -> str | None:
