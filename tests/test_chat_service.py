@@ -23,26 +23,37 @@ def test_a_prompt_that_was_never_answered_is_not_sent_again():
     assert [m["content"] for m in history] == ["first", "answer", "now"]
 
 
+def scripted_chat(database, external_id: str, instruction: str | None = None):  # noqa: ANN001, ANN201
+    """A chat service on a scripted engine, serving the base release (under `instruction`), and
+    a web conversation of a new visitor's."""
+    from serving.routing import LiveReleases, choice_of
+    from serving.service import ChatService
+    from store import conversations, releases, users
+    from store.db import session_scope
+    from store.models import Channel
+    from tests.engines import ScriptedEngine
+
+    with session_scope(database) as session:
+        base = releases.ensure_base_release(session, base_model="scripted")
+        base.instruction = instruction
+        user = users.get_or_create_user(session, external_id=external_id, name="visitor")
+        conversation = conversations.create_conversation(session, user=user, channel=Channel.web).id
+        live = LiveReleases()
+        live.set(choice_of(base), None, 0.0)
+    engine = ScriptedEngine("An answer.")
+    return ChatService(engine, database, live, system_prompt="Be brief."), engine, conversation
+
+
 def test_an_ab_turn_puts_the_plain_answer_beside_a_contrast_and_stores_only_the_users_words(database):
     import asyncio
 
     from serving.engine import SamplingParams
     from serving.pairs import CONTRASTS
-    from serving.routing import LiveReleases, choice_of
-    from serving.service import ChatService
-    from store import conversations, releases, users
+    from store import conversations
     from store.db import session_scope
-    from store.models import Channel, Response
-    from tests.engines import ScriptedEngine
+    from store.models import Response
 
-    with session_scope(database) as session:
-        base = releases.ensure_base_release(session, base_model="scripted")
-        user = users.get_or_create_user(session, external_id="web:contrast", name="visitor")
-        conversation = conversations.create_conversation(session, user=user, channel=Channel.web).id
-        live = LiveReleases()
-        live.set(choice_of(base), None, 0.0)
-    engine = ScriptedEngine("An answer.")
-    chat = ChatService(engine, database, live, system_prompt="Be brief.")
+    chat, engine, conversation = scripted_chat(database, "web:contrast")
 
     async def turn():
         opened = await chat.open_turn(conversation, "How do I boil an egg?", ab=True)
@@ -80,23 +91,11 @@ def test_a_release_answers_under_its_instruction_where_only_the_model_reads_it(d
 
     from serving.engine import Guide, SamplingParams
     from serving.pairs import CONTRASTS
-    from serving.routing import LiveReleases, choice_of
-    from serving.service import ChatService
-    from store import conversations, releases, users
+    from store import conversations
     from store.db import session_scope
-    from store.models import Channel
-    from tests.engines import ScriptedEngine
 
     warm = "Use a warm, friendly, encouraging tone."
-    with session_scope(database) as session:
-        base = releases.ensure_base_release(session, base_model="scripted")
-        base.instruction = warm
-        user = users.get_or_create_user(session, external_id="web:instructed", name="visitor")
-        conversation = conversations.create_conversation(session, user=user, channel=Channel.web).id
-        live = LiveReleases()
-        live.set(choice_of(base), None, 0.0)
-    engine = ScriptedEngine("An answer.")
-    chat = ChatService(engine, database, live, system_prompt="Be brief.")
+    chat, engine, conversation = scripted_chat(database, "web:instructed", instruction=warm)
 
     async def turn(ab: bool, params: SamplingParams):
         opened = await chat.open_turn(conversation, "How do I boil an egg?", ab=ab)
