@@ -219,3 +219,23 @@ def test_a_released_adapter_folder_is_served_by_a_plain_vllm_server_with_lora_mo
     finally:
         server.stop()
     assert answers["r7"] != answers["base"]  # the request went through the adapter
+
+
+def test_a_cpu_server_computes_in_float32_where_the_cpu_has_no_bfloat16(monkeypatch):
+    """vLLM's "auto" is bfloat16, which a CPU without it emulates at less than half the speed."""
+    from serving import vllm_server
+    from serving.vllm_server import VLLMServerConfig
+
+    def dtype(config: VLLMServerConfig) -> str:
+        command = config.command(8000)
+        return command[command.index("--dtype") + 1]
+
+    monkeypatch.setattr(vllm_server, "_has_cuda", lambda python: False)
+    monkeypatch.setattr(vllm_server, "_cpu_has_bfloat16", lambda: False)
+    assert dtype(VLLMServerConfig(model="m")) == "float32"
+    assert dtype(VLLMServerConfig(model="m", dtype="bfloat16")) == "bfloat16"  # asked for: kept
+    monkeypatch.setattr(vllm_server, "_cpu_has_bfloat16", lambda: True)
+    assert dtype(VLLMServerConfig(model="m")) == "auto"
+    monkeypatch.setattr(vllm_server, "_has_cuda", lambda python: True)
+    monkeypatch.setattr(vllm_server, "_cpu_has_bfloat16", lambda: False)
+    assert dtype(VLLMServerConfig(model="m")) == "auto"  # a GPU's own choice
