@@ -390,6 +390,11 @@ def full_body() -> dict:
                                            "summary": {"steps": 2, "last loss": 0.5}},
                                 "dpo": {"history": history, "summary": {"steps": 2, "first loss": 0.69}},
                                 "grpo": {"history": grpo, "summary": {"steps": 2}}}},
+        "instruction": {"text": "Use simple words.", "adopted": ["simple"], "active": None, "max_golden_drop": 0.05,
+                        "checked": [{"style": "warm", "rouge_l": 0.02, "rouge_l_drop": 0.13, "holds": False,
+                                     "adopted": False},
+                                    {"style": "simple", "rouge_l": 0.14, "rouge_l_drop": 0.01, "holds": True,
+                                     "adopted": True}]},
     }
 
 
@@ -411,7 +416,8 @@ def test_the_report_renders_every_section_from_a_full_body(tmp_path):
                  "drift -0.250", "increase 0.000", "1.4000", "812 tokens", "Click reset.", "Paris.",
                  "concise: win", "duplicates</td><td>7", "by_kind.comparison.alpha",
                  "thumbs F1 (up)</th><td>0.720", "eval_thumbs", "by_source.comparison", "<h3>grpo</h3>",
-                 "Why dpo: Enough A/B pairs &lt;b&gt;arrived&lt;/b&gt;."):
+                 "Why dpo: Enough A/B pairs &lt;b&gt;arrived&lt;/b&gt;.", "<q>Use simple words.</q> (adopted tonight:\n  simple",
+                 "(ROUGE-L drop above\n  0.05): warm (0.130)."):
         assert text in html, text
     assert "<script>" not in html  # every text from users is escaped
 

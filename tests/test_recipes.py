@@ -109,6 +109,9 @@ def test_each_recipe_trains_a_release(recipe, store, tmp_path, tiny_model):
     # The candidate answers under the style users chose (and was evaluated so); others under none.
     assert release.instruction == (CONTRASTS["example"] if recipe == "distill" else None)
     assert result.report["instruction"]["adopted"] == (["example"] if recipe == "distill" else [])
+    # ... after the active release answered the golden set with it and kept its facts (the gate is open here).
+    checked = result.report["instruction"]["checked"]
+    assert [(t["style"], t["holds"]) for t in checked] == ([("example", True)] if recipe == "distill" else [])
     assert not (tmp_path / "var" / "runs" / str(run.id)).exists()  # checkpoints go once released
 
 

@@ -113,7 +113,7 @@ def golden_regression(candidate: Sequence[str], active: Sequence[str], reference
             "rouge_l_drop": drop["rouge_l"], "bleu_drop": drop["bleu"]}
 
 
-def _golden_messages(item: GoldenItem, system_prompt: str) -> list[dict]:
+def golden_messages(item: GoldenItem, system_prompt: str) -> list[dict]:
     return [{"role": "system", "content": system_prompt}, {"role": "user", "content": item.prompt}]
 
 
@@ -348,7 +348,7 @@ def evaluate_release(model_path: str, candidate_adapter: str, active_adapter: st
     under its own style instruction (`candidate_instruction`, `active_instruction`), as serving
     has it answer users. The KL is measured on the prompts without them: how far the weights moved.
     """
-    asked = [*prompts, *(_golden_messages(item, system_prompt) for item in golden)]
+    asked = [*prompts, *(golden_messages(item, system_prompt) for item in golden)]
     cache = AnswerCache(cache_dir, model_path, active_adapter) if cache_dir else None
     local = in_process(model_path, device)
     ours, theirs, answered_by = asyncio.run(compare(

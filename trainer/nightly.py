@@ -33,10 +33,10 @@ from store.artifacts import REWARD_FOLDER, directory_checksum
 from store.db import make_engine, session_scope
 from store.migrate import upgrade
 from store.models import Release, ReleaseState, RunStatus, TrainingRun, utcnow
-from trainer import distributed, model_card, report
+from trainer import adoption, distributed, model_card, report
 from trainer.assessment import assess, deciding_evidence, torch_device
 from trainer.config import NightlyConfig, derive
-from trainer.curation import CurationBlocked
+from trainer.curation import CurationBlocked, golden_set
 from trainer.data import TrainingData, prepare
 from trainer.gate import GateThresholds, check
 from trainer.policy import StageOutcome
@@ -204,7 +204,7 @@ def _run(config: NightlyConfig, environment: Environment, database, run: _Run, c
     adapter_dir = _copy(stages[-1].adapter_dir, folder / "adapter")
     if reward:
         _copy(run.folder / "reward", folder / REWARD_FOLDER)  # where store.artifacts.reward_dir_for looks
-    instruction = _instruction(config, data, run)
+    instruction = _instruction(config, environment, data, run)
     evaluation, metrics = assess(config, environment, data, run.active_adapter, adapter_dir, folder, reward, choice,
                                  (instruction["text"], run.active_instruction))
     thresholds, decided_by = deciding_evidence(environment.gate, choice, evaluation)
@@ -269,13 +269,20 @@ def _reward_stage(config: NightlyConfig, environment: Environment, data: Trainin
     return {**result.metrics, "history": result.history}
 
 
-def _instruction(config: NightlyConfig, data: TrainingData, run: _Run) -> dict:
-    """The style instruction the candidate answers under, and where it came from (the report's)."""
-    adopted = chosen_styles(config, data)[:config.pipeline.adopt_styles]
-    text = release_instruction(run.active_instruction, adopted)
-    if adopted:
-        log.info("the candidate answers under the styles users chose: %s", ", ".join(s.describe() for s in adopted))
-    return {"text": text, "adopted": [style.name for style in adopted], "active": run.active_instruction}
+def _instruction(config: NightlyConfig, environment: Environment, data: TrainingData, run: _Run) -> dict:
+    """The style instruction the candidate answers under, and where it came from (the report's):
+    the styles users chose under which the golden set holds (trainer/adoption.py)."""
+    max_drop = environment.gate.max_golden_drop
+    answer = adoption.active_answers(environment, run.active_adapter,
+                                     config.pipeline.eval_max_tokens or environment.max_tokens)
+    adopted, trials = adoption.adopt(chosen_styles(config, data), config.pipeline.adopt_styles, run.active_instruction,
+                                     golden_set(), environment.system_prompt, answer, max_drop)
+    for trial in trials:
+        log.info("style '%s': golden-set ROUGE-L drop %.3f (at most %s) -> %s", trial.style, trial.rouge_l_drop,
+                 max_drop, "adopted" if trial.adopted else "holds, not adopted" if trial.holds else "not adopted")
+    return {"text": release_instruction(run.active_instruction, adopted), "adopted": [style.name for style in adopted],
+            "active": run.active_instruction, "checked": [trial.as_dict() for trial in trials],
+            "max_golden_drop": max_drop}
 
 
 def _distill_stage(config: NightlyConfig, environment: Environment, data: TrainingData, run: _Run) -> dict:

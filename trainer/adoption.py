@@ -1,0 +1,82 @@
+"""Which of the styles users chose a candidate adopts as its instruction (Release.instruction).
+
+An instruction changes every answer a release gives, not only the kind users voted on. Under
+"warm" the embedded SmolLM2-135M answered "What is the capital of France?" with "Bonjour,
+welcome to the City of Love! ...", and the golden set's ROUGE-L fell from 0.15 to 0.02: the
+gate refused that candidate (bench/README.md). So before a style is adopted, the active release
+answers the golden set with its instruction added and without it, and a style whose answers
+lose more than the gate allows (`max_golden_drop`) is not adopted. The next chosen style is
+tried in its place. The weights still learn every chosen style (distill), which the gate then
+judges as a whole.
+
+Each style is checked on its own, added to the active release's instruction; with
+`adopt_styles` above 1 their combination is not checked here (the gate still sees it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from serving.engine import SamplingParams
+from serving.pairs import instructed
+from trainer import answers
+from trainer.assessment import torch_device
+from trainer.curation.golden import GoldenItem
+from trainer.evaluate import golden_messages, text_scores
+from trainer.styles import ChosenStyle, release_instruction
+
+Answer = Callable[[list[list[dict]]], list[str]]  # the active release's greedy answers, in order
+
+
+@dataclass(frozen=True)
+class Trial:
+    """One chosen style's golden-set check: the active release's ROUGE-L with the style added,
+    its drop from that release's own, whether the set held (drop within the gate's) and whether
+    the style was adopted (it held, and fewer than `most` better-chosen styles had)."""
+
+    style: str
+    rouge_l: float
+    rouge_l_drop: float
+    holds: bool
+    adopted: bool
+
+    def as_dict(self) -> dict:
+        return {"style": self.style, "rouge_l": self.rouge_l, "rouge_l_drop": self.rouge_l_drop,
+                "holds": self.holds, "adopted": self.adopted}
+
+
+def adopt(chosen: Sequence[ChosenStyle], most: int, active_instruction: str | None, golden: Sequence[GoldenItem],
+          system_prompt: str, answer: Answer, max_drop: float) -> tuple[list[ChosenStyle], list[Trial]]:
+    """Up to `most` of `chosen` (best first) under which the golden set holds, and every check
+    made. One call to `answer` for all of them: the golden prompts under the active release's
+    instruction, then under each style's."""
+    if most <= 0 or not chosen or not golden:
+        return list(chosen[:max(most, 0)]), []
+    asked = [golden_messages(item, system_prompt) for item in golden]
+    instructions = [active_instruction, *(release_instruction(active_instruction, [style]) for style in chosen)]
+    answers = answer([instructed(messages, text) for text in instructions for messages in asked])
+    references = [item.answer for item in golden]
+    scores = [text_scores(answers[i * len(asked):(i + 1) * len(asked)], references)["rouge_l"]
+              for i in range(len(instructions))]
+    adopted, trials = [], []
+    for style, score in zip(chosen, scores[1:], strict=True):
+        holds = scores[0] - score <= max_drop
+        keep = holds and len(adopted) < most
+        adopted += [style] if keep else []
+        trials.append(Trial(style.name, score, scores[0] - score, holds, keep))
+    return adopted, trials
+
+
+def active_answers(environment, adapter: str | None, max_tokens: int) -> Answer:  # noqa: ANN001 - trainer.nightly.Environment
+    """`Answer` by the release at `adapter`, greedy and capped as evaluation answers, through the
+    night's answer engine (in-process where that cannot start)."""
+    def answer(prompts: list[list[dict]]) -> list[str]:
+        local = answers.in_process(environment.model_path, torch_device(environment.device))
+        params = SamplingParams(temperature=0.0, max_tokens=max_tokens)
+        done = asyncio.run(answers.sample(environment.answer_engine or local, local, adapter, prompts, params,
+                                          "Answering the golden set under the chosen styles"))
+        return [completion.text for completion in done]
+
+    return answer
