@@ -207,7 +207,7 @@ def _cpu_args(python: str) -> list[str]:
 
 def _dtype(dtype: str, python: str) -> str:
     """vLLM's "auto" is bfloat16 for this model, also on CPUs that have no bfloat16 arithmetic and
-    emulate it: there float32 is faster (the embedded model on 2 AVX2 cores: 2.3 times the tokens
+    emulate it: there float32 is faster (the embedded model on 2 AVX2 cores: twice the tokens
     a second; bench/README.md). GPUs, and CPUs that have it, keep "auto"."""
     if dtype != "auto" or _has_cuda(python) or _cpu_has_bfloat16():
         return dtype
