@@ -391,10 +391,13 @@ def full_body() -> dict:
                                 "dpo": {"history": history, "summary": {"steps": 2, "first loss": 0.69}},
                                 "grpo": {"history": grpo, "summary": {"steps": 2}}}},
         "instruction": {"text": "Use simple words.", "adopted": ["simple"], "active": None, "max_golden_drop": 0.05,
-                        "checked": [{"style": "warm", "rouge_l": 0.02, "rouge_l_drop": 0.13, "holds": False,
-                                     "adopted": False},
-                                    {"style": "simple", "rouge_l": 0.14, "rouge_l_drop": 0.01, "holds": True,
-                                     "adopted": True}]},
+                        "max_length_drift": 0.5,
+                        "checked": [{"style": "warm", "rouge_l": 0.02, "rouge_l_drop": 0.13, "length_drift": 2.21,
+                                     "holds": False, "adopted": False},
+                                    {"style": "question", "rouge_l": 0.16, "rouge_l_drop": -0.01,
+                                     "length_drift": -0.53, "holds": False, "adopted": False},
+                                    {"style": "simple", "rouge_l": 0.14, "rouge_l_drop": 0.01, "length_drift": -0.34,
+                                     "holds": True, "adopted": True}]},
     }
 
 
@@ -417,7 +420,8 @@ def test_the_report_renders_every_section_from_a_full_body(tmp_path):
                  "concise: win", "duplicates</td><td>7", "by_kind.comparison.alpha",
                  "thumbs F1 (up)</th><td>0.720", "eval_thumbs", "by_source.comparison", "<h3>grpo</h3>",
                  "Why dpo: Enough A/B pairs &lt;b&gt;arrived&lt;/b&gt;.", "<q>Use simple words.</q> (adopted tonight:\n  simple",
-                 "(ROUGE-L drop above\n  0.05): warm (0.130)."):
+                 "beyond ±0.5):\n  warm (ROUGE-L drop 0.130, length +2.21), "
+                 "question (ROUGE-L drop -0.010, length -0.53)."):
         assert text in html, text
     assert "<script>" not in html  # every text from users is escaped
 

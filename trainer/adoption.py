@@ -3,10 +3,13 @@
 An instruction changes every answer a release gives, not only the kind users voted on. Under
 "warm" the embedded SmolLM2-135M answered "What is the capital of France?" with "Bonjour,
 welcome to the City of Love! ...", and the golden set's ROUGE-L fell from 0.15 to 0.02: the
-gate refused that candidate (bench/README.md). So before a style is adopted, the active release
-answers the golden set with its instruction added and without it, and a style whose answers
-lose more than the gate allows (`max_golden_drop`) is not adopted. The next chosen style is
-tried in its place. The weights still learn every chosen style (distill), which the gate then
+gate refused that candidate (bench/README.md). Under "question" it answered in half the words
+(14.6 against 31.2 a golden answer), and its candidate's answers shrank by 59%: refused again,
+for length drift. So before a style is adopted, the active release answers the golden set with
+its instruction added and without it, and a style under which those answers lose more than the
+gate allows (`max_golden_drop`) or change length more than it allows (`max_length_drift`) is
+not adopted: the gate would refuse the candidate for it. The next chosen style is tried in its
+place. The weights still learn every chosen style (distill), which the gate then
 judges as a whole.
 
 Each style is checked on its own, added to the active release's instruction; with
@@ -24,7 +27,7 @@ from serving.pairs import instructed
 from trainer import answers
 from trainer.assessment import torch_device
 from trainer.curation.golden import GoldenItem
-from trainer.evaluate import golden_messages, text_scores
+from trainer.evaluate import golden_messages, length_drift, text_scores
 from trainer.styles import ChosenStyle, release_instruction
 
 Answer = Callable[[list[list[dict]]], list[str]]  # the active release's greedy answers, in order
@@ -33,22 +36,25 @@ Answer = Callable[[list[list[dict]]], list[str]]  # the active release's greedy 
 @dataclass(frozen=True)
 class Trial:
     """One chosen style's golden-set check: the active release's ROUGE-L with the style added,
-    its drop from that release's own, whether the set held (drop within the gate's) and whether
-    the style was adopted (it held, and fewer than `most` better-chosen styles had)."""
+    its drop from that release's own, the drift of its answers' length (None where the active
+    release's were empty), whether the set held (both within the gate's) and whether the style
+    was adopted (it held, and fewer than `most` better-chosen styles had)."""
 
     style: str
     rouge_l: float
     rouge_l_drop: float
+    length_drift: float | None
     holds: bool
     adopted: bool
 
     def as_dict(self) -> dict:
         return {"style": self.style, "rouge_l": self.rouge_l, "rouge_l_drop": self.rouge_l_drop,
-                "holds": self.holds, "adopted": self.adopted}
+                "length_drift": self.length_drift, "holds": self.holds, "adopted": self.adopted}
 
 
 def adopt(chosen: Sequence[ChosenStyle], most: int, active_instruction: str | None, golden: Sequence[GoldenItem],
-          system_prompt: str, answer: Answer, max_drop: float) -> tuple[list[ChosenStyle], list[Trial]]:
+          system_prompt: str, answer: Answer, max_drop: float,
+          max_length_drift: float) -> tuple[list[ChosenStyle], list[Trial]]:
     """Up to `most` of `chosen` (best first) under which the golden set holds, and every check
     made. One call to `answer` for all of them: the golden prompts under the active release's
     instruction, then under each style's."""
@@ -58,14 +64,15 @@ def adopt(chosen: Sequence[ChosenStyle], most: int, active_instruction: str | No
     instructions = [active_instruction, *(release_instruction(active_instruction, [style]) for style in chosen)]
     answers = answer([instructed(messages, text) for text in instructions for messages in asked])
     references = [item.answer for item in golden]
-    scores = [text_scores(answers[i * len(asked):(i + 1) * len(asked)], references)["rouge_l"]
-              for i in range(len(instructions))]
+    each = [answers[i * len(asked):(i + 1) * len(asked)] for i in range(len(instructions))]
+    scores = [text_scores(texts, references)["rouge_l"] for texts in each]
     adopted, trials = [], []
-    for style, score in zip(chosen, scores[1:], strict=True):
-        holds = scores[0] - score <= max_drop
+    for style, score, texts in zip(chosen, scores[1:], each[1:], strict=True):
+        drift = length_drift(texts, each[0])["drift"]
+        holds = scores[0] - score <= max_drop and (drift is None or abs(drift) <= max_length_drift)  # as the gate
         keep = holds and len(adopted) < most
         adopted += [style] if keep else []
-        trials.append(Trial(style.name, score, scores[0] - score, holds, keep))
+        trials.append(Trial(style.name, score, scores[0] - score, drift, holds, keep))
     return adopted, trials
 
 

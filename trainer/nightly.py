@@ -271,18 +271,26 @@ def _reward_stage(config: NightlyConfig, environment: Environment, data: Trainin
 
 def _instruction(config: NightlyConfig, environment: Environment, data: TrainingData, run: _Run) -> dict:
     """The style instruction the candidate answers under, and where it came from (the report's):
-    the styles users chose under which the golden set holds (trainer/adoption.py)."""
-    max_drop = environment.gate.max_golden_drop
+    the styles users chose under which the golden set holds, in content and in length, as the
+    gate asks (trainer/adoption.py)."""
+    gate = environment.gate
     answer = adoption.active_answers(environment, run.active_adapter,
                                      config.pipeline.eval_max_tokens or environment.max_tokens)
     adopted, trials = adoption.adopt(chosen_styles(config, data), config.pipeline.adopt_styles, run.active_instruction,
-                                     golden_set(), environment.system_prompt, answer, max_drop)
+                                     golden_set(), environment.system_prompt, answer, gate.max_golden_drop,
+                                     gate.max_length_drift)
     for trial in trials:
-        log.info("style '%s': golden-set ROUGE-L drop %.3f (at most %s) -> %s", trial.style, trial.rouge_l_drop,
-                 max_drop, "adopted" if trial.adopted else "holds, not adopted" if trial.holds else "not adopted")
+        log.info("style '%s': golden-set ROUGE-L drop %.3f (at most %s), length drift %s (at most ±%s) -> %s",
+                 trial.style, trial.rouge_l_drop, gate.max_golden_drop, _signed(trial.length_drift),
+                 gate.max_length_drift,
+                 "adopted" if trial.adopted else "holds, not adopted" if trial.holds else "not adopted")
     return {"text": release_instruction(run.active_instruction, adopted), "adopted": [style.name for style in adopted],
             "active": run.active_instruction, "checked": [trial.as_dict() for trial in trials],
-            "max_golden_drop": max_drop}
+            "max_golden_drop": gate.max_golden_drop, "max_length_drift": gate.max_length_drift}
+
+
+def _signed(value: float | None) -> str:
+    return "not measured" if value is None else f"{value:+.2f}"
 
 
 def _distill_stage(config: NightlyConfig, environment: Environment, data: TrainingData, run: _Run) -> dict:
