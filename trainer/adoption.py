@@ -2,15 +2,16 @@
 
 An instruction changes every answer a release gives, not only the kind users voted on. Under
 "warm" the embedded SmolLM2-135M answered "What is the capital of France?" with "Bonjour,
-welcome to the City of Love! ...", and the golden set's ROUGE-L fell from 0.15 to 0.02: the
-gate refused that candidate (bench/README.md). Under "question" it answered in half the words
-(14.6 against 31.2 a golden answer), and its candidate's answers shrank by 59%: refused again,
-for length drift. So before a style is adopted, the active release answers the golden set with
-its instruction added and without it, and a style under which those answers lose more than the
-gate allows (`max_golden_drop`) or change length more than it allows (`max_length_drift`) is
-not adopted: the gate would refuse the candidate for it. The next chosen style is tried in its
-place. The weights still learn every chosen style (distill), which the gate then
-judges as a whole.
+welcome to the City of Love! ...", and the golden set's ROUGE-L fell from 0.15 to 0.02; under
+"question" its answers to users' prompts shrank by 59% ("I'm here to help you with that. How
+about you?"), while the golden set's short facts barely moved. The gate refused both candidates
+(bench/README.md). So before a style is adopted, the active release answers with its
+instruction added and without it: the golden prompts, and training prompts of the night's users
+(the gate measures length on held-out ones; these are never those). A style that costs more
+golden ROUGE-L than the gate allows (`max_golden_drop`) or changes the length of the users'
+answers more than it allows (`max_length_drift`) is not adopted: the gate would refuse the
+candidate for it. The next chosen style is tried in its place. The weights still learn every
+chosen style (distill), which the gate then judges as a whole.
 
 Each style is checked on its own, added to the active release's instruction; with
 `adopt_styles` above 1 their combination is not checked here (the gate still sees it).
@@ -19,6 +20,7 @@ Each style is checked on its own, added to the active release's instruction; wit
 from __future__ import annotations
 
 import asyncio
+import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -27,18 +29,24 @@ from serving.pairs import instructed
 from trainer import answers
 from trainer.assessment import torch_device
 from trainer.curation.golden import GoldenItem
+from trainer.data import TrainingData
+from trainer.datasets import with_system
 from trainer.evaluate import golden_messages, length_drift, text_scores
+from trainer.gate import GateThresholds
 from trainer.styles import ChosenStyle, release_instruction
 
+# Users' prompts a style's length is measured on: half the gate's 64 evaluation prompts, so the
+# check costs each chosen style 32 answers more than the golden set's.
+LENGTH_PROMPTS = 32
 Answer = Callable[[list[list[dict]]], list[str]]  # the active release's greedy answers, in order
 
 
 @dataclass(frozen=True)
 class Trial:
-    """One chosen style's golden-set check: the active release's ROUGE-L with the style added,
+    """One chosen style's check: the active release's golden-set ROUGE-L with the style added,
     its drop from that release's own, the drift of its answers' length (None where the active
-    release's were empty), whether the set held (both within the gate's) and whether the style
-    was adopted (it held, and fewer than `most` better-chosen styles had)."""
+    release's were empty), whether the release held (both within the gate's) and whether the
+    style was adopted (it held, and fewer than `most` better-chosen styles had)."""
 
     style: str
     rouge_l: float
@@ -53,27 +61,37 @@ class Trial:
 
 
 def adopt(chosen: Sequence[ChosenStyle], most: int, active_instruction: str | None, golden: Sequence[GoldenItem],
-          system_prompt: str, answer: Answer, max_drop: float,
-          max_length_drift: float) -> tuple[list[ChosenStyle], list[Trial]]:
-    """Up to `most` of `chosen` (best first) under which the golden set holds, and every check
-    made. One call to `answer` for all of them: the golden prompts under the active release's
-    instruction, then under each style's."""
+          prompts: Sequence[list[dict]], system_prompt: str, answer: Answer,
+          gate: GateThresholds) -> tuple[list[ChosenStyle], list[Trial]]:
+    """Up to `most` of `chosen` (best first) under which the release holds, and every check made.
+    `prompts` are users' conversations (system prompt included) on which the length is measured;
+    without any, on the golden set. One call to `answer` for all of them: every prompt under the
+    active release's instruction, then under each style's."""
     if most <= 0 or not chosen or not golden:
         return list(chosen[:max(most, 0)]), []
-    asked = [golden_messages(item, system_prompt) for item in golden]
+    asked = [*(golden_messages(item, system_prompt) for item in golden), *prompts]
     instructions = [active_instruction, *(release_instruction(active_instruction, [style]) for style in chosen)]
     answers = answer([instructed(messages, text) for text in instructions for messages in asked])
-    references = [item.answer for item in golden]
     each = [answers[i * len(asked):(i + 1) * len(asked)] for i in range(len(instructions))]
-    scores = [text_scores(texts, references)["rouge_l"] for texts in each]
+    scores = [text_scores(texts[:len(golden)], [item.answer for item in golden])["rouge_l"] for texts in each]
+    measured = slice(len(golden), None) if prompts else slice(None, len(golden))
     adopted, trials = [], []
     for style, score, texts in zip(chosen, scores[1:], each[1:], strict=True):
-        drift = length_drift(texts, each[0])["drift"]
-        holds = scores[0] - score <= max_drop and (drift is None or abs(drift) <= max_length_drift)  # as the gate
+        drift = length_drift(texts[measured], each[0][measured])["drift"]
+        holds = scores[0] - score <= gate.max_golden_drop and (drift is None or abs(drift) <= gate.max_length_drift)
         keep = holds and len(adopted) < most
         adopted += [style] if keep else []
         trials.append(Trial(style.name, score, scores[0] - score, drift, holds, keep))
     return adopted, trials
+
+
+def length_prompts(data: TrainingData, system_prompt: str, seed: int,
+                   most: int = LENGTH_PROMPTS) -> list[list[dict]]:
+    """Up to `most` of the night's training prompts (a seeded draw), as served: the system
+    prompt first."""
+    prompts = sorted((messages for messages, _ in data.distinct_prompts()), key=repr)
+    random.Random(seed).shuffle(prompts)
+    return [with_system(messages, system_prompt) for messages in prompts[:most]]
 
 
 def active_answers(environment, adapter: str | None, max_tokens: int) -> Answer:  # noqa: ANN001 - trainer.nightly.Environment

@@ -271,14 +271,14 @@ def _reward_stage(config: NightlyConfig, environment: Environment, data: Trainin
 
 def _instruction(config: NightlyConfig, environment: Environment, data: TrainingData, run: _Run) -> dict:
     """The style instruction the candidate answers under, and where it came from (the report's):
-    the styles users chose under which the golden set holds, in content and in length, as the
-    gate asks (trainer/adoption.py)."""
+    the styles users chose under which the golden set's facts and the length of users' answers
+    hold as the gate asks (trainer/adoption.py)."""
     gate = environment.gate
     answer = adoption.active_answers(environment, run.active_adapter,
                                      config.pipeline.eval_max_tokens or environment.max_tokens)
+    prompts = adoption.length_prompts(data, environment.system_prompt, config.training.seed)
     adopted, trials = adoption.adopt(chosen_styles(config, data), config.pipeline.adopt_styles, run.active_instruction,
-                                     golden_set(), environment.system_prompt, answer, gate.max_golden_drop,
-                                     gate.max_length_drift)
+                                     golden_set(), prompts, environment.system_prompt, answer, gate)
     for trial in trials:
         log.info("style '%s': golden-set ROUGE-L drop %.3f (at most %s), length drift %s (at most ±%s) -> %s",
                  trial.style, trial.rouge_l_drop, gate.max_golden_drop, _signed(trial.length_drift),
