@@ -2,16 +2,18 @@
 
 An instruction changes every answer a release gives, not only the kind users voted on. Under
 "warm" the embedded SmolLM2-135M answered "What is the capital of France?" with "Bonjour,
-welcome to the City of Love! ...", and the golden set's ROUGE-L fell from 0.15 to 0.02; under
-"question" its answers to users' prompts shrank by 59% ("I'm here to help you with that. How
-about you?"), while the golden set's short facts barely moved. The gate refused both candidates
-(bench/README.md). So before a style is adopted, the active release answers with its
-instruction added and without it: the golden prompts, and training prompts of the night's users
-(the gate measures length on held-out ones; these are never those). A style that costs more
-golden ROUGE-L than the gate allows (`max_golden_drop`) or changes the length of the users'
-answers more than it allows (`max_length_drift`) is not adopted: the gate would refuse the
-candidate for it. The next chosen style is tried in its place. The weights still learn every
-chosen style (distill), which the gate then judges as a whole.
+welcome to the City of Love! ...", and the golden set's ROUGE-L fell from 0.15 to 0.02, so the
+gate refused that candidate (bench/README.md). An instruction can also change how long answers
+are, which the gate refuses too, and that shows on users' prompts more than on the golden set's
+short facts: under "simple" the embedded model's answers were 21% shorter on the golden set,
+51% on 32 training prompts (greedy, on the CPU vLLM server). So before a style is adopted, the
+active release answers with its instruction added and without it: the golden prompts, and
+training prompts of the night's users (the gate measures length on held-out ones; these are
+never those). A style that costs more golden ROUGE-L than the gate allows (`max_golden_drop`)
+or changes the length of users' answers more than it allows (`max_length_drift`) is not
+adopted: the gate would refuse the candidate for it. The next chosen style is tried in its
+place. The weights still learn every chosen style (distill), which the gate then judges as a
+whole.
 
 Each style is checked on its own, added to the active release's instruction; with
 `adopt_styles` above 1 their combination is not checked here (the gate still sees it).
