@@ -22,9 +22,8 @@ Each style is checked on its own, added to the active release's instruction; wit
 from __future__ import annotations
 
 import asyncio
-import random
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from serving.engine import SamplingParams
 from serving.pairs import instructed
@@ -34,7 +33,7 @@ from trainer.curation.golden import GoldenItem
 from trainer.data import TrainingData
 from trainer.datasets import with_system
 from trainer.evaluate import golden_messages, length_drift, text_scores
-from trainer.gate import GateThresholds
+from trainer.gate import GateThresholds, check
 from trainer.styles import ChosenStyle, release_instruction
 
 # Users' prompts a style's length is measured on: half the gate's 64 evaluation prompts, so the
@@ -80,20 +79,24 @@ def adopt(chosen: Sequence[ChosenStyle], most: int, active_instruction: str | No
     adopted, trials = [], []
     for style, score, texts in zip(chosen, scores[1:], each[1:], strict=True):
         drift = length_drift(texts[measured], each[0][measured])["drift"]
-        holds = scores[0] - score <= gate.max_golden_drop and (drift is None or abs(drift) <= gate.max_length_drift)
+        holds = _holds(gate, scores[0] - score, drift)
         keep = holds and len(adopted) < most
         adopted += [style] if keep else []
         trials.append(Trial(style.name, score, scores[0] - score, drift, holds, keep))
     return adopted, trials
 
 
+def _holds(gate: GateThresholds, golden_drop: float, drift: float | None) -> bool:
+    """The gate's own verdict on the two figures an instruction alone can move (a figure it cannot
+    measure passes, as there); the others are the candidate's, judged after training."""
+    return check(replace(gate, required=()), {"golden_drop": golden_drop, "length_drift": drift})["passed"]
+
+
 def length_prompts(data: TrainingData, system_prompt: str, seed: int,
                    most: int = LENGTH_PROMPTS) -> list[list[dict]]:
     """Up to `most` of the night's training prompts (a seeded draw), as served: the system
     prompt first."""
-    prompts = sorted((messages for messages, _ in data.distinct_prompts()), key=repr)
-    random.Random(seed).shuffle(prompts)
-    return [with_system(messages, system_prompt) for messages in prompts[:most]]
+    return [with_system(messages, system_prompt) for messages, _ in data.drawn_prompts(seed, most)]
 
 
 def active_answers(environment, adapter: str | None, max_tokens: int) -> Answer:  # noqa: ANN001 - trainer.nightly.Environment

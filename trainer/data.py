@@ -89,6 +89,13 @@ class TrainingData:
                 found.setdefault(repr(messages), (messages, row.prompt_text))
         return list(found.values())
 
+    def drawn_prompts(self, seed: int, most: int) -> list[tuple[list[dict], str]]:
+        """Up to `most` distinct training prompts, a seeded draw: the same seed draws the same
+        prompts in the same order, whatever order the rows arrived in."""
+        prompts = sorted(self.distinct_prompts(), key=lambda prompt: repr(prompt[0]))
+        random.Random(seed).shuffle(prompts)
+        return prompts[:most]
+
     def counts(self) -> dict[str, int]:
         counts = {}
         for kind in KINDS:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import random
 from pathlib import Path
 
 from feedback.export import Row
@@ -34,9 +33,7 @@ def prepare(config: NightlyConfig, environment, data: TrainingData, start_adapte
     if path.is_file():
         return json.loads(path.read_text(encoding="utf-8"))["summary"]
     picked = chosen_styles(config, data)
-    prompts = sorted(data.distinct_prompts(), key=lambda prompt: repr(prompt[0]))
-    random.Random(config.training.seed).shuffle(prompts)
-    prompts = prompts[:config.pipeline.distill_prompts]
+    prompts = data.drawn_prompts(config.training.seed, config.pipeline.distill_prompts)
     assigned = styles.assign([messages for messages, _ in prompts], picked, config.training.seed)
     styled = [styles.styled_messages(prompt, style, environment.system_prompt) for prompt, style in assigned]
     plain = [with_system(prompt, environment.system_prompt) for prompt, _ in assigned]
